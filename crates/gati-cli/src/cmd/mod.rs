@@ -1,0 +1,11 @@
+pub mod eval;
+pub mod import;
+pub mod stages;
+
+use serde::Serialize;
+
+/// Prints one JSON object on stdout (the `--json` contract: nothing else goes to stdout).
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! `gati`: learned caches for faster DNN inference. One binary, one subcommand per job.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gati",
+    version,
+    about = "Accelerate DNN inference with learned caches"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Top-1 accuracy and batch-1 latency profile of a base model on a dataset split
+    Eval(cmd::eval::Args),
+    /// Convert a PyTorch checkpoint (.th/.pth/.pt) into safetensors the Rust models load
+    ImportWeights(cmd::import::Args),
+    /// List a model's stages and their output shapes
+    Stages(cmd::stages::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::ImportWeights(a) => cmd::import::run(a),
+        Command::Stages(a) => cmd::stages::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,101 @@
+//! The `gati` binary end to end: `--json` contracts and one-line errors with a non-zero exit.
+
+use std::process::Command;
+
+fn gati() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gati"));
+    c.env("GATI_QUIET", "1")
+        .env("GATI_HOME", env!("CARGO_TARGET_TMPDIR"));
+    c
+}
+
+#[test]
+fn eval_json_reports_accuracy_and_stage_profile() {
+    let out = gati()
+        .args([
+            "eval",
+            "--model",
+            "resnet20",
+            "--limit",
+            "200",
+            "--latency-samples",
+            "30",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(v["model"], "resnet20");
+    assert_eq!(v["n"], 200);
+    let top1 = v["top1"].as_f64().unwrap();
+    assert!((70.0..=100.0).contains(&top1), "top1 {top1}");
+    let lat = &v["latency_ms"];
+    assert!(lat["p50"].as_f64().unwrap() > 0.0 && lat["p99"].as_f64() >= lat["p50"].as_f64());
+    let stages = v["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 11);
+    assert_eq!(stages[0]["name"], "stem");
+    let last = stages.last().unwrap();
+    assert_eq!(last["name"], "head");
+    assert!((last["cum_fraction"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    let fracs: Vec<f64> = stages
+        .iter()
+        .map(|s| s["cum_fraction"].as_f64().unwrap())
+        .collect();
+    assert!(
+        fracs.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative fractions rise"
+    );
+}
+
+fn one_line_error(args: &[&str]) -> String {
+    let out = gati().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let last = err.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "{err}");
+    last
+}
+
+#[test]
+fn errors_are_one_line_naming_the_culprit() {
+    let e = one_line_error(&["eval", "--model", "resnet7"]);
+    assert!(e.contains("resnet7"), "{e}");
+    let e = one_line_error(&[
+        "eval",
+        "--model",
+        "resnet20",
+        "--data",
+        "/nonexistent/cifar",
+    ]);
+    assert!(e.contains("/nonexistent/cifar/test does not exist"), "{e}");
+    let e = one_line_error(&[
+        "import-weights",
+        "--model",
+        "resnet20",
+        "/nonexistent.th",
+        "/tmp/x.safetensors",
+    ]);
+    assert!(e.contains("/nonexistent.th does not exist"), "{e}");
+}
+
+#[test]
+fn stages_lists_names_and_shapes() {
+    let out = gati()
+        .args(["stages", "--model", "resnet56", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = v["stages"].as_array().unwrap();
+    assert_eq!(st.len(), 29);
+    assert_eq!(st[19]["name"], "layer3.0");
+    assert_eq!(st[19]["output_shape"], serde_json::json!([1, 64, 8, 8]));
+}

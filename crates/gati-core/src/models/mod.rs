@@ -1,0 +1,211 @@
+//! Base models as ordered lists of stages (stem, every residual block, head) that can run one
+//! at a time, so a request can stop after any stage when a cache answers.
+
+mod cifar_resnet;
+mod imagenet_resnet;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// One step of a base model: a pure function of the previous stage's output (inference mode).
+/// Not `Sync`: tch tensors are not, so each serving thread owns its model.
+pub trait Forward: Send + std::fmt::Debug {
+    fn forward(&self, x: &Tensor) -> Tensor;
+}
+
+/// Per-channel input normalisation applied to RGB pixels in [0, 1].
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// ImageNet statistics; the CIFAR ResNets in `../shared/` were trained with these too.
+pub const IMAGENET_NORM: Normalization = Normalization {
+    mean: [0.485, 0.456, 0.406],
+    std: [0.229, 0.224, 0.225],
+};
+
+/// What a caller must know about a model to feed it: input shape, classes, normalisation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSpec {
+    pub name: String,
+    /// `[C, H, W]` of one input.
+    pub input_shape: [i64; 3],
+    pub num_classes: i64,
+    pub normalization: Normalization,
+}
+
+/// A named stage and the shape of its output for one input.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageInfo {
+    pub name: String,
+    /// Output shape for batch 1, e.g. `[1, 16, 32, 32]`.
+    pub output_shape: Vec<i64>,
+}
+
+struct Stage {
+    name: String,
+    module: Box<dyn Forward>,
+}
+
+/// A base model: its parameters and its ordered stages.
+pub struct BaseModel {
+    spec: ModelSpec,
+    vs: nn::VarStore,
+    stages: Vec<Stage>,
+    infos: Vec<StageInfo>,
+}
+
+/// Every model name `BaseModel::new` accepts.
+pub const MODEL_NAMES: &[&str] = &[
+    "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50",
+];
+
+impl BaseModel {
+    /// Builds `name` with freshly initialised parameters on `device`.
+    pub fn new(name: &str, device: Device) -> Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let (spec, stages) = match name {
+            "resnet20" | "resnet32" | "resnet44" | "resnet56" => {
+                let depth: usize = name[6..].parse().expect("digits");
+                cifar_resnet::build(&vs.root(), name, (depth - 2) / 6, 10)
+            }
+            "resnet18" => {
+                imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R18, 1000)
+            }
+            "resnet34" => {
+                imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R34, 1000)
+            }
+            "resnet50" => {
+                imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R50, 1000)
+            }
+            other => bail!(
+                "unknown model '{other}' (known: {})",
+                MODEL_NAMES.join(", ")
+            ),
+        };
+        let mut model = Self {
+            spec,
+            vs,
+            stages,
+            infos: Vec::new(),
+        };
+        model.infos = model.probe_shapes();
+        Ok(model)
+    }
+
+    /// Builds `name` and loads its parameters from a safetensors file.
+    pub fn load(name: &str, weights: &Path, device: Device) -> Result<Self> {
+        let mut model = Self::new(name, device)?;
+        crate::weights::load_into(&mut model.vs, weights)
+            .with_context(|| format!("loading {name} weights"))?;
+        Ok(model)
+    }
+
+    fn probe_shapes(&self) -> Vec<StageInfo> {
+        let _guard = tch::no_grad_guard();
+        let [c, h, w] = self.spec.input_shape;
+        let mut x = Tensor::zeros([1, c, h, w], (Kind::Float, self.vs.device()));
+        self.stages
+            .iter()
+            .map(|s| {
+                x = s.module.forward(&x);
+                StageInfo {
+                    name: s.name.clone(),
+                    output_shape: x.size(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn num_stages(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// Names and batch-1 output shapes of all stages, in order.
+    pub fn stages(&self) -> &[StageInfo] {
+        &self.infos
+    }
+
+    /// Index of the stage called `name`.
+    pub fn stage_index(&self, name: &str) -> Option<usize> {
+        self.infos.iter().position(|s| s.name == name)
+    }
+
+    /// Runs stage `k` on the output of stage `k - 1` (or on the normalised input for `k = 0`).
+    pub fn run_stage(&self, k: usize, x: &Tensor) -> Tensor {
+        self.stages[k].module.forward(x)
+    }
+
+    /// The whole forward pass: normalised input to logits.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_range(0, self.stages.len(), x)
+    }
+
+    /// Runs stages `from..to` on `x` (the output of stage `from - 1`).
+    pub fn forward_range(&self, from: usize, to: usize, x: &Tensor) -> Tensor {
+        let mut out = self.stages[from].module.forward(x);
+        for s in &self.stages[from + 1..to] {
+            out = s.module.forward(&out);
+        }
+        out
+    }
+
+    /// Pixels (`u8`, `[N, C, H, W]`) to the normalised float input the model expects.
+    pub fn preprocess(&self, pixels: &Tensor) -> Tensor {
+        let n = &self.spec.normalization;
+        let dev = self.device();
+        let mean = Tensor::from_slice(&n.mean)
+            .view([1, 3, 1, 1])
+            .to_device(dev);
+        let std = Tensor::from_slice(&n.std).view([1, 3, 1, 1]).to_device(dev);
+        (pixels.to_device(dev).to_kind(Kind::Float) / 255.0 - mean) / std
+    }
+}
+
+impl std::fmt::Debug for BaseModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseModel")
+            .field("spec", &self.spec)
+            .field("stages", &self.infos.len())
+            .finish()
+    }
+}
+
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding,
+        bias: false,
+        ..Default::default()
+    };
+    nn::conv2d(p, cin, cout, k, cfg)
+}
+
+fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, Default::default())
+}
+
+/// BatchNorm in inference mode (running statistics), as every base model is frozen.
+fn bn_eval(b: &nn::BatchNorm, x: &Tensor) -> Tensor {
+    nn::ModuleT::forward_t(b, x, false)
+}

@@ -1,0 +1,138 @@
+//! Where data, checkpoints and converted weights live.
+//!
+//! Search order for inputs: explicit flag or environment variable, then `../shared/` beside the
+//! project (or `$GATI_SHARED`), then the project's own `datasets/` (filled by `datasets/fetch.sh`).
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// The project root this binary was built from (used to find `../shared` and `datasets/`).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// The shared data folder: `$GATI_SHARED`, else `../shared` beside the working directory or the project.
+pub fn shared_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("GATI_SHARED") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates = vec![project_root().join("../shared")];
+    if let Ok(cwd) = std::env::current_dir() {
+        candidates.push(cwd.join("../shared"));
+        candidates.push(cwd.join("shared"));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.join("README.md").is_file() || p.join("datasets").is_dir())
+}
+
+/// The CIFAR-10 dataset folder: `$GATI_DATA`, shared JPEGs, or `datasets/` (binary or image folder).
+pub fn cifar10_dir() -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    if let Some(p) = std::env::var_os("GATI_DATA") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(s) = shared_dir() {
+        tried.push(s.join("datasets/cifar10-jpeg"));
+    }
+    let local = project_root().join("datasets");
+    tried.push(local.join("cifar-10-batches-bin"));
+    tried.push(local.join("cifar10"));
+    for p in &tried {
+        if p.join("test").is_dir() || p.join("test_batch.bin").is_file() {
+            return Ok(p.clone());
+        }
+    }
+    bail!(
+        "no CIFAR-10 data found; tried {}. Pass --data DIR, set GATI_DATA, put the shared data at ../shared/, \
+         or run datasets/fetch.sh cifar10 on a machine with internet access",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// The lossless PNG fixtures (`cifar10-png`) in the shared folder, if present.
+pub fn cifar10_png_dir() -> Option<PathBuf> {
+    shared_dir()
+        .map(|s| s.join("datasets/cifar10-png"))
+        .filter(|p| p.is_dir())
+}
+
+/// The pretrained PyTorch checkpoint for a CIFAR ResNet (`resnet56-*.th`), if one can be found.
+pub fn checkpoint(model: &str) -> Result<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(p) = std::env::var_os("GATI_WEIGHTS_DIR") {
+        dirs.push(PathBuf::from(p));
+    }
+    if let Some(s) = shared_dir() {
+        dirs.push(s.join("weights/resnet-cifar10"));
+    }
+    dirs.push(project_root().join("datasets/weights"));
+    for d in &dirs {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            let mut hits: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let n = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    n.starts_with(&format!("{model}-")) || n.starts_with(&format!("{model}."))
+                })
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("th" | "pth" | "pt" | "safetensors")
+                    )
+                })
+                .collect();
+            hits.sort();
+            if let Some(h) = hits.into_iter().next() {
+                return Ok(h);
+            }
+        }
+    }
+    bail!(
+        "no weights for {model} found in {}; pass --weights FILE (.safetensors or a PyTorch .th/.pth)",
+        dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// gati's own cache folder (converted weights): `$GATI_HOME`, else `~/.cache/gati`.
+pub fn home() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATI_HOME") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("gati")
+}
+
+/// Safetensors weights for `model` from `given` (or the default checkpoint), converting a PyTorch
+/// checkpoint once into `home()/weights/` and reusing it afterwards.
+pub fn resolve_weights(model: &str, given: Option<&Path>) -> Result<PathBuf> {
+    let src = match given {
+        Some(p) => p.to_path_buf(),
+        None => checkpoint(model)?,
+    };
+    if src.extension().and_then(|e| e.to_str()) == Some("safetensors") {
+        return Ok(src);
+    }
+    convert_cached(model, &src, &home().join("weights"))
+}
+
+/// Converts a PyTorch checkpoint into `dir/<model>-<sha256 prefix>.safetensors` unless already there.
+pub fn convert_cached(model: &str, src: &Path, dir: &Path) -> Result<PathBuf> {
+    let hash = crate::weights::sha256_file(src)?;
+    std::fs::create_dir_all(dir)?;
+    let dst = dir.join(format!("{model}-{}.safetensors", &hash[..12]));
+    if !dst.is_file() {
+        eprintln!("converting {} -> {}", src.display(), dst.display());
+        crate::weights::import_pytorch(model, src, &dst)?;
+    }
+    Ok(dst)
+}
