@@ -5,11 +5,7 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "gati",
-    version,
-    about = "Accelerate DNN inference with learned caches"
-)]
+#[command(name = "gati", version, about = "Accelerate DNN inference with learned caches")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,14 +19,21 @@ enum Command {
     ImportWeights(cmd::import::Args),
     /// List a model's stages and their output shapes
     Stages(cmd::stages::Args),
+    /// Train cache models, calibrate hit decisions and choose layers for a fidelity budget
+    Plan(cmd::plan::Args),
+    /// Measure a plan in-process on the evaluation half: early exit vs the base model alone
+    Evaluate(cmd::evaluate::Args),
 }
 
 fn main() {
+    gati_core::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(a) => cmd::eval::run(a),
         Command::ImportWeights(a) => cmd::import::run(a),
         Command::Stages(a) => cmd::stages::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Evaluate(a) => cmd::evaluate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -4,8 +4,7 @@ use std::process::Command;
 
 fn gati() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gati"));
-    c.env("GATI_QUIET", "1")
-        .env("GATI_HOME", env!("CARGO_TARGET_TMPDIR"));
+    c.env("GATI_QUIET", "1").env("GATI_HOME", env!("CARGO_TARGET_TMPDIR"));
     c
 }
 
@@ -26,13 +25,8 @@ fn eval_json_reports_accuracy_and_stage_profile() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     assert_eq!(v["model"], "resnet20");
     assert_eq!(v["n"], 200);
     let top1 = v["top1"].as_f64().unwrap();
@@ -45,14 +39,8 @@ fn eval_json_reports_accuracy_and_stage_profile() {
     let last = stages.last().unwrap();
     assert_eq!(last["name"], "head");
     assert!((last["cum_fraction"].as_f64().unwrap() - 1.0).abs() < 1e-9);
-    let fracs: Vec<f64> = stages
-        .iter()
-        .map(|s| s["cum_fraction"].as_f64().unwrap())
-        .collect();
-    assert!(
-        fracs.windows(2).all(|w| w[0] <= w[1]),
-        "cumulative fractions rise"
-    );
+    let fracs: Vec<f64> = stages.iter().map(|s| s["cum_fraction"].as_f64().unwrap()).collect();
+    assert!(fracs.windows(2).all(|w| w[0] <= w[1]), "cumulative fractions rise");
 }
 
 fn one_line_error(args: &[&str]) -> String {
@@ -69,13 +57,7 @@ fn one_line_error(args: &[&str]) -> String {
 fn errors_are_one_line_naming_the_culprit() {
     let e = one_line_error(&["eval", "--model", "resnet7"]);
     assert!(e.contains("resnet7"), "{e}");
-    let e = one_line_error(&[
-        "eval",
-        "--model",
-        "resnet20",
-        "--data",
-        "/nonexistent/cifar",
-    ]);
+    let e = one_line_error(&["eval", "--model", "resnet20", "--data", "/nonexistent/cifar"]);
     assert!(e.contains("/nonexistent/cifar/test does not exist"), "{e}");
     let e = one_line_error(&[
         "import-weights",
@@ -98,4 +80,78 @@ fn stages_lists_names_and_shapes() {
     assert_eq!(st.len(), 29);
     assert_eq!(st[19]["name"], "layer3.0");
     assert_eq!(st[19]["output_shape"], serde_json::json!([1, 64, 8, 8]));
+}
+
+#[test]
+fn plan_then_evaluate_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plan");
+    let plan_args = |budget: &str| {
+        let o = out.to_str().unwrap().to_string();
+        let mut v: Vec<String> = ["plan", "--model", "resnet20", "--train-limit", "500", "--epochs", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(
+            [
+                "--test-limit",
+                "400",
+                "--layers",
+                "layer2.2,layer3.1",
+                "--variants",
+                "gap,conv-pool",
+            ]
+            .map(String::from),
+        );
+        v.extend([
+            "--budget".into(),
+            budget.to_string(),
+            "--out".into(),
+            o,
+            "--json".into(),
+        ]);
+        v
+    };
+    let run = |args: Vec<String>| -> serde_json::Value {
+        let o = gati().args(&args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("one JSON object")
+    };
+    let p = run(plan_args("0.05"));
+    assert_eq!(p["trained"], true);
+    assert_eq!(p["candidates"].as_array().unwrap().len(), 4);
+    let plan = &p["plan"];
+    assert_eq!(plan["calibration_samples"], 200);
+    assert!(plan["expected"]["fidelity_loss"].as_f64().unwrap() <= 0.05);
+    assert!(out.join("plan.json").is_file() && out.join("caches.safetensors").is_file());
+
+    let e = run(vec![
+        "evaluate".into(),
+        "--plan".into(),
+        out.to_str().unwrap().into(),
+        "--json".into(),
+    ]);
+    assert_eq!(e["n"], 200);
+    let per_layer: f64 = e["hit_rate_per_layer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["hit_rate"].as_f64().unwrap())
+        .sum();
+    assert!((per_layer - e["hit_rate"].as_f64().unwrap()).abs() < 1e-9);
+    let (loss, base, gati_) = (
+        e["fidelity_loss"].as_f64().unwrap(),
+        e["base_top1"].as_f64().unwrap(),
+        e["gati_top1"].as_f64().unwrap(),
+    );
+    assert!((0.0..=1.0).contains(&loss));
+    // Answers that differ from the base model can move top-1 by at most the fidelity loss.
+    assert!((base - gati_).abs() <= 100.0 * loss + 1e-9);
+    assert!(e["oracle_speedup"].as_f64().unwrap() >= 1.0);
+    assert!(e["gati_latency_ms"]["p50"].as_f64().unwrap() > 0.0 && e["speedup"].as_f64().unwrap() > 0.0);
+
+    // Another budget re-plans from the kept candidates without training again.
+    let p2 = run(plan_args("0.0"));
+    assert_eq!(p2["trained"], false);
+    assert_eq!(p2["plan"]["expected"]["fidelity_loss"], 0.0);
 }

@@ -56,9 +56,7 @@ pub struct LatencyProfile {
 pub fn profile_latency(model: &BaseModel, ds: &Dataset, n: usize, warmup: usize) -> LatencyProfile {
     let _g = tch::no_grad_guard();
     let n = n.min(ds.len()).max(1);
-    let inputs: Vec<Tensor> = (0..n)
-        .map(|i| model.preprocess(&ds.pixel_range(i, i + 1)))
-        .collect();
+    let inputs: Vec<Tensor> = (0..n).map(|i| model.preprocess(&ds.pixel_range(i, i + 1))).collect();
     for x in inputs.iter().cycle().take(warmup) {
         let _ = model.forward(x);
     }

@@ -18,3 +18,16 @@ pub fn set_threads(threads: usize) {
         tch::set_num_threads(threads as i32);
     }
 }
+
+/// Keeps freed tensor memory in the heap instead of returning it to the OS. libtorch frees and
+/// reallocates megabyte-sized buffers every training step; with glibc's defaults each becomes an
+/// mmap/munmap pair plus page faults, which doubled cache-training time (measured, docs/results.md).
+/// Call once at start-up, before any tensor exists.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}

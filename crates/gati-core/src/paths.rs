@@ -49,7 +49,11 @@ pub fn cifar10_dir() -> Result<PathBuf> {
     bail!(
         "no CIFAR-10 data found; tried {}. Pass --data DIR, set GATI_DATA, put the shared data at ../shared/, \
          or run datasets/fetch.sh cifar10 on a machine with internet access",
-        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -96,7 +100,10 @@ pub fn checkpoint(model: &str) -> Result<PathBuf> {
     }
     bail!(
         "no weights for {model} found in {}; pass --weights FILE (.safetensors or a PyTorch .th/.pth)",
-        dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        dirs.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

@@ -34,11 +34,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 }
 
 /// Compares a set of named tensors with the variables of `vs`; the error names every offending key.
-pub fn check_against(
-    vs: &VarStore,
-    tensors: &BTreeMap<String, Tensor>,
-    origin: &Path,
-) -> Result<()> {
+pub fn check_against(vs: &VarStore, tensors: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let missing: Vec<&str> = vars
         .keys()
@@ -68,11 +64,7 @@ pub fn check_against(
         problems.push(format!("mis-shaped keys [{}]", list(&misshaped)));
     }
     if !problems.is_empty() {
-        bail!(
-            "{} does not match the model: {}",
-            origin.display(),
-            problems.join("; ")
-        );
+        bail!("{} does not match the model: {}", origin.display(), problems.join("; "));
     }
     Ok(())
 }
@@ -98,8 +90,7 @@ pub fn write_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         .iter()
         .map(|(k, t)| (k.clone(), t.to_kind(Kind::Float).contiguous()))
         .collect();
-    Tensor::write_safetensors(&contiguous, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    Tensor::write_safetensors(&contiguous, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
@@ -155,12 +146,7 @@ pub fn import_pytorch(model: &str, input: &Path, output: &Path) -> Result<usize>
         .arg(input)
         .arg(&raw)
         .output()
-        .with_context(|| {
-            format!(
-                "running {} (run scripts/setup.sh first)",
-                python().display()
-            )
-        })?;
+        .with_context(|| format!("running {} (run scripts/setup.sh first)", python().display()))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&raw);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -31,11 +31,7 @@ fn cifar10_binary_batches_load() {
     assert_eq!(test.images.int64_value(&[7, 2, 31, 31]), 7);
     let train = data::load_cifar_binary(dir.path(), "train").unwrap();
     assert_eq!(train.len(), 20);
-    assert!(
-        train.sources[5].ends_with("data_batch_2.bin#1"),
-        "{}",
-        train.sources[5]
-    );
+    assert!(train.sources[5].ends_with("data_batch_2.bin#1"), "{}", train.sources[5]);
 }
 
 #[test]
@@ -60,20 +56,12 @@ fn cifar100_binary_uses_fine_labels_and_names() {
 fn truncated_cifar_batch_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("test_batch.bin"), vec![0u8; 3073 * 2 + 100]).unwrap();
-    let e = format!(
-        "{:#}",
-        data::load(dir.path(), "test", None, (32, 32)).unwrap_err()
-    );
+    let e = format!("{:#}", data::load(dir.path(), "test", None, (32, 32)).unwrap_err());
     assert!(
-        e.contains(
-            "test_batch.bin is 6246 bytes, not a whole number of 3073-byte CIFAR-10 records"
-        ),
+        e.contains("test_batch.bin is 6246 bytes, not a whole number of 3073-byte CIFAR-10 records"),
         "{e}"
     );
-    let e = format!(
-        "{:#}",
-        data::load(dir.path(), "valid", None, (32, 32)).unwrap_err()
-    );
+    let e = format!("{:#}", data::load(dir.path(), "valid", None, (32, 32)).unwrap_err());
     assert!(e.contains("'valid'"), "{e}");
 }
 
@@ -82,11 +70,7 @@ fn image_folder_orders_classes_and_balances_limits() {
     let ds = data::load_image_folder(&common::cifar_jpeg(), "test", Some(25), (32, 32)).unwrap();
     assert_eq!(ds.classes, data::CIFAR10_CLASSES);
     assert_eq!(ds.labels[..12], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
-    assert!(
-        ds.sources[3].ends_with("test/cat/0000.jpg"),
-        "{}",
-        ds.sources[3]
-    );
+    assert!(ds.sources[3].ends_with("test/cat/0000.jpg"), "{}", ds.sources[3]);
     let full = data::load_image_folder(&common::cifar_jpeg(), "test", None, (32, 32)).unwrap();
     assert_eq!(full.len(), 10_000);
     for c in 0..10 {

@@ -7,12 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn cifar_resnets_have_stem_blocks_and_head() {
-    for (name, blocks) in [
-        ("resnet20", 9),
-        ("resnet32", 15),
-        ("resnet44", 21),
-        ("resnet56", 27),
-    ] {
+    for (name, blocks) in [("resnet20", 9), ("resnet32", 15), ("resnet44", 21), ("resnet56", 27)] {
         let m = BaseModel::new(name, Device::Cpu).unwrap();
         let st = m.stages();
         assert_eq!(st.len(), blocks + 2, "{name}");
@@ -38,11 +33,7 @@ fn imagenet_resnets_have_torchvision_shapes_and_names() {
         let st = m.stages();
         assert_eq!(st.len(), blocks + 2, "{name}");
         assert_eq!(st[0].output_shape, vec![1, 64, 56, 56], "{name} stem");
-        assert_eq!(
-            st[st.len() - 2].output_shape,
-            vec![1, feat, 7, 7],
-            "{name} last block"
-        );
+        assert_eq!(st[st.len() - 2].output_shape, vec![1, feat, 7, 7], "{name} last block");
         assert_eq!(st.last().unwrap().output_shape, vec![1, 1000]);
         let vars = m.var_store().variables();
         // Parameter count equals torchvision's (BN running stats excluded).
@@ -59,9 +50,7 @@ fn imagenet_resnets_have_torchvision_shapes_and_names() {
 
 #[test]
 fn unknown_model_is_a_clear_error() {
-    let err = BaseModel::new("resnet99", Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = BaseModel::new("resnet99", Device::Cpu).unwrap_err().to_string();
     assert!(
         err.contains("unknown model 'resnet99'") && err.contains("resnet56"),
         "{err}"

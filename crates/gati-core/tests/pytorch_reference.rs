@@ -16,12 +16,7 @@ fn pytorch_logits(name: &str, x: &Tensor, dir: &Path) -> Tensor {
     let ckpt = gati_core::paths::checkpoint(name).unwrap();
     let status = Command::new(common::python())
         .arg(common::scripts_py("cifar_resnet.py"))
-        .args([
-            "logits".as_ref(),
-            ckpt.as_os_str(),
-            inputs.as_os_str(),
-            out.as_os_str(),
-        ])
+        .args(["logits".as_ref(), ckpt.as_os_str(), inputs.as_os_str(), out.as_os_str()])
         .status()
         .unwrap();
     assert!(status.success(), "PyTorch reference failed for {name}");
@@ -40,11 +35,7 @@ fn logits_match_pytorch_on_300_real_test_images() {
         let scale = theirs.abs().max().double_value(&[]);
         let rel = (&ours - &theirs).abs().max().double_value(&[]) / scale;
         assert!(rel <= 1e-4, "{name}: max relative logit difference {rel}");
-        assert_eq!(
-            eval::argmax(&ours),
-            eval::argmax(&theirs),
-            "{name}: predictions differ"
-        );
+        assert_eq!(eval::argmax(&ours), eval::argmax(&theirs), "{name}: predictions differ");
         // Sanity: these are real models on real images (about 10 points under published on JPEGs).
         let acc = eval::top1(&ours, &ds.labels);
         assert!(acc > 70.0, "{name}: top-1 {acc}% on 300 JPEG test images");
@@ -54,10 +45,7 @@ fn logits_match_pytorch_on_300_real_test_images() {
 /// `test-samples/cifar10_NN_L.png` carries its label `L` in the file name.
 fn png_test_samples() -> (Tensor, Vec<i64>) {
     let dir = common::shared().join("datasets/cifar10-png/test-samples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
@@ -92,9 +80,7 @@ fn lossless_samples_are_classified_as_pytorch_does() {
             eval::argmax(&pytorch_logits(name, &x, dir.path())),
             "{name}: Rust vs PyTorch"
         );
-        let wrong: Vec<usize> = (0..labels.len())
-            .filter(|&i| ours[i] != labels[i])
-            .collect();
+        let wrong: Vec<usize> = (0..labels.len()).filter(|&i| ours[i] != labels[i]).collect();
         let expected: Vec<usize> = if name == "resnet32" {
             vec![train.len() + 15]
         } else {

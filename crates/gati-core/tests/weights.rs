@@ -38,10 +38,7 @@ fn edited_checkpoint(dir: &Path, edit: &str) -> std::path::PathBuf {
 }
 
 fn import_err(model: &str, ckpt: &Path, out: &Path) -> String {
-    format!(
-        "{:#}",
-        weights::import_pytorch(model, ckpt, out).unwrap_err()
-    )
+    format!("{:#}", weights::import_pytorch(model, ckpt, out).unwrap_err())
 }
 
 #[test]
@@ -51,10 +48,7 @@ fn bad_checkpoints_name_the_offending_keys() {
 
     let missing = edited_checkpoint(dir.path(), "del sd['module.layer2.1.bn1.running_mean']");
     let e = import_err("resnet20", &missing, &out);
-    assert!(
-        e.contains("missing keys [layer2.1.bn1.running_mean]"),
-        "{e}"
-    );
+    assert!(e.contains("missing keys [layer2.1.bn1.running_mean]"), "{e}");
 
     let extra = edited_checkpoint(dir.path(), "sd['module.extra.weight']=torch.zeros(3)");
     let e = import_err("resnet20", &extra, &out);
@@ -68,11 +62,7 @@ fn bad_checkpoints_name_the_offending_keys() {
     );
 
     // A resnet20 checkpoint is not a resnet32 one: the extra blocks are missing.
-    let e = import_err(
-        "resnet32",
-        &gati_core::paths::checkpoint("resnet20").unwrap(),
-        &out,
-    );
+    let e = import_err("resnet32", &gati_core::paths::checkpoint("resnet20").unwrap(), &out);
     assert!(e.contains("missing keys [layer1.3.bn1.bias"), "{e}");
 
     let junk = dir.path().join("junk.th");
@@ -99,8 +89,5 @@ fn loading_wrong_safetensors_names_the_file() {
         "{:#}",
         BaseModel::load("resnet20", &junk, tch::Device::Cpu).unwrap_err()
     );
-    assert!(
-        e.contains("junk.safetensors is not a valid safetensors file"),
-        "{e}"
-    );
+    assert!(e.contains("junk.safetensors is not a valid safetensors file"), "{e}");
 }

@@ -1,19 +1,12 @@
 use anyhow::Result;
-use gati_core::{data, eval, paths, BaseModel};
+use gati_core::eval;
 use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, default_value = "resnet56")]
-    model: String,
-    /// Weights: .safetensors, or a PyTorch checkpoint (converted once into ~/.cache/gati).
-    /// Default: the model's checkpoint under ../shared/weights
-    #[arg(long, env = "GATI_WEIGHTS")]
-    weights: Option<PathBuf>,
-    /// Dataset folder (image folder or CIFAR binary). Default: ../shared CIFAR-10, then datasets/
-    #[arg(long, env = "GATI_DATA")]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    md: super::data_args::ModelData,
     #[arg(long, default_value = "test")]
     split: String,
     /// Evaluate only the first N samples (class-balanced for image folders)
@@ -51,14 +44,8 @@ struct Report {
 
 pub fn run(a: Args) -> Result<()> {
     gati_core::set_threads(a.threads);
-    let weights = paths::resolve_weights(&a.model, a.weights.as_deref())?;
-    let model = BaseModel::load(&a.model, &weights, tch::Device::Cpu)?;
-    let data_dir = match a.data {
-        Some(d) => d,
-        None => paths::cifar10_dir()?,
-    };
-    let [_, h, w] = model.spec().input_shape;
-    let ds = data::load(&data_dir, &a.split, a.limit, (h, w))?;
+    let (model, weights, data_dir) = a.md.load()?;
+    let ds = super::data_args::load_split(&model, &data_dir, &a.split, a.limit)?;
     let logits = eval::predict(&model, &ds, a.batch);
     let top1 = eval::top1(&logits, &ds.labels);
     let profile = eval::profile_latency(&model, &ds, a.latency_samples, 20);
@@ -68,7 +55,7 @@ pub fn run(a: Args) -> Result<()> {
         gati_core::weights::write_atomic(&[("x".to_string(), x)], path)?;
     }
     let report = Report {
-        model: a.model,
+        model: a.md.model,
         weights,
         data: data_dir,
         split: a.split,
@@ -97,12 +84,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!("{:<10} {:>9} {:>8}", "stage", "ms", "cum %");
     for s in &report.stages {
-        println!(
-            "{:<10} {:>9.4} {:>7.1}%",
-            s.name,
-            s.ms,
-            100.0 * s.cum_fraction
-        );
+        println!("{:<10} {:>9.4} {:>7.1}%", s.name, s.ms, 100.0 * s.cum_fraction);
     }
     Ok(())
 }

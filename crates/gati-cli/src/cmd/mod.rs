@@ -1,5 +1,8 @@
+mod data_args;
 pub mod eval;
+pub mod evaluate;
 pub mod import;
+pub mod plan;
 pub mod stages;
 
 use serde::Serialize;

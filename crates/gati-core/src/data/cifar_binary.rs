@@ -23,23 +23,16 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
 const PIXELS: usize = 3 * 32 * 32;
 
 pub(super) fn looks_like_cifar(root: &Path) -> bool {
-    [
-        "data_batch_1.bin",
-        "test_batch.bin",
-        "train.bin",
-        "test.bin",
-    ]
-    .iter()
-    .any(|f| root.join(f).is_file())
+    ["data_batch_1.bin", "test_batch.bin", "train.bin", "test.bin"]
+        .iter()
+        .any(|f| root.join(f).is_file())
 }
 
 /// Loads split `train` or `test` from a CIFAR-10 or CIFAR-100 binary folder.
 pub fn load_cifar_binary(root: &Path, split: &str) -> Result<Dataset> {
     let cifar100 = root.join("train.bin").is_file() || root.join("test.bin").is_file();
     let files: Vec<PathBuf> = match (cifar100, split) {
-        (false, "train") => (1..=5)
-            .map(|i| root.join(format!("data_batch_{i}.bin")))
-            .collect(),
+        (false, "train") => (1..=5).map(|i| root.join(format!("data_batch_{i}.bin"))).collect(),
         (false, "test") => vec![root.join("test_batch.bin")],
         (true, "train") => vec![root.join("train.bin")],
         (true, "test") => vec![root.join("test.bin")],
@@ -51,8 +44,7 @@ pub fn load_cifar_binary(root: &Path, split: &str) -> Result<Dataset> {
     let mut labels = Vec::new();
     let mut sources = Vec::new();
     for f in &files {
-        let bytes =
-            std::fs::read(f).with_context(|| format!("reading CIFAR batch {}", f.display()))?;
+        let bytes = std::fs::read(f).with_context(|| format!("reading CIFAR batch {}", f.display()))?;
         if bytes.is_empty() || bytes.len() % record != 0 {
             bail!(
                 "{} is {} bytes, not a whole number of {record}-byte CIFAR-{} records",
@@ -103,11 +95,7 @@ fn class_names(root: &Path, cifar100: bool) -> Result<Vec<String>> {
             .collect();
         let want = if cifar100 { 100 } else { 10 };
         if names.len() != want {
-            bail!(
-                "{} lists {} class names, expected {want}",
-                meta.display(),
-                names.len()
-            );
+            bail!("{} lists {} class names, expected {want}", meta.display(), names.len());
         }
         return Ok(names);
     }

@@ -9,12 +9,7 @@ const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 
 /// Loads a split. Files are ordered round-robin over classes (the first file of every class, then
 /// the second, ...), so any prefix, such as `limit`, is class-balanced.
-pub fn load_image_folder(
-    root: &Path,
-    split: &str,
-    limit: Option<usize>,
-    hw: (i64, i64),
-) -> Result<Dataset> {
+pub fn load_image_folder(root: &Path, split: &str, limit: Option<usize>, hw: (i64, i64)) -> Result<Dataset> {
     let dir = root.join(split);
     if !dir.is_dir() {
         bail!("dataset split folder {} does not exist", dir.display());
@@ -59,10 +54,7 @@ pub fn load_image_folder(
         }
     }
     if items.is_empty() {
-        bail!(
-            "{} has class folders but no .jpg/.png images",
-            dir.display()
-        );
+        bail!("{} has class folders but no .jpg/.png images", dir.display());
     }
     let (h, w) = hw;
     let pixels = decode_all(&items, h, w)?;
@@ -80,9 +72,7 @@ pub fn load_image_folder(
 fn decode_all(items: &[(PathBuf, i64)], h: i64, w: i64) -> Result<Vec<u8>> {
     let per = (3 * h * w) as usize;
     let mut out = vec![0u8; per * items.len()];
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let chunk = items.len().div_ceil(threads).max(1);
     let pb = crate::progress::bar(items.len() as u64, "decode");
     std::thread::scope(|s| -> Result<()> {
@@ -93,10 +83,8 @@ fn decode_all(items: &[(PathBuf, i64)], h: i64, w: i64) -> Result<Vec<u8>> {
                 let pb = pb.clone();
                 s.spawn(move || -> Result<()> {
                     for ((path, _), d) in src.iter().zip(dst.chunks_mut(per)) {
-                        let bytes = std::fs::read(path)
-                            .with_context(|| format!("reading {}", path.display()))?;
-                        let chw = decode_image(&bytes, h, w)
-                            .with_context(|| format!("image {}", path.display()))?;
+                        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                        let chw = decode_image(&bytes, h, w).with_context(|| format!("image {}", path.display()))?;
                         d.copy_from_slice(&chw);
                         pb.inc(1);
                     }
@@ -125,11 +113,7 @@ pub fn decode_image(bytes: &[u8], h: i64, w: i64) -> Result<Vec<u8>> {
     reader.limits(limits);
     let img = reader.decode().context("cannot decode")?.to_rgb8();
     if img.height() as i64 != h || img.width() as i64 != w {
-        bail!(
-            "is {}x{} (WxH), expected {w}x{h}",
-            img.width(),
-            img.height()
-        );
+        bail!("is {}x{} (WxH), expected {w}x{h}", img.width(), img.height());
     }
     let hw = (h * w) as usize;
     let mut chw = vec![0u8; 3 * hw];

@@ -48,18 +48,12 @@ struct Head {
 
 impl Forward for Head {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.mean_dim([2i64, 3].as_slice(), false, None)
-            .apply(&self.linear)
+        x.mean_dim([2i64, 3].as_slice(), false, None).apply(&self.linear)
     }
 }
 
 /// `blocks` BasicBlocks per stage: 3, 5, 7, 9 for depth 20, 32, 44, 56.
-pub(super) fn build(
-    p: &nn::Path,
-    name: &str,
-    blocks: usize,
-    classes: i64,
-) -> (ModelSpec, Vec<Stage>) {
+pub(super) fn build(p: &nn::Path, name: &str, blocks: usize, classes: i64) -> (ModelSpec, Vec<Stage>) {
     let mut stages = vec![Stage {
         name: "stem".into(),
         module: Box::new(Stem {

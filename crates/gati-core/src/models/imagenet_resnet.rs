@@ -19,13 +19,9 @@ struct Stem {
 
 impl Forward for Stem {
     fn forward(&self, x: &Tensor) -> Tensor {
-        bn_eval(&self.bn1, &x.apply(&self.conv1)).relu().max_pool2d(
-            [3, 3],
-            [2, 2],
-            [1, 1],
-            [1, 1],
-            false,
-        )
+        bn_eval(&self.bn1, &x.apply(&self.conv1))
+            .relu()
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
     }
 }
 
@@ -96,17 +92,11 @@ struct Head {
 
 impl Forward for Head {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.mean_dim([2i64, 3].as_slice(), false, None)
-            .apply(&self.fc)
+        x.mean_dim([2i64, 3].as_slice(), false, None).apply(&self.fc)
     }
 }
 
-pub(super) fn build(
-    p: &nn::Path,
-    name: &str,
-    depth: Depth,
-    classes: i64,
-) -> (ModelSpec, Vec<Stage>) {
+pub(super) fn build(p: &nn::Path, name: &str, depth: Depth, classes: i64) -> (ModelSpec, Vec<Stage>) {
     let (blocks, bottleneck) = match depth {
         Depth::R18 => ([2, 2, 2, 2], false),
         Depth::R34 => ([3, 4, 6, 3], false),
@@ -127,8 +117,8 @@ pub(super) fn build(
             let stride = if layer > 1 && i == 0 { 2 } else { 1 };
             let bp = p / format!("layer{layer}") / i;
             let out = planes * expansion;
-            let downsample = (stride != 1 || inplanes != out)
-                .then(|| Downsample::new(&bp / "downsample", inplanes, out, stride));
+            let downsample =
+                (stride != 1 || inplanes != out).then(|| Downsample::new(&bp / "downsample", inplanes, out, stride));
             let module: Box<dyn Forward> = if bottleneck {
                 Box::new(Bottleneck {
                     conv1: conv(&bp / "conv1", inplanes, planes, 1, 1, 0),

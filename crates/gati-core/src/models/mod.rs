@@ -73,19 +73,10 @@ impl BaseModel {
                 let depth: usize = name[6..].parse().expect("digits");
                 cifar_resnet::build(&vs.root(), name, (depth - 2) / 6, 10)
             }
-            "resnet18" => {
-                imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R18, 1000)
-            }
-            "resnet34" => {
-                imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R34, 1000)
-            }
-            "resnet50" => {
-                imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R50, 1000)
-            }
-            other => bail!(
-                "unknown model '{other}' (known: {})",
-                MODEL_NAMES.join(", ")
-            ),
+            "resnet18" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R18, 1000),
+            "resnet34" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R34, 1000),
+            "resnet50" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R50, 1000),
+            other => bail!("unknown model '{other}' (known: {})", MODEL_NAMES.join(", ")),
         };
         let mut model = Self {
             spec,
@@ -100,8 +91,7 @@ impl BaseModel {
     /// Builds `name` and loads its parameters from a safetensors file.
     pub fn load(name: &str, weights: &Path, device: Device) -> Result<Self> {
         let mut model = Self::new(name, device)?;
-        crate::weights::load_into(&mut model.vs, weights)
-            .with_context(|| format!("loading {name} weights"))?;
+        crate::weights::load_into(&mut model.vs, weights).with_context(|| format!("loading {name} weights"))?;
         Ok(model)
     }
 
@@ -170,13 +160,26 @@ impl BaseModel {
         out
     }
 
+    /// The whole forward pass, also returning the outputs of `stages` (ascending stage indices).
+    pub fn forward_collect(&self, x: &Tensor, stages: &[usize]) -> (Tensor, Vec<Tensor>) {
+        let mut kept = Vec::with_capacity(stages.len());
+        let mut want = stages.iter().peekable();
+        let mut h = x.shallow_clone();
+        for (k, s) in self.stages.iter().enumerate() {
+            h = s.module.forward(&h);
+            if want.peek() == Some(&&k) {
+                kept.push(h.shallow_clone());
+                want.next();
+            }
+        }
+        (h, kept)
+    }
+
     /// Pixels (`u8`, `[N, C, H, W]`) to the normalised float input the model expects.
     pub fn preprocess(&self, pixels: &Tensor) -> Tensor {
         let n = &self.spec.normalization;
         let dev = self.device();
-        let mean = Tensor::from_slice(&n.mean)
-            .view([1, 3, 1, 1])
-            .to_device(dev);
+        let mean = Tensor::from_slice(&n.mean).view([1, 3, 1, 1]).to_device(dev);
         let std = Tensor::from_slice(&n.std).view([1, 3, 1, 1]).to_device(dev);
         (pixels.to_device(dev).to_kind(Kind::Float) / 255.0 - mean) / std
     }

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 pub const CIFAR_MODELS: [&str; 4] = ["resnet20", "resnet32", "resnet44", "resnet56"];
 
 pub fn shared() -> PathBuf {
-    paths::shared_dir()
-        .expect("../shared (or $GATI_SHARED) with the CIFAR-10 data and weights is required")
+    paths::shared_dir().expect("../shared (or $GATI_SHARED) with the CIFAR-10 data and weights is required")
 }
 
 pub fn cifar_jpeg() -> PathBuf {
@@ -18,12 +17,8 @@ pub fn cifar_jpeg() -> PathBuf {
 /// Safetensors weights for a pretrained CIFAR ResNet, converted once into the test target dir.
 pub fn weights(model: &str) -> PathBuf {
     let ckpt = paths::checkpoint(model).expect("pretrained checkpoint");
-    paths::convert_cached(
-        model,
-        &ckpt,
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights"),
-    )
-    .expect("checkpoint converts")
+    paths::convert_cached(model, &ckpt, &Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights"))
+        .expect("checkpoint converts")
 }
 
 pub fn pretrained(model: &str) -> BaseModel {

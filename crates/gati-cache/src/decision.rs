@@ -1,0 +1,193 @@
+//! Hit decisions: when may a cache answer? Two kinds, both calibrated on the calibration half.
+//!
+//! - `threshold`: per-class thresholds on the cache's max softmax probability.
+//! - `selector`: the paper's logistic regression on the cache's log-probabilities predicting
+//!   "agrees with the base model" (applied to the softmax once, without the paper's double softmax),
+//!   with one threshold on its score.
+//!
+//! Each head gets a ladder of settings, one per target error rate in `ERROR_TARGETS`; the planner
+//! picks one setting per chosen head so that the combined fidelity loss stays within budget.
+
+use crate::outcomes::{top1, Outcomes};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Target error rates (disagreement with the base model among a head's hits) of the 20 settings.
+pub const ERROR_TARGETS: [f64; 20] = [
+    0.0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25,
+];
+
+/// Threshold that never fires (probabilities and scores are at most 1).
+const NEVER: f32 = 2.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionKind {
+    Threshold,
+    Selector,
+}
+
+impl DecisionKind {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "threshold" => Ok(Self::Threshold),
+            "selector" => Ok(Self::Selector),
+            other => anyhow::bail!("unknown decision '{other}' (threshold, selector)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Decision {
+    Threshold {
+        thresholds: Vec<f32>,
+    },
+    Selector {
+        weights: Vec<f32>,
+        bias: f32,
+        threshold: f32,
+    },
+}
+
+impl Decision {
+    /// `Some((class, probability))` if the cache may answer with this softmax row.
+    pub fn hit(&self, row: &[f32]) -> Option<(usize, f32)> {
+        let (c, p) = top1(row);
+        let fires = match self {
+            Decision::Threshold { thresholds } => p >= thresholds[c],
+            Decision::Selector {
+                weights,
+                bias,
+                threshold,
+            } => selector_score(weights, *bias, row) >= *threshold,
+        };
+        fires.then_some((c, p))
+    }
+}
+
+fn features(row: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    row.iter().map(|&p| p.max(1e-12).ln())
+}
+
+fn selector_score(w: &[f32], b: f32, row: &[f32]) -> f32 {
+    let z: f32 = features(row).zip(w).map(|(f, w)| f * w).sum::<f32>() + b;
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Largest prefix of `(score, wrong)` (sorted by score, descending) whose error rate is at most
+/// `target`; returns the score at its end, or `NEVER` if even the first sample is wrong.
+fn threshold_for(sorted: &[(f32, bool)], target: f64) -> f32 {
+    let mut wrong = 0usize;
+    let mut best = None;
+    for (k, &(score, w)) in sorted.iter().enumerate() {
+        wrong += w as usize;
+        if wrong as f64 <= target * (k + 1) as f64 {
+            best = Some(score);
+        }
+    }
+    best.unwrap_or(NEVER)
+}
+
+/// The ladder of per-class threshold settings of head `h`.
+pub fn threshold_ladder(o: &Outcomes, h: usize) -> Vec<Decision> {
+    let mut per_class: Vec<Vec<(f32, bool)>> = vec![Vec::new(); o.classes];
+    for i in 0..o.len() {
+        let (c, p) = o.top(h, i);
+        per_class[c].push((p, c as i64 != o.base_pred[i]));
+    }
+    for v in &mut per_class {
+        v.sort_by(|a, b| b.0.total_cmp(&a.0));
+    }
+    ERROR_TARGETS
+        .iter()
+        .map(|&e| Decision::Threshold {
+            thresholds: per_class.iter().map(|v| threshold_for(v, e)).collect(),
+        })
+        .collect()
+}
+
+/// Fits the selector of head `h` (ridge-regularised logistic regression, Newton's method).
+pub fn fit_selector(o: &Outcomes, h: usize) -> (Vec<f32>, f32) {
+    let n = o.len() as i64;
+    let k = o.classes as i64;
+    let mut x = Vec::with_capacity((n * (k + 1)) as usize);
+    let mut y = Vec::with_capacity(n as usize);
+    for i in 0..o.len() {
+        x.extend(features(o.row(h, i)).map(f64::from));
+        x.push(1.0);
+        y.push((o.top(h, i).0 as i64 == o.base_pred[i]) as i64 as f64);
+    }
+    let x = Tensor::from_slice(&x).view([n, k + 1]);
+    let y = Tensor::from_slice(&y);
+    let ridge = Tensor::eye(k + 1, (Kind::Double, tch::Device::Cpu)) * 1e-3;
+    let mut w = Tensor::zeros([k + 1], (Kind::Double, tch::Device::Cpu));
+    for _ in 0..30 {
+        let p = x.mv(&w).sigmoid();
+        let s: Tensor = &p * (-&p + 1.0);
+        let hess = x.tr().matmul(&(&x * s.unsqueeze(1))) + &ridge;
+        let grad = x.tr().mv(&(&p - &y)) + ridge.mv(&w);
+        let step = Tensor::linalg_solve(&hess, &grad.unsqueeze(1), true).squeeze_dim(1);
+        w -= &step;
+        if step.abs().max().double_value(&[]) < 1e-8 {
+            break;
+        }
+    }
+    let w: Vec<f64> = Vec::try_from(w).expect("1-d");
+    (
+        w[..k as usize].iter().map(|&v| v as f32).collect(),
+        w[k as usize] as f32,
+    )
+}
+
+/// The ladder of selector settings of head `h`: one fitted selector, one threshold per target.
+pub fn selector_ladder(o: &Outcomes, h: usize) -> Vec<Decision> {
+    let (weights, bias) = fit_selector(o, h);
+    let mut scored: Vec<(f32, bool)> = (0..o.len())
+        .map(|i| {
+            (
+                selector_score(&weights, bias, o.row(h, i)),
+                o.top(h, i).0 as i64 != o.base_pred[i],
+            )
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ERROR_TARGETS
+        .iter()
+        .map(|&e| Decision::Selector {
+            weights: weights.clone(),
+            bias,
+            threshold: threshold_for(&scored, e),
+        })
+        .collect()
+}
+
+pub fn ladder(kind: DecisionKind, o: &Outcomes, h: usize) -> Vec<Decision> {
+    match kind {
+        DecisionKind::Threshold => threshold_ladder(o, h),
+        DecisionKind::Selector => selector_ladder(o, h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_takes_the_longest_prefix_within_target() {
+        let s = [
+            (0.99, false),
+            (0.95, false),
+            (0.9, true),
+            (0.8, false),
+            (0.7, false),
+            (0.6, true),
+            (0.5, true),
+        ];
+        assert_eq!(threshold_for(&s, 0.0), 0.95);
+        assert_eq!(threshold_for(&s, 0.2), 0.7); // 1 wrong in 5
+        assert_eq!(threshold_for(&s, 0.34), 0.6); // 2 in 6
+        assert_eq!(threshold_for(&[(0.9, true)], 0.0), NEVER);
+    }
+}

@@ -1,0 +1,131 @@
+//! Measuring a plan in-process on the evaluation half: real early exit against the base model
+//! alone, interleaved sample by sample on the same thread count.
+
+use crate::candidates::Candidates;
+use crate::runtime::{EarlyExit, Exit};
+use gati_core::data::Dataset;
+use gati_core::stats::LatencyStats;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerHits {
+    pub layer: String,
+    pub variant: String,
+    pub hit_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub n: usize,
+    pub base_top1: f64,
+    pub gati_top1: f64,
+    pub fidelity_loss: f64,
+    pub hit_rate: f64,
+    pub hit_rate_per_layer: Vec<LayerHits>,
+    pub base_latency_ms: LatencyStats,
+    pub gati_latency_ms: LatencyStats,
+    /// Mean base latency / mean gati latency, measured.
+    pub speedup: f64,
+    /// The oracle's speed-up (earliest agreeing candidate cache, from recorded outcomes and the
+    /// planned stage costs), when the candidates are available.
+    pub oracle_speedup: Option<f64>,
+    pub threads: i32,
+}
+
+/// Runs every sample of `ds` through the base model alone and through the plan (batch 1).
+pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
+    let _g = tch::no_grad_guard();
+    let m = &ee.model;
+    let inputs: Vec<_> = (0..ds.len()).map(|i| m.preprocess(&ds.pixel_range(i, i + 1))).collect();
+    for x in inputs.iter().take(warmup) {
+        let _ = m.forward(x);
+        let _ = ee.infer(x);
+    }
+    let (mut base_ms, mut gati_ms) = (Vec::new(), Vec::new());
+    let (mut base_ok, mut gati_ok, mut differ) = (0usize, 0usize, 0usize);
+    let mut hits = vec![0usize; ee.caches.len()];
+    let pb = gati_core::progress::bar(ds.len() as u64, "evaluate");
+    for (i, x) in inputs.iter().enumerate() {
+        let run_base = || {
+            let t = Instant::now();
+            let z = m.forward(x);
+            (t.elapsed().as_secs_f64() * 1e3, gati_core::eval::argmax(&z)[0])
+        };
+        let run_gati = || {
+            let t = Instant::now();
+            let a = ee.infer(x);
+            (t.elapsed().as_secs_f64() * 1e3, a)
+        };
+        // Alternate the order so neither path always runs on a warm cache.
+        let ((bt, bp), (gt, ga)) = if i % 2 == 0 {
+            let b = run_base();
+            (b, run_gati())
+        } else {
+            let g = run_gati();
+            (run_base(), g)
+        };
+        base_ms.push(bt);
+        gati_ms.push(gt);
+        base_ok += (bp == ds.labels[i]) as usize;
+        gati_ok += (ga.class as i64 == ds.labels[i]) as usize;
+        differ += (ga.class as i64 != bp) as usize;
+        if let Exit::Cache(c) = ga.exit {
+            hits[c] += 1;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let n = ds.len().max(1) as f64;
+    let base = LatencyStats::from_samples(&base_ms);
+    let gati = LatencyStats::from_samples(&gati_ms);
+    Report {
+        n: ds.len(),
+        base_top1: 100.0 * base_ok as f64 / n,
+        gati_top1: 100.0 * gati_ok as f64 / n,
+        fidelity_loss: differ as f64 / n,
+        hit_rate: hits.iter().sum::<usize>() as f64 / n,
+        hit_rate_per_layer: ee
+            .caches
+            .iter()
+            .zip(&hits)
+            .map(|(c, &h)| LayerHits {
+                layer: c.layer.clone(),
+                variant: c.head.variant.name().to_string(),
+                hit_rate: h as f64 / n,
+            })
+            .collect(),
+        speedup: base.mean / gati.mean,
+        base_latency_ms: base,
+        gati_latency_ms: gati,
+        oracle_speedup: None,
+        threads: tch::get_num_threads(),
+    }
+}
+
+/// The oracle's mean latency: each sample leaves at the earliest stage where some candidate head
+/// predicts the base model's answer, paying the base stages up to there and that head's cost.
+pub fn oracle_speedup(c: &Candidates, costs: &[f64], stage_ms: &[f64]) -> f64 {
+    let o = &c.evaluation;
+    let cum: Vec<f64> = stage_ms
+        .iter()
+        .scan(0.0, |a, &x| {
+            *a += x;
+            Some(*a)
+        })
+        .collect();
+    let total = *cum.last().unwrap_or(&0.0);
+    let mut sum = 0.0;
+    for i in 0..o.len() {
+        let best = c
+            .bank
+            .heads
+            .iter()
+            .enumerate()
+            .filter(|(h, _)| o.top(*h, i).0 as i64 == o.base_pred[i])
+            .map(|(h, e)| cum[e.stage] + costs[h])
+            .fold(total, f64::min);
+        sum += best;
+    }
+    total / (sum / o.len().max(1) as f64)
+}

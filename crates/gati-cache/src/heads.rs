@@ -1,0 +1,200 @@
+//! Cache model variants. Each maps one stage's activation `[B, C, H, W]` to class logits `[B, K]`.
+//!
+//! The paper's three work on the flattened activation (D = C·H·W): `fc`, `pool`, `conv`. Ours keep
+//! the spatial layout and cost a fraction: `gap` (global average pool + MLP) and `conv-pool`
+//! (1x1 conv + BN + ReLU + 4x4 adaptive pool + linear).
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::ModuleT, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// Linear(D, 1024) – ReLU – Linear(1024, K).
+    Fc,
+    /// AdaptiveAvgPool1d(min(D, 4096)) – Linear(·, 1024) – ReLU – Linear(1024, K).
+    Pool,
+    /// Conv1d(1→1, kernel 3) – ReLU – Linear(D − 2, K).
+    Conv,
+    /// Global average pool – Linear(C, 128) – ReLU – Linear(128, K).
+    Gap,
+    /// Conv1x1(C→32) – BN – ReLU – AdaptiveAvgPool2d(4x4) – Linear(512, K).
+    ConvPool,
+}
+
+pub const ALL_VARIANTS: [Variant; 5] = [
+    Variant::Fc,
+    Variant::Pool,
+    Variant::Conv,
+    Variant::Gap,
+    Variant::ConvPool,
+];
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Fc => "fc",
+            Variant::Pool => "pool",
+            Variant::Conv => "conv",
+            Variant::Gap => "gap",
+            Variant::ConvPool => "conv-pool",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match ALL_VARIANTS.iter().find(|v| v.name() == s) {
+            Some(v) => Ok(*v),
+            None => bail!(
+                "unknown cache variant '{s}' (known: {})",
+                ALL_VARIANTS.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    /// Parses a comma-separated list, or `all`.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        if s == "all" {
+            return Ok(ALL_VARIANTS.to_vec());
+        }
+        s.split(',').map(|v| Self::parse(v.trim())).collect()
+    }
+}
+
+const HIDDEN: i64 = 1024;
+const POOL_MAX: i64 = 4096;
+const GAP_HIDDEN: i64 = 128;
+const REDUCED: i64 = 32;
+const GRID: i64 = 4;
+
+/// One cache model: a variant built for one activation shape.
+#[derive(Debug)]
+pub struct CacheHead {
+    pub variant: Variant,
+    layers: Layers,
+}
+
+#[derive(Debug)]
+enum Layers {
+    Fc {
+        l1: nn::Linear,
+        l2: nn::Linear,
+    },
+    Pool {
+        width: i64,
+        l1: nn::Linear,
+        l2: nn::Linear,
+    },
+    Conv {
+        conv: nn::Conv1D,
+        l: nn::Linear,
+    },
+    Gap {
+        l1: nn::Linear,
+        l2: nn::Linear,
+    },
+    ConvPool {
+        conv: nn::Conv2D,
+        bn: nn::BatchNorm,
+        l: nn::Linear,
+    },
+}
+
+impl CacheHead {
+    /// Builds `variant` under `p` for activations of shape `[C, H, W]` and `classes` outputs.
+    pub fn new(p: &nn::Path, variant: Variant, chw: [i64; 3], classes: i64) -> Self {
+        let [c, h, w] = chw;
+        let d = c * h * w;
+        let lin = |name: &str, i: i64, o: i64| nn::linear(p / name, i, o, Default::default());
+        let layers = match variant {
+            Variant::Fc => Layers::Fc {
+                l1: lin("l1", d, HIDDEN),
+                l2: lin("l2", HIDDEN, classes),
+            },
+            Variant::Pool => {
+                let width = d.min(POOL_MAX);
+                Layers::Pool {
+                    width,
+                    l1: lin("l1", width, HIDDEN),
+                    l2: lin("l2", HIDDEN, classes),
+                }
+            }
+            Variant::Conv => {
+                // Starts as the identity ([0, 1, 0], no bias): with one channel behind a ReLU, a
+                // random kernel that goes negative everywhere kills the head for good.
+                let conv = nn::conv1d(
+                    p / "conv",
+                    1,
+                    1,
+                    3,
+                    nn::ConvConfig {
+                        ws_init: nn::Init::Const(0.0),
+                        bs_init: nn::Init::Const(0.0),
+                        ..Default::default()
+                    },
+                );
+                tch::no_grad(|| {
+                    let _ = conv.ws.narrow(2, 1, 1).fill_(1.0);
+                });
+                Layers::Conv {
+                    conv,
+                    l: lin("l", d - 2, classes),
+                }
+            }
+            Variant::Gap => Layers::Gap {
+                l1: lin("l1", c, GAP_HIDDEN),
+                l2: lin("l2", GAP_HIDDEN, classes),
+            },
+            Variant::ConvPool => Layers::ConvPool {
+                conv: nn::conv2d(
+                    p / "conv",
+                    c,
+                    REDUCED,
+                    1,
+                    nn::ConvConfig {
+                        bias: false,
+                        ..Default::default()
+                    },
+                ),
+                bn: nn::batch_norm2d(p / "bn", REDUCED, Default::default()),
+                l: lin("l", REDUCED * GRID * GRID, classes),
+            },
+        };
+        Self { variant, layers }
+    }
+
+    /// Inputs of the first weight layer (training scales each head's learning rate by it).
+    pub fn fan_in(&self) -> i64 {
+        match &self.layers {
+            Layers::Fc { l1, .. } | Layers::Pool { l1, .. } | Layers::Gap { l1, .. } => l1.ws.size()[1],
+            Layers::Conv { l, .. } => l.ws.size()[1],
+            Layers::ConvPool { conv, .. } => conv.ws.size()[1],
+        }
+    }
+
+    /// Logits for a batch of activations; `train` only matters for BatchNorm.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let b = x.size()[0];
+        match &self.layers {
+            Layers::Fc { l1, l2 } => x.reshape([b, -1]).apply(l1).relu().apply(l2),
+            Layers::Pool { width, l1, l2 } => x
+                .reshape([b, 1, -1])
+                .adaptive_avg_pool1d([*width])
+                .reshape([b, -1])
+                .apply(l1)
+                .relu()
+                .apply(l2),
+            Layers::Conv { conv, l } => x.reshape([b, 1, -1]).apply(conv).relu().reshape([b, -1]).apply(l),
+            Layers::Gap { l1, l2 } => x.mean_dim([2i64, 3].as_slice(), false, None).apply(l1).relu().apply(l2),
+            Layers::ConvPool { conv, bn, l } => {
+                let y = bn.forward_t(&x.apply(conv), train).relu();
+                y.adaptive_avg_pool2d([GRID, GRID]).reshape([b, -1]).apply(l)
+            }
+        }
+    }
+}
+
+/// Key prefix of a head's variables: `<layer with '.' → '_'>/<variant>`.
+pub fn head_key(layer: &str, variant: Variant) -> String {
+    format!("{}__{}", layer.replace('.', "_"), variant.name().replace('-', "_"))
+}

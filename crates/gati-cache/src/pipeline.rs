@@ -1,0 +1,78 @@
+//! Train-once candidate preparation: train every (layer, variant) head, record outcomes on both
+//! test halves, and keep it all on disk so later plans reuse it.
+
+use crate::candidates::{CandidateMeta, Candidates, HeadBank, HeadMeta};
+use crate::heads::Variant;
+use crate::outcomes::Outcomes;
+use crate::train::{self, TrainConfig};
+use anyhow::Result;
+use gati_core::{data::Dataset, BaseModel};
+use std::path::Path;
+
+pub struct Inputs<'a> {
+    pub model: &'a BaseModel,
+    pub weights_sha256: &'a str,
+    pub train: &'a Dataset,
+    pub calibration: &'a Dataset,
+    pub evaluation: &'a Dataset,
+    pub stages: &'a [usize],
+    pub variants: &'a [Variant],
+    pub config: &'a TrainConfig,
+}
+
+/// Loads the candidates in `dir` if they were trained the same way, else trains and saves them.
+pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, bool)> {
+    if !retrain {
+        if let Some(c) = Candidates::load(dir, inp.model, inp.weights_sha256)? {
+            let same = c.meta.stages == inp.stages
+                && c.meta.variants == inp.variants
+                && c.meta.train == *inp.config
+                && c.calibration.len() == inp.calibration.len()
+                && c.evaluation.len() == inp.evaluation.len();
+            if same {
+                eprintln!("reusing trained candidates in {}", dir.display());
+                return Ok((c, false));
+            }
+            eprintln!("candidates in {} were trained differently; retraining", dir.display());
+        }
+    }
+    let mut bank = HeadBank::new(inp.model, inp.stages, inp.variants)?;
+    eprintln!(
+        "training {} cache heads ({} layers x {} variants) on {} images",
+        bank.heads.len(),
+        inp.stages.len(),
+        inp.variants.len(),
+        inp.train.len()
+    );
+    let report = train::train(&mut bank, inp.model, inp.train, inp.config);
+    let calibration = Outcomes::record(inp.model, &bank, inp.calibration, 256);
+    let evaluation = Outcomes::record(inp.model, &bank, inp.evaluation, 256);
+    let meta = CandidateMeta {
+        model: inp.model.spec().name.clone(),
+        weights_sha256: inp.weights_sha256.to_string(),
+        variants: inp.variants.to_vec(),
+        stages: inp.stages.to_vec(),
+        train: inp.config.clone(),
+        train_seconds: report.seconds,
+        train_fidelity: report.train_fidelity,
+        heads: bank
+            .heads
+            .iter()
+            .map(|h| HeadMeta {
+                layer: h.layer.clone(),
+                stage: h.stage,
+                variant: h.variant,
+                key: h.key.clone(),
+                params: h.params,
+            })
+            .collect(),
+    };
+    let c = Candidates {
+        meta,
+        bank,
+        calibration,
+        evaluation,
+    };
+    c.save(dir)?;
+    Ok((c, true))
+}

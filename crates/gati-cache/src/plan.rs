@@ -1,0 +1,207 @@
+//! The plan: which caches a deployment runs, written as `PLAN_DIR/plan.json` plus the chosen
+//! caches' weights in `PLAN_DIR/caches.safetensors`.
+
+use crate::candidates::Candidates;
+use crate::decision::{self, Decision, DecisionKind};
+use crate::heads::Variant;
+use crate::planner::{Choice, HeadOption, Mode, Outcome, Problem};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedCache {
+    pub layer: String,
+    pub stage: usize,
+    pub variant: Variant,
+    /// Key prefix of this cache's tensors in `caches.safetensors`.
+    pub key: String,
+    pub params: i64,
+    /// Measured batch-1 latency of the cache model.
+    pub cost_ms: f64,
+    pub decision: Decision,
+    /// Fraction of all calibration requests this cache answers (with the caches before it in place).
+    pub expected_hit_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Expected {
+    pub hit_rate: f64,
+    pub fidelity_loss: f64,
+    pub latency_ms: f64,
+    pub base_latency_ms: f64,
+    pub speedup: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub model: String,
+    pub weights: PathBuf,
+    pub weights_sha256: String,
+    pub mode: Mode,
+    pub budget: f64,
+    pub decision: DecisionKind,
+    pub threads: i32,
+    pub send_ms: f64,
+    pub transfer_ms: f64,
+    pub memory_budget_mb: Option<f64>,
+    pub calibration_samples: usize,
+    pub caches: Vec<PlannedCache>,
+    pub expected: Expected,
+    /// Batch-1 latency of each base stage at `threads`, as planned with.
+    pub stage_ms: Vec<f64>,
+    pub planning_seconds: f64,
+    /// The test split was cut to its first N images before halving (the evaluation half is the rest).
+    #[serde(default)]
+    pub test_limit: Option<usize>,
+    /// Where the trained candidates (all heads, outcomes) are kept, for re-planning and the oracle.
+    #[serde(default)]
+    pub candidates: Option<PathBuf>,
+    /// Measured batch-1 cost of every candidate head, at `threads`.
+    #[serde(default)]
+    pub candidate_costs_ms: Vec<f64>,
+}
+
+/// How to plan from a trained candidate set.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub mode: Mode,
+    pub budget: f64,
+    pub decision: DecisionKind,
+    pub send_ms: f64,
+    pub transfer_ms: f64,
+    pub memory_budget_mb: Option<f64>,
+}
+
+/// The planner's problem for a candidate set: the decision ladders evaluated on the calibration half.
+pub fn problem(c: &Candidates, costs: &[f64], stage_ms: &[f64], req: &PlanRequest) -> (Problem, Vec<Vec<Decision>>) {
+    let o = &c.calibration;
+    let mut options = Vec::new();
+    let mut ladders = Vec::new();
+    for (h, entry) in c.bank.heads.iter().enumerate() {
+        let ladder = decision::ladder(req.decision, o, h);
+        let settings = ladder
+            .iter()
+            .map(|d| {
+                (0..o.len())
+                    .map(|i| match d.hit(o.row(h, i)) {
+                        None => Outcome::Miss,
+                        Some((cls, _)) if cls as i64 == o.base_pred[i] => Outcome::Agree,
+                        Some(_) => Outcome::Disagree,
+                    })
+                    .collect()
+            })
+            .collect();
+        options.push(HeadOption {
+            stage: entry.stage,
+            cost_ms: costs[h],
+            bytes: 4 * entry.params as u64,
+            settings,
+        });
+        ladders.push(ladder);
+    }
+    let problem = Problem {
+        samples: o.len(),
+        stage_ms: stage_ms.to_vec(),
+        options,
+        mode: req.mode,
+        send_ms: req.send_ms,
+        transfer_ms: req.transfer_ms,
+        budget: req.budget,
+        memory_budget_bytes: req.memory_budget_mb.map(|m| (m * 1048576.0) as u64),
+    };
+    (problem, ladders)
+}
+
+/// Plans and returns the plan with the chosen caches' tensors (to be written beside it).
+#[allow(clippy::too_many_arguments)]
+pub fn make_plan(
+    c: &Candidates,
+    costs: &[f64],
+    stage_ms: &[f64],
+    req: &PlanRequest,
+    weights: &Path,
+    threads: i32,
+) -> (Plan, Vec<(String, Tensor)>) {
+    let t0 = std::time::Instant::now();
+    let (problem, ladders) = problem(c, costs, stage_ms, req);
+    let choices: Vec<Choice> = problem.solve();
+    let planning_seconds = t0.elapsed().as_secs_f64();
+    let ev = problem.evaluate(&choices);
+    let vars = c.bank.vs.variables();
+    let mut tensors = Vec::new();
+    let caches: Vec<PlannedCache> = choices
+        .iter()
+        .zip(&ev.hit_rates)
+        .map(|(ch, &hr)| {
+            let e = &c.bank.heads[ch.option];
+            for (name, t) in vars.iter().filter(|(k, _)| k.starts_with(&format!("{}.", e.key))) {
+                tensors.push((name.clone(), t.shallow_clone()));
+            }
+            PlannedCache {
+                layer: e.layer.clone(),
+                stage: e.stage,
+                variant: e.variant,
+                key: e.key.clone(),
+                params: e.params,
+                cost_ms: costs[ch.option],
+                decision: ladders[ch.option][ch.setting].clone(),
+                expected_hit_rate: hr,
+            }
+        })
+        .collect();
+    let plan = Plan {
+        model: c.meta.model.clone(),
+        weights: weights.to_path_buf(),
+        weights_sha256: c.meta.weights_sha256.clone(),
+        mode: req.mode,
+        budget: req.budget,
+        decision: req.decision,
+        threads,
+        send_ms: req.send_ms,
+        transfer_ms: req.transfer_ms,
+        memory_budget_mb: req.memory_budget_mb,
+        calibration_samples: c.calibration.len(),
+        expected: Expected {
+            hit_rate: ev.hit_rates.iter().sum(),
+            fidelity_loss: ev.fidelity_loss,
+            latency_ms: ev.mean_latency_ms,
+            base_latency_ms: ev.base_latency_ms,
+            speedup: ev.base_latency_ms / ev.mean_latency_ms,
+        },
+        caches,
+        stage_ms: stage_ms.to_vec(),
+        planning_seconds,
+        test_limit: None,
+        candidates: None,
+        candidate_costs_ms: costs.to_vec(),
+    };
+    (plan, tensors)
+}
+
+impl Plan {
+    /// Writes `plan.json` and `caches.safetensors` atomically (weights first, so a plan never
+    /// names weights that are not on disk).
+    pub fn save(&self, dir: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        gati_core::weights::write_atomic(tensors, &dir.join("caches.safetensors"))?;
+        write_json_atomic(self, &dir.join("plan.json"))
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("plan.json");
+        let bytes = std::fs::read(&path).with_context(|| format!("reading plan {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing plan {}", path.display()))
+    }
+}
+
+/// Pretty JSON, written to a temporary file, fsynced and renamed into place.
+pub fn write_json_atomic<T: Serialize>(value: &T, path: &Path) -> Result<()> {
+    use std::io::Write;
+    let tmp = gati_core::weights::tmp_sibling(path);
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(value)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+}

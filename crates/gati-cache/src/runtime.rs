@@ -1,0 +1,109 @@
+//! Serving a plan in-process: the base model runs stage by stage, and after each planned stage
+//! its cache decides whether to answer; on a hit the remaining stages are skipped.
+
+use crate::decision::Decision;
+use crate::heads::CacheHead;
+use crate::plan::Plan;
+use anyhow::{bail, Result};
+use gati_core::BaseModel;
+use std::path::Path;
+use tch::{nn, Kind, Tensor};
+
+pub struct RuntimeCache {
+    pub layer: String,
+    pub stage: usize,
+    pub head: CacheHead,
+    pub decision: Decision,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The cache at this position of the plan.
+    Cache(usize),
+    Base,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub class: usize,
+    pub confidence: f32,
+    pub exit: Exit,
+}
+
+pub struct EarlyExit {
+    pub model: BaseModel,
+    pub caches: Vec<RuntimeCache>,
+    _vs: nn::VarStore,
+}
+
+impl EarlyExit {
+    /// Loads a plan's base model and caches from its directory.
+    pub fn load(dir: &Path) -> Result<(Plan, Self)> {
+        let plan = Plan::load(dir)?;
+        let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
+        let ee = Self::from_plan(&plan, model, &dir.join("caches.safetensors"))?;
+        Ok((plan, ee))
+    }
+
+    pub fn from_plan(plan: &Plan, model: BaseModel, weights: &Path) -> Result<Self> {
+        let mut vs = nn::VarStore::new(model.device());
+        let classes = model.spec().num_classes;
+        let mut caches = Vec::new();
+        for c in &plan.caches {
+            let Some(info) = model.stages().get(c.stage).filter(|i| i.name == c.layer) else {
+                bail!(
+                    "plan cache at stage {} ('{}') does not exist in {}",
+                    c.stage,
+                    c.layer,
+                    plan.model
+                );
+            };
+            let s = &info.output_shape;
+            let head = CacheHead::new(&(vs.root() / c.key.as_str()), c.variant, [s[1], s[2], s[3]], classes);
+            caches.push(RuntimeCache {
+                layer: c.layer.clone(),
+                stage: c.stage,
+                head,
+                decision: c.decision.clone(),
+            });
+        }
+        if !caches.is_empty() {
+            gati_core::weights::load_into(&mut vs, weights)?;
+        }
+        Ok(Self { model, caches, _vs: vs })
+    }
+
+    /// Answers one normalised input `[1, C, H, W]`, exiting at the first confident cache.
+    pub fn infer(&self, x: &Tensor) -> Answer {
+        let _g = tch::no_grad_guard();
+        let mut h = x.shallow_clone();
+        let mut next = 0;
+        for k in 0..self.model.num_stages() {
+            h = self.model.run_stage(k, &h);
+            while next < self.caches.len() && self.caches[next].stage == k {
+                let c = &self.caches[next];
+                let row = probs_row(&c.head.forward_t(&h, false));
+                if let Some((class, confidence)) = c.decision.hit(&row) {
+                    return Answer {
+                        class,
+                        confidence,
+                        exit: Exit::Cache(next),
+                    };
+                }
+                next += 1;
+            }
+        }
+        let row = probs_row(&h);
+        let (class, confidence) = crate::outcomes::top1(&row);
+        Answer {
+            class,
+            confidence,
+            exit: Exit::Base,
+        }
+    }
+}
+
+fn probs_row(logits: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(logits.softmax(-1, Kind::Float).flatten(0, -1)).expect("f32 row")
+}

@@ -1,0 +1,176 @@
+//! Training cache models by distillation from the frozen base model.
+//!
+//! One base forward pass per batch feeds every candidate head at every layer at once; the loss is
+//! α·T²·KL(softmax(z_base/T) ‖ softmax(z_cache/T)) + (1−α)·CE(z_cache, argmax z_base), summed over
+//! heads (their parameters are disjoint, so each head gets exactly its own gradient). Ground-truth
+//! labels are never used.
+
+use crate::candidates::HeadBank;
+use gati_core::{data::Dataset, BaseModel};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::OptimizerConfig, Kind, Reduction, Tensor};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub alpha: f64,
+    pub temperature: f64,
+    pub seed: u64,
+    /// Train on the first N training images only.
+    pub train_limit: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 4,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            alpha: 0.5,
+            temperature: 6.0,
+            seed: 0,
+            train_limit: None,
+        }
+    }
+}
+
+/// The distillation loss of one head, averaged over the batch.
+pub fn distillation_loss(z_cache: &Tensor, z_base: &Tensor, alpha: f64, t: f64) -> Tensor {
+    let b = z_cache.size()[0] as f64;
+    let p_teacher = (z_base / t).softmax(-1, Kind::Float);
+    let log_q = (z_cache / t).log_softmax(-1, Kind::Float);
+    let kl = log_q.kl_div(&p_teacher, Reduction::Sum, false) / b;
+    let ce = z_cache.cross_entropy_for_logits(&z_base.argmax(-1, false));
+    kl * (alpha * t * t) + ce * (1.0 - alpha)
+}
+
+/// Per-head agreement with the base model over the last epoch (training data).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub epochs: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub train_fidelity: Vec<f64>,
+}
+
+/// Trains every head of `bank` on `train` (base frozen). SGD with momentum, weight decay and a
+/// cosine learning-rate schedule; deterministic for a given seed and thread count.
+pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &TrainConfig) -> TrainReport {
+    let start = std::time::Instant::now();
+    tch::manual_seed(cfg.seed as i64);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let sgd = nn::Sgd {
+        momentum: cfg.momentum,
+        dampening: 0.0,
+        wd: cfg.weight_decay,
+        nesterov: true,
+    };
+    let mut opt = sgd.build(&bank.vs, cfg.lr).expect("optimizer");
+    let n = train.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let total_steps = (steps_per_epoch * cfg.epochs).max(1);
+    let stages = bank.stages();
+    let pb = gati_core::progress::bar(total_steps as u64, "train");
+    let mut agree = vec![0i64; bank.heads.len()];
+    let mut step = 0;
+    let mut lr_scale = Vec::new();
+    for epoch in 0..cfg.epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        agree.iter_mut().for_each(|a| *a = 0);
+        let mut seen = 0;
+        for chunk in order.chunks(cfg.batch_size) {
+            let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
+            if step == 0 {
+                lr_scale = first_batch_lr_scales(bank, model, train, chunk, &stages);
+            }
+            for (g, scale) in lr_scale.iter().enumerate() {
+                opt.set_lr_group(g, lr * scale);
+            }
+            let (z_base, acts) = tch::no_grad(|| {
+                let x = model.preprocess(&train.pixels(chunk));
+                model.forward_collect(&x, &stages)
+            });
+            let base_pred = z_base.argmax(-1, false);
+            let mut loss = Tensor::zeros([], (Kind::Float, model.device()));
+            for (i, h) in bank.heads.iter().enumerate() {
+                let act = &acts[stages.binary_search(&h.stage).expect("collected stage")];
+                let z = h.head.forward_t(act, true);
+                agree[i] += z
+                    .argmax(-1, false)
+                    .eq_tensor(&base_pred)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+                loss += distillation_loss(&z, &z_base, cfg.alpha, cfg.temperature);
+            }
+            opt.backward_step(&loss);
+            step += 1;
+            seen += chunk.len();
+            pb.inc(1);
+            if step % 10 == 0 {
+                pb.set_message(progress_message(bank, &agree, seen));
+            }
+        }
+        pb.println(format!(
+            "epoch {}/{}: {}",
+            epoch + 1,
+            cfg.epochs,
+            progress_message(bank, &agree, n)
+        ));
+    }
+    pb.finish_and_clear();
+    TrainReport {
+        epochs: cfg.epochs,
+        images: n,
+        seconds: start.elapsed().as_secs_f64(),
+        train_fidelity: agree.iter().map(|&a| a as f64 / n.max(1) as f64).collect(),
+    }
+}
+
+/// SGD's stable step on a linear layer shrinks as its inputs' summed square grows (fan-in times the
+/// activation's mean square). The paper's flattened heads see thousands of raw activations and
+/// diverge at a learning rate the small heads need, so each head's rate is scaled by
+/// `min(1, 64 / (fan_in · E[x²]))`, measured once on the first batch.
+fn first_batch_lr_scales(
+    bank: &HeadBank,
+    model: &BaseModel,
+    train: &Dataset,
+    chunk: &[usize],
+    stages: &[usize],
+) -> Vec<f64> {
+    let acts = tch::no_grad(|| model.forward_collect(&model.preprocess(&train.pixels(chunk)), stages).1);
+    bank.heads
+        .iter()
+        .map(|h| {
+            let act = &acts[stages.binary_search(&h.stage).expect("stage")];
+            let ms = act.square().mean(Kind::Float).double_value(&[]).max(1e-6);
+            (64.0 / (h.head.fan_in() as f64 * ms)).min(1.0)
+        })
+        .collect()
+}
+
+/// "fidelity first/mid/last layer": the best variant's running agreement at three depths.
+fn progress_message(bank: &HeadBank, agree: &[i64], seen: usize) -> String {
+    let stages = bank.stages();
+    let picks = [stages[0], stages[stages.len() / 2], stages[stages.len() - 1]];
+    let mut parts = Vec::new();
+    for s in picks {
+        let best = bank
+            .heads
+            .iter()
+            .zip(agree)
+            .filter(|(h, _)| h.stage == s)
+            .map(|(_, &a)| a as f64 / seen.max(1) as f64)
+            .fold(0.0, f64::max);
+        let layer = &bank.heads.iter().find(|h| h.stage == s).expect("head").layer;
+        parts.push(format!("{layer} {:.1}%", 100.0 * best));
+    }
+    format!("fidelity {}", parts.join(" | "))
+}

@@ -1,0 +1,207 @@
+//! Cache models learn from the base model on real CIFAR-10 images, thresholds hold the budget on
+//! their calibration data, and a saved plan serves exactly what the planner simulated.
+
+use gati_cache::candidates::{Candidates, HeadBank};
+use gati_cache::decision::{self, DecisionKind, ERROR_TARGETS};
+use gati_cache::plan::{make_plan, Plan, PlanRequest};
+use gati_cache::planner::Mode;
+use gati_cache::runtime::{EarlyExit, Exit};
+use gati_cache::train::{distillation_loss, TrainConfig};
+use gati_cache::{pipeline, split, Variant};
+use gati_core::{data, paths, BaseModel};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+fn resnet20() -> (BaseModel, std::path::PathBuf) {
+    let ckpt = paths::checkpoint("resnet20").unwrap();
+    let w = paths::convert_cached(
+        "resnet20",
+        &ckpt,
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights"),
+    )
+    .unwrap();
+    (BaseModel::load("resnet20", &w, tch::Device::Cpu).unwrap(), w)
+}
+
+fn cifar() -> std::path::PathBuf {
+    paths::cifar10_dir().expect("CIFAR-10 JPEGs in ../shared")
+}
+
+#[test]
+fn distillation_loss_is_lowest_when_the_cache_matches_the_teacher() {
+    tch::manual_seed(0);
+    let teacher = Tensor::randn([32, 10], (Kind::Float, tch::Device::Cpu)) * 3.0;
+    let same = distillation_loss(&teacher, &teacher, 0.5, 6.0).double_value(&[]);
+    let other = distillation_loss(&teacher.flip([1]), &teacher, 0.5, 6.0).double_value(&[]);
+    // KL vanishes for a perfect copy; what remains is (1 - α)·CE(teacher, its argmax).
+    let ce = teacher
+        .cross_entropy_for_logits(&teacher.argmax(-1, false))
+        .double_value(&[]);
+    assert!((same - 0.5 * ce).abs() < 1e-5, "{same} vs {ce}");
+    assert!(other > same + 1.0);
+}
+
+/// Trains conv and conv-pool heads at three depths of ResNet-20 on 2,000 real training images.
+/// The first caller trains (into a per-process folder); the others reuse what it saved.
+fn trained() -> (Candidates, std::path::PathBuf) {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    gati_core::tune_allocator();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap().keep());
+    let first = !dir.join("meta.json").exists();
+    {
+        let (model, w) = resnet20();
+        let train = data::load(&cifar(), "train", Some(2000), (32, 32)).unwrap();
+        let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
+        let (ci, ei) = split::calibration_evaluation(test.len());
+        let stages: Vec<usize> = ["layer1.2", "layer2.2", "layer3.1"]
+            .iter()
+            .map(|n| model.stage_index(n).unwrap())
+            .collect();
+        let config = TrainConfig {
+            epochs: 4,
+            train_limit: Some(1000),
+            ..Default::default()
+        };
+        let inputs = pipeline::Inputs {
+            model: &model,
+            weights_sha256: "test",
+            train: &train,
+            calibration: &test.subset(&ci),
+            evaluation: &test.subset(&ei),
+            stages: &stages,
+            variants: &[Variant::Conv, Variant::ConvPool],
+            config: &config,
+        };
+        let (c, trained) = pipeline::prepare(&inputs, dir, false).unwrap();
+        // Trained exactly once; later callers get the saved candidates back unchanged.
+        assert_eq!(trained, first);
+        (c, w)
+    }
+}
+
+#[test]
+fn caches_learn_the_base_models_answers() {
+    let (c, _) = &trained();
+    let (model, _) = resnet20();
+    let untrained = HeadBank::new(&model, &c.meta.stages, &c.meta.variants).unwrap();
+    let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
+    let (_, ei) = split::calibration_evaluation(test.len());
+    let before = gati_cache::outcomes::Outcomes::record(&model, &untrained, &test.subset(&ei), 250);
+    for (h, e) in c.bank.heads.iter().enumerate() {
+        let fid = c.evaluation.fidelity(h);
+        eprintln!(
+            "{} {}: evaluation fidelity {:.3} (untrained {:.3})",
+            e.layer,
+            e.variant.name(),
+            fid,
+            before.fidelity(h)
+        );
+        assert!(
+            fid > before.fidelity(h) + 0.1,
+            "{} {} did not learn",
+            e.layer,
+            e.variant.name()
+        );
+    }
+    // The deepest caches agree with the base model far above chance (10%).
+    let deep: Vec<f64> = (0..c.bank.heads.len())
+        .filter(|&h| c.bank.heads[h].layer == "layer3.1")
+        .map(|h| c.evaluation.fidelity(h))
+        .collect();
+    assert!(deep.iter().cloned().fold(0.0, f64::max) > 0.6, "{deep:?}");
+}
+
+#[test]
+fn thresholds_hold_their_error_targets_on_calibration_data() {
+    let (c, _) = &trained();
+    let o = &c.calibration;
+    for kind in [DecisionKind::Threshold, DecisionKind::Selector] {
+        for h in 0..c.bank.heads.len() {
+            let ladder = decision::ladder(kind, o, h);
+            assert_eq!(ladder.len(), ERROR_TARGETS.len());
+            let mut prev_hits = 0;
+            for (d, &target) in ladder.iter().zip(&ERROR_TARGETS) {
+                let (mut hits, mut wrong) = (0usize, 0usize);
+                for i in 0..o.len() {
+                    if let Some((cls, _)) = d.hit(o.row(h, i)) {
+                        hits += 1;
+                        wrong += (cls as i64 != o.base_pred[i]) as usize;
+                    }
+                }
+                assert!(
+                    wrong as f64 <= target * hits as f64 + 1e-9,
+                    "{kind:?} head {h} target {target}: {wrong}/{hits}"
+                );
+                if kind == DecisionKind::Threshold {
+                    // Looser targets answer at least as often.
+                    assert!(hits >= prev_hits);
+                    prev_hits = hits;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
+    let (c, w) = &trained();
+    let (model, _) = resnet20();
+    let stage_ms = vec![0.1; model.num_stages()];
+    let costs = vec![0.01; c.bank.heads.len()];
+    let req = PlanRequest {
+        mode: Mode::Inline,
+        budget: 0.02,
+        decision: DecisionKind::Threshold,
+        send_ms: 0.0,
+        transfer_ms: 0.0,
+        memory_budget_mb: None,
+    };
+    let (plan, tensors) = make_plan(c, &costs, &stage_ms, &req, w, 1);
+    assert!(!plan.caches.is_empty(), "some cache pays off at a 2% budget");
+    assert!(plan.expected.fidelity_loss <= 0.02);
+    assert!(plan.expected.speedup > 1.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    plan.save(dir.path(), &tensors).unwrap();
+    let loaded = Plan::load(dir.path()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&plan).unwrap()
+    );
+
+    // The runtime, one image at a time, exits where the planner's simulation said it would.
+    let ee = EarlyExit::from_plan(
+        &loaded,
+        BaseModel::load("resnet20", w, tch::Device::Cpu).unwrap(),
+        &dir.path().join("caches.safetensors"),
+    )
+    .unwrap();
+    let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
+    let (ci, _) = split::calibration_evaluation(test.len());
+    let calib = test.subset(&ci);
+    let (mut hits, mut differ, mut same_exit) = (0usize, 0usize, 0usize);
+    for i in 0..calib.len() {
+        let x = ee.model.preprocess(&calib.pixel_range(i, i + 1));
+        let a = ee.infer(&x);
+        let simulated = loaded.caches.iter().position(|pc| {
+            let h = c.bank.heads.iter().position(|e| e.key == pc.key).unwrap();
+            pc.decision.hit(c.calibration.row(h, i)).is_some()
+        });
+        same_exit += (simulated.map_or(Exit::Base, Exit::Cache) == a.exit) as usize;
+        hits += matches!(a.exit, Exit::Cache(_)) as usize;
+        differ += (a.class as i64 != c.calibration.base_pred[i]) as usize;
+    }
+    assert!(
+        same_exit as f64 >= 0.99 * calib.len() as f64,
+        "{same_exit}/{}",
+        calib.len()
+    );
+    let expected_hits = plan.expected.hit_rate * calib.len() as f64;
+    assert!((hits as f64 - expected_hits).abs() <= 0.01 * calib.len() as f64);
+    assert!(
+        differ as f64 <= (0.02 + 0.005) * calib.len() as f64,
+        "{differ} answers differ from the base"
+    );
+}

@@ -1,0 +1,100 @@
+use super::data_args::load_split;
+use anyhow::Result;
+use gati_cache::candidates::Candidates;
+use gati_cache::runtime::EarlyExit;
+use gati_cache::{evaluate, split};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Plan directory written by `gati plan`
+    #[arg(long)]
+    plan: PathBuf,
+    /// Dataset folder (default: as for `gati plan`)
+    #[arg(long, env = "GATI_DATA")]
+    data: Option<PathBuf>,
+    /// Test images before halving (default: the plan's --test-limit, so the halves match)
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// libtorch threads (default: the plan's)
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Output {
+    plan: PathBuf,
+    model: String,
+    mode: gati_cache::planner::Mode,
+    budget: f64,
+    expected: gati_cache::plan::Expected,
+    #[serde(flatten)]
+    report: evaluate::Report,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (plan, ee) = EarlyExit::load(&a.plan)?;
+    gati_core::set_threads(a.threads.unwrap_or(plan.threads.max(1) as usize));
+    let dir = match a.data {
+        Some(d) => d,
+        None => gati_core::paths::cifar10_dir()?,
+    };
+    let test = load_split(&ee.model, &dir, "test", a.test_limit.or(plan.test_limit))?;
+    let (_, ei) = split::calibration_evaluation(test.len());
+    let eval_half = test.subset(&ei);
+    let mut report = evaluate::evaluate(&ee, &eval_half, 50);
+    if let Some(cdir) = &plan.candidates {
+        if let Ok(Some(c)) = Candidates::load(cdir, &ee.model, &plan.weights_sha256) {
+            if c.evaluation.len() == eval_half.len() && plan.candidate_costs_ms.len() == c.bank.heads.len() {
+                report.oracle_speedup = Some(evaluate::oracle_speedup(&c, &plan.candidate_costs_ms, &plan.stage_ms));
+            }
+        }
+    }
+    let out = Output {
+        plan: a.plan,
+        model: plan.model.clone(),
+        mode: plan.mode,
+        budget: plan.budget,
+        expected: plan.expected.clone(),
+        report,
+    };
+    if a.json {
+        return super::print_json(&out);
+    }
+    let r = &out.report;
+    println!(
+        "{} plan {} on {} evaluation images ({} threads)",
+        out.model,
+        out.plan.display(),
+        r.n,
+        r.threads
+    );
+    println!(
+        "top-1: base {:.2}%, gati {:.2}%; fidelity loss {:.2}% (budget {:.2}%)",
+        r.base_top1,
+        r.gati_top1,
+        100.0 * r.fidelity_loss,
+        100.0 * out.budget
+    );
+    for l in &r.hit_rate_per_layer {
+        println!(
+            "  {:<10} {:<10} hit rate {:>5.1}%",
+            l.layer,
+            l.variant,
+            100.0 * l.hit_rate
+        );
+    }
+    let (b, g) = (&r.base_latency_ms, &r.gati_latency_ms);
+    println!("latency ms   mean     p50     p99");
+    println!("  base     {:>7.3} {:>7.3} {:>7.3}", b.mean, b.p50, b.p99);
+    println!("  gati     {:>7.3} {:>7.3} {:>7.3}", g.mean, g.p50, g.p99);
+    print!("speed-up {:.2}x (planned {:.2}x)", r.speedup, out.expected.speedup);
+    match r.oracle_speedup {
+        Some(o) => println!(", oracle {o:.2}x"),
+        None => println!(),
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+use super::data_args::{load_split, ModelData};
+use anyhow::{bail, Result};
+use gati_cache::decision::DecisionKind;
+use gati_cache::plan::{make_plan, PlanRequest};
+use gati_cache::planner::Mode;
+use gati_cache::train::TrainConfig;
+use gati_cache::{pipeline, split, Variant};
+use gati_core::{eval, weights, BaseModel};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    md: ModelData,
+    /// Fidelity-loss budget: the fraction of requests whose answer may differ from the base model's
+    #[arg(long, default_value_t = 0.01)]
+    budget: f64,
+    /// inline (caches in the base model's thread) or distributed (caches on other cores/processes)
+    #[arg(long, default_value = "inline")]
+    mode: String,
+    /// Hit decision: threshold (per-class confidence thresholds) or selector (logistic regression)
+    #[arg(long, default_value = "threshold")]
+    decision: String,
+    /// Output plan directory (plan.json, caches.safetensors)
+    #[arg(long)]
+    out: PathBuf,
+    /// Where trained candidates are kept and reused (default: OUT/candidates)
+    #[arg(long)]
+    candidates: Option<PathBuf>,
+    /// Retrain even if matching candidates exist
+    #[arg(long)]
+    retrain: bool,
+    /// libtorch threads for latency measurement and planning (batch 1)
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// libtorch threads for training (0 = all cores)
+    #[arg(long, default_value_t = 0)]
+    train_threads: usize,
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    /// Train on the first N training images only (class-balanced)
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use the first N test images (class-balanced) before cutting calibration/evaluation halves
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Candidate layers: all, or a comma list of stage names (e.g. layer1.2,layer2.0)
+    #[arg(long, default_value = "all")]
+    layers: String,
+    /// Cache variants to train: all, or a comma list of fc,pool,conv,gap,conv-pool
+    #[arg(long, default_value = "all")]
+    variants: String,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Base learning rate (each head's is scaled down by its input size; see docs/architecture.md)
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Distributed mode: base-side cost of sending one activation (ms)
+    #[arg(long, default_value_t = 0.05)]
+    send_ms: f64,
+    /// Distributed mode: delay before a cache worker starts on an activation (ms)
+    #[arg(long, default_value_t = 0.3)]
+    transfer_ms: f64,
+    /// Upper bound on the chosen caches' parameter memory (MiB)
+    #[arg(long)]
+    memory_budget_mb: Option<f64>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct HeadRow {
+    layer: String,
+    variant: Variant,
+    params: i64,
+    cost_ms: f64,
+    train_fidelity: f64,
+    calibration_fidelity: f64,
+    evaluation_fidelity: f64,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    plan_dir: &'a PathBuf,
+    trained: bool,
+    train_seconds: f64,
+    plan: &'a gati_cache::plan::Plan,
+    candidates: Vec<HeadRow>,
+}
+
+/// Candidate stages: every residual block (not the stem or the head), or the named ones.
+fn candidate_stages(model: &BaseModel, spec: &str) -> Result<Vec<usize>> {
+    let n = model.num_stages();
+    if spec == "all" {
+        return Ok((1..n - 1).collect());
+    }
+    let mut v = Vec::new();
+    for name in spec.split(',').map(str::trim) {
+        match model.stage_index(name) {
+            Some(k) if k + 1 < n => v.push(k),
+            Some(_) => bail!("--layers: '{name}' is the head; caches attach to earlier stages"),
+            None => bail!(
+                "--layers: {} has no stage '{name}' (see `gati stages`)",
+                model.spec().name
+            ),
+        }
+    }
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(0.0..1.0).contains(&a.budget) {
+        bail!("--budget must be in [0, 1), got {}", a.budget);
+    }
+    let mode = Mode::parse(&a.mode)?;
+    let decision = DecisionKind::parse(&a.decision)?;
+    let variants = Variant::parse_list(&a.variants)?;
+    gati_core::set_threads(if a.train_threads == 0 {
+        num_cpus()
+    } else {
+        a.train_threads
+    });
+    let (model, weights_path, dir) = a.md.load()?;
+    let stages = candidate_stages(&model, &a.layers)?;
+    let sha = weights::sha256_file(&weights_path)?;
+    let train = load_split(&model, &dir, "train", a.train_limit)?;
+    let test = load_split(&model, &dir, "test", a.test_limit)?;
+    let (ci, ei) = split::calibration_evaluation(test.len());
+    let (calibration, evaluation) = (test.subset(&ci), test.subset(&ei));
+    let config = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        seed: a.seed,
+        train_limit: a.train_limit,
+        ..Default::default()
+    };
+    let cand_dir = a.candidates.clone().unwrap_or_else(|| a.out.join("candidates"));
+    let inputs = pipeline::Inputs {
+        model: &model,
+        weights_sha256: &sha,
+        train: &train,
+        calibration: &calibration,
+        evaluation: &evaluation,
+        stages: &stages,
+        variants: &variants,
+        config: &config,
+    };
+    let (cands, trained) = pipeline::prepare(&inputs, &cand_dir, a.retrain)?;
+
+    gati_core::set_threads(a.threads);
+    let costs = cands.bank.measure_costs(&model, 100);
+    let profile = eval::profile_latency(&model, &calibration, 300, 30);
+    let stage_ms: Vec<f64> = profile.stages.iter().map(|s| s.ms).collect();
+    let req = PlanRequest {
+        mode,
+        budget: a.budget,
+        decision,
+        send_ms: a.send_ms,
+        transfer_ms: a.transfer_ms,
+        memory_budget_mb: a.memory_budget_mb,
+    };
+    let (mut plan, tensors) = make_plan(&cands, &costs, &stage_ms, &req, &weights_path, tch::get_num_threads());
+    plan.test_limit = a.test_limit;
+    plan.candidates = Some(std::path::absolute(&cand_dir)?);
+    plan.save(&a.out, &tensors)?;
+
+    let rows: Vec<HeadRow> = cands
+        .bank
+        .heads
+        .iter()
+        .enumerate()
+        .map(|(h, e)| HeadRow {
+            layer: e.layer.clone(),
+            variant: e.variant,
+            params: e.params,
+            cost_ms: costs[h],
+            train_fidelity: cands.meta.train_fidelity.get(h).copied().unwrap_or(f64::NAN),
+            calibration_fidelity: cands.calibration.fidelity(h),
+            evaluation_fidelity: cands.evaluation.fidelity(h),
+        })
+        .collect();
+    if a.json {
+        return super::print_json(&Output {
+            plan_dir: &a.out,
+            trained,
+            train_seconds: cands.meta.train_seconds,
+            plan: &plan,
+            candidates: rows,
+        });
+    }
+    let e = &plan.expected;
+    println!(
+        "plan for {} ({} mode, budget {:.2}%, {} decisions) -> {}",
+        plan.model,
+        a.mode,
+        100.0 * plan.budget,
+        a.decision,
+        a.out.display()
+    );
+    for c in &plan.caches {
+        println!(
+            "  {:<10} {:<10} {:>9} params {:>7.3} ms  answers {:>5.1}% of requests",
+            c.layer,
+            c.variant.name(),
+            c.params,
+            c.cost_ms,
+            100.0 * c.expected_hit_rate
+        );
+    }
+    println!(
+        "expected on {} calibration images: hit rate {:.1}%, fidelity loss {:.2}%, latency {:.3} ms vs base {:.3} ms ({:.2}x); planned in {:.3} s",
+        plan.calibration_samples,
+        100.0 * e.hit_rate,
+        100.0 * e.fidelity_loss,
+        e.latency_ms,
+        e.base_latency_ms,
+        e.speedup,
+        plan.planning_seconds
+    );
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
