@@ -1,0 +1,13 @@
+//! gati-rpc: the Thrift API. `generated` is produced by `scripts/gen-thrift.sh` from
+//! `thrift/gati.thrift` and never edited by hand; `convert` turns wire values into tensors,
+//! refusing anything malformed with an `InvalidInput` that names the problem.
+
+#[allow(clippy::all, clippy::pedantic, dead_code, unused)]
+#[rustfmt::skip]
+pub mod generated {
+    pub mod gati;
+}
+
+pub mod convert;
+
+pub use generated::gati::*;

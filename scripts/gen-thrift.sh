@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Regenerates the committed Rust code for thrift/*.thrift with Debian's thrift-compiler (0.17).
+#   scripts/gen-thrift.sh          write crates/gati-rpc/src/generated/
+#   scripts/gen-thrift.sh --check  exit 1 if the committed code is stale (skipped without the compiler)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT=crates/gati-rpc/src/generated
+if ! command -v thrift >/dev/null; then
+  if [ "${1:-}" = "--check" ]; then echo "gen-thrift: thrift compiler not installed; skipping check" >&2; exit 0; fi
+  echo "gen-thrift: install it first: apt-get install thrift-compiler" >&2; exit 1
+fi
+TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
+for f in thrift/*.thrift; do thrift -out "$TMP" --gen rs "$f"; done
+if [ "${1:-}" = "--check" ]; then
+  diff -r "$TMP" "$OUT" >/dev/null || { echo "gen-thrift: $OUT is stale; run scripts/gen-thrift.sh" >&2; exit 1; }
+  echo "gen-thrift: generated code is current" >&2
+else
+  rm -f "$OUT"/*.rs; cp "$TMP"/*.rs "$OUT"/
+  echo "gen-thrift: wrote $(ls "$OUT")" >&2
+fi

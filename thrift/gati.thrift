@@ -1,0 +1,166 @@
+// gati's wire API. Binary protocol over framed transport (4-byte big-endian length, then the
+// message); frames larger than the configured maximum (default 16 MiB) are refused.
+//
+// Public: service Gati (the frontend). Internal: BaseWorker, CacheWorker, Selector.
+
+namespace rs gati
+namespace py gati
+
+// A dense tensor: row-major little-endian values. Only "float32" is accepted.
+struct TensorData {
+  1: required list<i64> shape,
+  2: required binary data,
+  3: optional string dtype = "float32",
+}
+
+// One input: an encoded image (JPEG or PNG, of the model's input size) or a raw normalised tensor
+// of shape [C, H, W] or [1, C, H, W].
+union Input {
+  1: binary image,
+  2: TensorData tensor,
+}
+
+struct InferRequest {
+  1: required string model,
+  2: required Input input,
+  // Echoed back; assigned by the frontend when absent.
+  3: optional string request_id,
+  // Relative deadline in milliseconds from arrival at the frontend.
+  4: optional i64 deadline_ms,
+  5: optional i32 top_k = 5,
+}
+
+enum AnswerSource {
+  CACHE = 1,
+  BASE = 2,
+}
+
+struct ClassScore {
+  1: required i32 class_index,
+  2: required string class_name,
+  3: required double confidence,
+}
+
+// Server-side time of one request, in milliseconds.
+struct Timing {
+  1: required double total_ms,
+  2: required double queue_ms,
+  3: required double preprocess_ms,
+  4: required double base_ms,
+  5: required double cache_ms,
+}
+
+struct InferResponse {
+  1: required string request_id,
+  2: required i32 class_index,
+  3: required string class_name,
+  4: required double confidence,
+  5: required list<ClassScore> top_k,
+  6: required AnswerSource source,
+  // When source == CACHE: the layer (stage name) whose cache answered, and the cache version.
+  7: optional string cache_layer,
+  8: optional string cache_version,
+  9: required Timing timing,
+}
+
+struct ModelInfo {
+  1: required string name,
+  2: required list<i64> input_shape,
+  3: required list<string> classes,
+  // "inline", "distributed" or "base-only".
+  4: required string mode,
+  5: required list<string> cache_layers,
+  6: required double budget,
+}
+
+struct Health {
+  1: required bool ok,
+  // Worker address -> reachable.
+  2: required map<string, bool> workers,
+}
+
+struct Stats {
+  1: required i64 requests,
+  2: required i64 hits,
+  3: required i64 misses,
+  4: required i64 errors,
+  5: required map<string, i64> hits_per_layer,
+  6: required i64 in_flight,
+}
+
+exception InvalidInput { 1: required string message }
+exception ModelNotFound { 1: required string message }
+exception Overloaded { 1: required string message }
+exception Unavailable { 1: required string message }
+exception DeadlineExceeded { 1: required string message }
+
+service Gati {
+  InferResponse infer(1: InferRequest request)
+    throws (1: InvalidInput invalid, 2: ModelNotFound not_found, 3: Overloaded overloaded,
+            4: Unavailable unavailable, 5: DeadlineExceeded deadline),
+  list<InferResponse> infer_batch(1: list<InferRequest> requests)
+    throws (1: InvalidInput invalid, 2: ModelNotFound not_found, 3: Overloaded overloaded,
+            4: Unavailable unavailable, 5: DeadlineExceeded deadline),
+  list<ModelInfo> models(),
+  Health health(),
+  Stats stats(),
+}
+
+// ---- internal services ----
+
+struct BaseRequest {
+  1: required string request_id,
+  // Normalised input, [1, C, H, W].
+  2: required TensorData input,
+  // Stages whose output is streamed to the cache workers (empty: none).
+  3: required list<i32> stream_stages,
+  // host:port of the Selector that cache workers report to.
+  4: required string selector,
+  // Run to the end even after a cancel (to record agreement on hits).
+  5: required bool complete_on_hit,
+}
+
+struct BaseResult {
+  1: required string request_id,
+  // False when the request was cancelled before the last stage.
+  2: required bool completed,
+  // Softmax of the final logits when completed.
+  3: optional list<double> probs,
+  4: required i32 stages_run,
+  5: required double compute_ms,
+}
+
+service BaseWorker {
+  BaseResult run(1: BaseRequest request) throws (1: InvalidInput invalid, 2: Unavailable unavailable),
+  // Stop the request's remaining stages (a cache answered).
+  oneway void cancel(1: string request_id),
+  Health health(),
+}
+
+struct Activation {
+  1: required string request_id,
+  2: required i32 stage,
+  3: required TensorData tensor,
+  4: required string selector,
+}
+
+struct CacheResult {
+  1: required string request_id,
+  2: required i32 stage,
+  3: required bool hit,
+  4: required i32 class_index,
+  5: required double confidence,
+  6: required double compute_ms,
+  7: optional string version,
+}
+
+service CacheWorker {
+  // Evaluate and report to activation.selector; never blocks the base worker.
+  oneway void lookup(1: Activation activation),
+  CacheResult lookup_sync(1: Activation activation) throws (1: InvalidInput invalid),
+  Health health(),
+}
+
+service Selector {
+  oneway void report(1: CacheResult result),
+}
