@@ -124,10 +124,14 @@ struct BaseResult {
   1: required string request_id,
   // False when the request was cancelled before the last stage.
   2: required bool completed,
-  // Softmax of the final logits when completed.
+  // Softmax of the answer: the final logits, or (inline mode) the cache that answered.
   3: optional list<double> probs,
   4: required i32 stages_run,
   5: required double compute_ms,
+  // Inline mode: the stage whose cache answered (absent: the base model answered).
+  6: optional i32 exit_stage,
+  // Time spent in cache models (inline mode).
+  7: optional double cache_ms,
 }
 
 service BaseWorker {

@@ -46,11 +46,20 @@ impl EarlyExit {
         Ok((plan, ee))
     }
 
+    /// The base model with the plan's caches (all of them, or only those at `layers`).
     pub fn from_plan(plan: &Plan, model: BaseModel, weights: &Path) -> Result<Self> {
+        Self::with_layers(plan, model, weights, None)
+    }
+
+    pub fn with_layers(plan: &Plan, model: BaseModel, weights: &Path, layers: Option<&[String]>) -> Result<Self> {
         let mut vs = nn::VarStore::new(model.device());
         let classes = model.spec().num_classes;
         let mut caches = Vec::new();
-        for c in &plan.caches {
+        for c in plan
+            .caches
+            .iter()
+            .filter(|c| layers.is_none_or(|l| l.contains(&c.layer)))
+        {
             let Some(info) = model.stages().get(c.stage).filter(|i| i.name == c.layer) else {
                 bail!(
                     "plan cache at stage {} ('{}') does not exist in {}",
@@ -69,9 +78,22 @@ impl EarlyExit {
             });
         }
         if !caches.is_empty() {
-            gati_core::weights::load_into(&mut vs, weights)?;
+            gati_core::weights::load_subset(&mut vs, weights)?;
         }
         Ok(Self { model, caches, _vs: vs })
+    }
+
+    /// The cache model and decision at `stage`, if the plan has one there.
+    pub fn cache_at(&self, stage: usize) -> Option<&RuntimeCache> {
+        self.caches.iter().find(|c| c.stage == stage)
+    }
+
+    /// Softmax of a cache's logits on one activation, and its decision.
+    pub fn consult(c: &RuntimeCache, activation: &Tensor) -> (Vec<f32>, Option<(usize, f32)>) {
+        let _g = tch::no_grad_guard();
+        let row = probs_row(&c.head.forward_t(activation, false));
+        let hit = c.decision.hit(&row);
+        (row, hit)
     }
 
     /// Answers one normalised input `[1, C, H, W]`, exiting at the first confident cache.
@@ -104,6 +126,6 @@ impl EarlyExit {
     }
 }
 
-fn probs_row(logits: &Tensor) -> Vec<f32> {
+pub fn probs_row(logits: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(logits.softmax(-1, Kind::Float).flatten(0, -1)).expect("f32 row")
 }

@@ -23,6 +23,14 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Measure a plan in-process on the evaluation half: early exit vs the base model alone
     Evaluate(cmd::evaluate::Args),
+    /// Run one process role of a cluster (frontend, base, cache)
+    Serve(cmd::serve::Args),
+    /// Start a whole local cluster from a plan and keep it running until Ctrl-C / SIGTERM
+    Up(cmd::up::Args),
+    /// Call a running frontend
+    Client(cmd::client::Args),
+    /// Closed- or open-loop load against a frontend, with latency and hit-rate figures
+    Loadgen(cmd::loadgen::Args),
 }
 
 fn main() {
@@ -34,6 +42,10 @@ fn main() {
         Command::Stages(a) => cmd::stages::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Up(a) => cmd::up::run(a),
+        Command::Client(a) => cmd::client::run(a),
+        Command::Loadgen(a) => cmd::loadgen::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -23,6 +23,22 @@ pub fn load_into(vs: &mut VarStore, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Loads the variables of `vs` from a file that may hold more (e.g. one cache worker's share of a
+/// plan's caches); missing or mis-shaped keys are still refused.
+pub fn load_subset(vs: &mut VarStore, path: &Path) -> Result<()> {
+    let all = read(path)?;
+    let vars = vs.variables();
+    let wanted: BTreeMap<String, Tensor> = all.into_iter().filter(|(k, _)| vars.contains_key(k)).collect();
+    check_against(vs, &wanted, path)?;
+    tch::no_grad(|| {
+        for (name, t) in &wanted {
+            let mut dst = vars[name].shallow_clone();
+            dst.copy_(&t.to_kind(dst.kind()).to_device(dst.device()));
+        }
+    });
+    Ok(())
+}
+
 /// Reads a safetensors file into a name-ordered map.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if !path.is_file() {

@@ -1,9 +1,13 @@
+pub mod client;
 mod data_args;
 pub mod eval;
 pub mod evaluate;
 pub mod import;
+pub mod loadgen;
 pub mod plan;
+pub mod serve;
 pub mod stages;
+pub mod up;
 
 use serde::Serialize;
 

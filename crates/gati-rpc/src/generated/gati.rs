@@ -1537,16 +1537,20 @@ pub struct BaseResult {
   pub probs: Option<Vec<OrderedFloat<f64>>>,
   pub stages_run: i32,
   pub compute_ms: OrderedFloat<f64>,
+  pub exit_stage: Option<i32>,
+  pub cache_ms: Option<OrderedFloat<f64>>,
 }
 
 impl BaseResult {
-  pub fn new<F3>(request_id: String, completed: bool, probs: F3, stages_run: i32, compute_ms: OrderedFloat<f64>) -> BaseResult where F3: Into<Option<Vec<OrderedFloat<f64>>>> {
+  pub fn new<F3, F6, F7>(request_id: String, completed: bool, probs: F3, stages_run: i32, compute_ms: OrderedFloat<f64>, exit_stage: F6, cache_ms: F7) -> BaseResult where F3: Into<Option<Vec<OrderedFloat<f64>>>>, F6: Into<Option<i32>>, F7: Into<Option<OrderedFloat<f64>>> {
     BaseResult {
       request_id,
       completed,
       probs: probs.into(),
       stages_run,
       compute_ms,
+      exit_stage: exit_stage.into(),
+      cache_ms: cache_ms.into(),
     }
   }
 }
@@ -1559,6 +1563,8 @@ impl TSerializable for BaseResult {
     let mut f_3: Option<Vec<OrderedFloat<f64>>> = None;
     let mut f_4: Option<i32> = None;
     let mut f_5: Option<OrderedFloat<f64>> = None;
+    let mut f_6: Option<i32> = None;
+    let mut f_7: Option<OrderedFloat<f64>> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -1592,6 +1598,14 @@ impl TSerializable for BaseResult {
           let val = OrderedFloat::from(i_prot.read_double()?);
           f_5 = Some(val);
         },
+        6 => {
+          let val = i_prot.read_i32()?;
+          f_6 = Some(val);
+        },
+        7 => {
+          let val = OrderedFloat::from(i_prot.read_double()?);
+          f_7 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -1609,6 +1623,8 @@ impl TSerializable for BaseResult {
       probs: f_3,
       stages_run: f_4.expect("auto-generated code should have checked for presence of required fields"),
       compute_ms: f_5.expect("auto-generated code should have checked for presence of required fields"),
+      exit_stage: f_6,
+      cache_ms: f_7,
     };
     Ok(ret)
   }
@@ -1636,6 +1652,16 @@ impl TSerializable for BaseResult {
     o_prot.write_field_begin(&TFieldIdentifier::new("compute_ms", TType::Double, 5))?;
     o_prot.write_double(self.compute_ms.into())?;
     o_prot.write_field_end()?;
+    if let Some(fld_var) = self.exit_stage {
+      o_prot.write_field_begin(&TFieldIdentifier::new("exit_stage", TType::I32, 6))?;
+      o_prot.write_i32(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.cache_ms {
+      o_prot.write_field_begin(&TFieldIdentifier::new("cache_ms", TType::Double, 7))?;
+      o_prot.write_double(fld_var.into())?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }

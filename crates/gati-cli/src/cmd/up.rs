@@ -1,0 +1,103 @@
+use anyhow::{bail, Result};
+use gati_server::config::ServeMode;
+use gati_server::up::{local_cluster, wait_healthy, Supervisor, UpOptions};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Plan directory written by `gati plan`
+    #[arg(long)]
+    plan: PathBuf,
+    /// distributed, inline or base-only (default: the plan's mode)
+    #[arg(long)]
+    mode: Option<String>,
+    /// Frontend port (0: any free port)
+    #[arg(long, default_value_t = 7000)]
+    port: u16,
+    #[arg(long, default_value_t = 2)]
+    cache_workers: usize,
+    #[arg(long, default_value_t = 1)]
+    base_threads: usize,
+    #[arg(long, default_value_t = 1)]
+    cache_threads: usize,
+    /// Fraction of hits whose base run completes anyway (agreement measurement)
+    #[arg(long, default_value_t = 0.05)]
+    complete_fraction: f64,
+    /// Pin the base worker to CPU 0 and cache workers to CPU 1
+    #[arg(long)]
+    pin: bool,
+    /// Serve Prometheus metrics from every process
+    #[arg(long)]
+    metrics: bool,
+    /// Where to write the generated CLUSTER.json (default: a temporary folder)
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Print one JSON object (endpoint, processes) once healthy
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let plan = gati_cache::plan::Plan::load(&a.plan)?;
+    let mode = match a.mode.as_deref() {
+        None => match plan.mode {
+            gati_cache::planner::Mode::Inline => ServeMode::Inline,
+            gati_cache::planner::Mode::Distributed => ServeMode::Distributed,
+        },
+        Some("inline") => ServeMode::Inline,
+        Some("distributed") => ServeMode::Distributed,
+        Some("base-only") => ServeMode::BaseOnly,
+        Some(other) => bail!("unknown mode '{other}' (distributed, inline, base-only)"),
+    };
+    let opts = UpOptions {
+        plan: a.plan.clone(),
+        mode,
+        port: a.port,
+        cache_workers: a.cache_workers,
+        base_threads: a.base_threads,
+        cache_threads: a.cache_threads,
+        complete_on_hit_fraction: a.complete_fraction,
+        pin: a.pin,
+        metrics: a.metrics,
+    };
+    let cluster = local_cluster(&opts)?;
+    let tmp = tempfile::tempdir()?;
+    let dir = a.workdir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("cluster.json");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))?;
+    let mut sup = Supervisor::start(&std::env::current_exe()?, &cluster, &config)?;
+    wait_healthy(&cluster, &mut sup, Duration::from_secs(120))?;
+    if a.json {
+        super::print_json(&serde_json::json!({
+            "endpoint": cluster.frontend.listen,
+            "mode": cluster.mode,
+            "config": config,
+            "pids": sup.pids(),
+            "metrics": {
+                "frontend": cluster.frontend.metrics,
+                "base": cluster.base.metrics,
+                "caches": cluster.caches.iter().map(|c| c.endpoint.metrics.clone()).collect::<Vec<_>>(),
+            },
+        }))?;
+    } else {
+        println!(
+            "gati up: {:?} cluster of {} ready at {}",
+            cluster.mode, plan.model, cluster.frontend.listen
+        );
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    while !stop.load(Ordering::SeqCst) {
+        sup.supervise()?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("gati up: stopping");
+    sup.stop();
+    Ok(())
+}

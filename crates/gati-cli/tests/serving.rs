@@ -1,0 +1,278 @@
+//! Real processes on loopback: `gati up` starts a frontend, a base worker and two cache workers;
+//! real CIFAR-10 images go through Thrift and come back as the plan says they should.
+
+use gati_cache::plan::Plan;
+use gati_cache::runtime::{EarlyExit, Exit};
+use gati_rpc::{AnswerSource, InferRequest, Input, TGatiSyncClient, TensorData};
+use gati_server::client::{connect, describe, image_request};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn gati() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gati"));
+    c.env("GATI_QUIET", "1").env("GATI_HOME", env!("CARGO_TARGET_TMPDIR"));
+    c
+}
+
+/// A small ResNet-20 plan with a generous budget so that caches answer often (built once).
+fn plan_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep().join("plan");
+        let out = gati()
+            .args([
+                "plan",
+                "--model",
+                "resnet20",
+                "--train-limit",
+                "1500",
+                "--epochs",
+                "3",
+                "--test-limit",
+                "400",
+            ])
+            .args([
+                "--layers",
+                "layer2.1,layer2.2,layer3.0,layer3.1",
+                "--variants",
+                "conv-pool,gap",
+                "--budget",
+                "0.05",
+            ])
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            Plan::load(&dir).unwrap().caches.len() >= 2,
+            "the test plan needs caches at two layers or more"
+        );
+        dir
+    })
+}
+
+struct Cluster {
+    child: Child,
+    info: serde_json::Value,
+}
+
+impl Cluster {
+    fn up(mode: &str) -> Self {
+        let mut child = gati()
+            .args([
+                "up",
+                "--port",
+                "0",
+                "--metrics",
+                "--json",
+                "--cache-workers",
+                "2",
+                "--mode",
+                mode,
+                "--plan",
+            ])
+            .arg(plan_dir())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("gati up printed {line:?}"));
+        Self { child, info }
+    }
+
+    fn endpoint(&self) -> String {
+        self.info["endpoint"].as_str().unwrap().to_string()
+    }
+
+    fn client(&self) -> gati_server::client::Client {
+        connect(&self.endpoint(), Duration::from_secs(30)).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGTERM: `gati up` stops every process it started.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn test_images(n: usize) -> Vec<PathBuf> {
+    let ds = gati_core::data::load_image_folder(&gati_core::paths::cifar10_dir().unwrap(), "test", Some(n), (32, 32))
+        .unwrap();
+    ds.sources.iter().map(PathBuf::from).collect()
+}
+
+fn in_process() -> EarlyExit {
+    EarlyExit::load(plan_dir()).unwrap().1
+}
+
+fn normalised(ee: &EarlyExit, path: &Path) -> tch::Tensor {
+    let px = gati_core::data::decode_image(&std::fs::read(path).unwrap(), 32, 32).unwrap();
+    ee.model.preprocess(&tch::Tensor::from_slice(&px).view([1, 3, 32, 32]))
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn inline_cluster_answers_exactly_as_in_process_evaluation() {
+    let c = Cluster::up("inline");
+    let mut client = c.client();
+    let ee = in_process();
+    let mut hits = 0;
+    for path in test_images(60) {
+        let r = client
+            .infer(image_request("resnet20", std::fs::read(&path).unwrap()))
+            .unwrap();
+        let local = ee.infer(&normalised(&ee, &path));
+        assert_eq!(r.class_index as usize, local.class, "{}", path.display());
+        match local.exit {
+            Exit::Cache(i) => {
+                hits += 1;
+                assert_eq!(r.source, AnswerSource::CACHE);
+                assert_eq!(r.cache_layer.as_deref(), Some(ee.caches[i].layer.as_str()));
+            }
+            Exit::Base => assert_eq!(r.source, AnswerSource::BASE),
+        }
+    }
+    assert!(hits > 0, "some requests should exit early");
+}
+
+#[test]
+fn distributed_cluster_streams_to_cache_workers_and_counts_add_up() {
+    let c = Cluster::up("distributed");
+    let mut client = c.client();
+    let ee = in_process();
+    let planned: Vec<String> = ee.caches.iter().map(|c| c.layer.clone()).collect();
+    let images = test_images(80);
+    let (mut hits, mut misses) = (0, 0);
+    for path in &images {
+        let r = client
+            .infer(image_request("resnet20", std::fs::read(path).unwrap()))
+            .unwrap();
+        let x = normalised(&ee, path);
+        let base_class = gati_core::eval::argmax(&tch::no_grad(|| ee.model.forward(&x)))[0];
+        if r.source == AnswerSource::CACHE {
+            hits += 1;
+            let layer = r.cache_layer.clone().unwrap();
+            assert!(planned.contains(&layer), "hit from unplanned layer {layer}");
+            // The cache at that layer, run here on the same input, is confident in the same class.
+            let k = ee.model.stage_index(&layer).unwrap();
+            let act = tch::no_grad(|| ee.model.forward_range(0, k + 1, &x));
+            let (_, local) = EarlyExit::consult(ee.cache_at(k).unwrap(), &act);
+            assert_eq!(local.map(|h| h.0 as i32), Some(r.class_index), "{}", path.display());
+        } else {
+            misses += 1;
+            assert_eq!(
+                r.class_index as i64, base_class,
+                "a miss returns the base model's answer"
+            );
+        }
+    }
+    assert!(hits > 0 && misses > 0, "hits {hits}, misses {misses}");
+
+    let stats = client.stats().unwrap();
+    assert_eq!(stats.requests, images.len() as i64);
+    assert_eq!((stats.hits, stats.misses, stats.errors), (hits, misses, 0));
+    assert_eq!(stats.hits_per_layer.values().sum::<i64>(), hits);
+    let fm = c.info["metrics"]["frontend"].as_str().unwrap();
+    assert_eq!(metric(fm, "gati_requests_total{outcome=\"hit\"}"), hits as f64);
+    assert_eq!(metric(fm, "gati_requests_total{outcome=\"miss\"}"), misses as f64);
+    assert_eq!(metric(fm, "gati_cache_hits_total"), hits as f64);
+    assert_eq!(metric(fm, "gati_request_latency_seconds_count"), images.len() as f64);
+    // Every lookup a cache worker did was a hit or a miss, and the base streamed each one.
+    let lookups: f64 = c.info["metrics"]["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| metric(m.as_str().unwrap(), "gati_cache_lookups_total"))
+        .sum();
+    let sent = metric(
+        c.info["metrics"]["base"].as_str().unwrap(),
+        "gati_base_activations_sent_total",
+    );
+    assert!(lookups > 0.0 && lookups <= sent, "lookups {lookups}, sent {sent}");
+    let health = client.health().unwrap();
+    assert!(health.ok && health.workers.len() == 3, "{health:?}");
+}
+
+#[test]
+fn bad_input_gets_typed_exceptions_and_the_server_keeps_serving() {
+    let c = Cluster::up("distributed");
+    let mut client = c.client();
+    let good = std::fs::read(&test_images(1)[0]).unwrap();
+    let tensor = |shape: Vec<i64>, n: usize| {
+        Input::Tensor(TensorData {
+            shape,
+            data: vec![0u8; n],
+            dtype: None,
+        })
+    };
+    let req = |input: Input, model: &str| InferRequest {
+        model: model.into(),
+        input,
+        request_id: None,
+        deadline_ms: None,
+        top_k: None,
+    };
+    let cases = [
+        (
+            req(tensor(vec![3, 16, 16], 3 * 16 * 16 * 4), "resnet20"),
+            "InvalidInput",
+            "does not match model",
+        ),
+        (req(tensor(vec![3, 32, 32], 1000), "resnet20"), "InvalidInput", "bytes"),
+        (
+            req(Input::Image(b"\x89PNG\r\n\x1a\ngarbage".to_vec()), "resnet20"),
+            "InvalidInput",
+            "image",
+        ),
+        (
+            req(Input::Image(good.clone()), "resnet9000"),
+            "ModelNotFound",
+            "resnet9000",
+        ),
+    ];
+    for (r, kind, text) in cases {
+        let e = describe(&client.infer(r).unwrap_err());
+        assert!(e.starts_with(kind) && e.contains(text), "{e}");
+        assert!(
+            client.infer(image_request("resnet20", good.clone())).is_ok(),
+            "still serving after {kind}"
+        );
+    }
+    let mut past = image_request("resnet20", good.clone());
+    past.deadline_ms = Some(0);
+    assert!(describe(&client.infer(past).unwrap_err()).starts_with("DeadlineExceeded"));
+
+    // A frame declaring 100 MB is refused by closing the connection; others are unaffected.
+    let mut raw = std::net::TcpStream::connect(c.endpoint()).unwrap();
+    raw.write_all(&(100i32 << 20).to_be_bytes()).unwrap();
+    raw.write_all(&[0u8; 64]).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        raw.read(&mut buf).unwrap_or(0),
+        0,
+        "the oversized frame's connection is closed"
+    );
+    assert!(c.client().infer(image_request("resnet20", good)).is_ok());
+}

@@ -1,0 +1,273 @@
+//! The base worker: runs the base model stage by stage. Distributed mode: after each planned
+//! stage the activation is handed to a sender thread that streams it to the cache worker (the
+//! model never waits for the network); between stages a cancelled request stops. Inline mode: the
+//! plan's caches run here, between stages.
+
+use crate::config::{Cluster, ServeMode};
+use crate::net::{self, user_err, Pool};
+use anyhow::Result;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use gati_cache::plan::Plan;
+use gati_cache::runtime::{probs_row, EarlyExit};
+use gati_core::BaseModel;
+use gati_rpc::convert::{tensor_from_wire, tensor_to_wire};
+use gati_rpc::*;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tch::Tensor;
+
+type CacheClient = CacheWorkerSyncClient<net::In, net::Out>;
+
+/// One activation on its way to a cache worker.
+struct Outgoing {
+    request_id: String,
+    stage: i32,
+    tensor: Tensor,
+    selector: String,
+}
+
+/// A sender thread per cache worker, fed through a bounded queue: a slow or dead cache worker
+/// drops activations (counted) instead of delaying the base model.
+struct CacheLink {
+    addr: String,
+    queue: Sender<Outgoing>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CacheLink {
+    fn start(addr: &str, dropped: IntCounterVec, sent: IntCounterVec) -> Self {
+        let (tx, rx): (Sender<Outgoing>, Receiver<Outgoing>) = bounded(256);
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let pool: Pool<CacheClient> = Pool::new(addr, Some(Duration::from_secs(2)), CacheWorkerSyncClient::new);
+        let (a, u) = (addr.to_string(), up.clone());
+        std::thread::spawn(move || {
+            for o in rx {
+                let act = Activation {
+                    request_id: o.request_id,
+                    stage: o.stage,
+                    tensor: tensor_to_wire(&o.tensor),
+                    selector: o.selector,
+                };
+                match pool.call(|c| c.lookup(act)) {
+                    Ok(()) => {
+                        u.store(true, std::sync::atomic::Ordering::Relaxed);
+                        sent.with_label_values(&[&a]).inc();
+                    }
+                    Err(_) => {
+                        // Down: the request degrades to the base model's answer for this layer.
+                        u.store(false, std::sync::atomic::Ordering::Relaxed);
+                        dropped.with_label_values(&[&a]).inc();
+                        pool.reset();
+                    }
+                }
+            }
+        });
+        Self {
+            addr: addr.to_string(),
+            queue: tx,
+            up,
+        }
+    }
+}
+
+struct Metrics {
+    requests: IntCounterVec,
+    cancelled: IntCounter,
+    stages_run: IntCounter,
+    dropped: IntCounterVec,
+    in_flight: IntGauge,
+}
+
+pub struct BaseWorker {
+    replicas: (Sender<EarlyExit>, Receiver<EarlyExit>),
+    inline: bool,
+    links: BTreeMap<i32, CacheLink>,
+    cancelled: Mutex<HashMap<String, Instant>>,
+    metrics: Metrics,
+}
+
+impl BaseWorker {
+    pub fn new(cluster: &Cluster, registry: &Registry, replicas: usize) -> Result<Self> {
+        let plan = Plan::load(&cluster.plan)?;
+        let inline = cluster.mode == ServeMode::Inline;
+        let mut serving = plan.clone();
+        if !inline {
+            serving.caches.clear();
+        }
+        let (tx, rx) = bounded(replicas.max(1));
+        for _ in 0..replicas.max(1) {
+            let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
+            let ee = EarlyExit::from_plan(&serving, model, &cluster.plan.join("caches.safetensors"))?;
+            tx.send(ee).expect("fresh channel");
+        }
+        let c = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(v.clone())).expect("register");
+            v
+        };
+        let metrics = Metrics {
+            requests: c("gati_base_requests_total", "Base runs by outcome", &["outcome"]),
+            cancelled: IntCounter::new("gati_base_cancelled_total", "Runs stopped early by a cancel").expect("m"),
+            stages_run: IntCounter::new("gati_base_stages_run_total", "Base stages executed").expect("m"),
+            dropped: c(
+                "gati_base_activations_dropped_total",
+                "Activations not delivered",
+                &["cache_worker"],
+            ),
+            in_flight: IntGauge::new("gati_base_in_flight", "Runs in progress").expect("m"),
+        };
+        let sent = c(
+            "gati_base_activations_sent_total",
+            "Activations streamed",
+            &["cache_worker"],
+        );
+        registry.register(Box::new(metrics.cancelled.clone()))?;
+        registry.register(Box::new(metrics.stages_run.clone()))?;
+        registry.register(Box::new(metrics.in_flight.clone()))?;
+        let mut links = BTreeMap::new();
+        if cluster.mode == ServeMode::Distributed {
+            for pc in &plan.caches {
+                if let Some(addr) = cluster.cache_for_layer(&pc.layer) {
+                    links.insert(
+                        pc.stage as i32,
+                        CacheLink::start(addr, metrics.dropped.clone(), sent.clone()),
+                    );
+                }
+            }
+        }
+        Ok(Self {
+            replicas: (tx, rx),
+            inline,
+            links,
+            cancelled: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    fn is_cancelled(&self, id: &str) -> bool {
+        self.cancelled.lock().expect("lock").contains_key(id)
+    }
+
+    fn run(&self, req: BaseRequest) -> thrift::Result<BaseResult> {
+        let x = tensor_from_wire(&req.input).map_err(user_err)?;
+        let t0 = Instant::now();
+        let ee = self.replicas.1.recv().map_err(|_| {
+            user_err(Unavailable {
+                message: "no model replica".into(),
+            })
+        })?;
+        self.metrics.in_flight.inc();
+        let result = self.run_stages(&ee, &x, &req);
+        self.metrics.in_flight.dec();
+        self.replicas.0.send(ee).expect("replica pool");
+        self.cancelled.lock().expect("lock").remove(&req.request_id);
+        let mut r = result?;
+        r.compute_ms = thrift::OrderedFloat(t0.elapsed().as_secs_f64() * 1e3);
+        let outcome = match (r.completed, r.exit_stage.is_some()) {
+            (false, _) => "cancelled",
+            (true, true) => "inline_hit",
+            (true, false) => "completed",
+        };
+        self.metrics.requests.with_label_values(&[outcome]).inc();
+        Ok(r)
+    }
+
+    fn run_stages(&self, ee: &EarlyExit, x: &Tensor, req: &BaseRequest) -> thrift::Result<BaseResult> {
+        let _g = tch::no_grad_guard();
+        let m = &ee.model;
+        let want = m.spec().input_shape;
+        if x.size() != [1, want[0], want[1], want[2]] {
+            return Err(user_err(InvalidInput {
+                message: format!(
+                    "input shape {:?}, expected [1, {}, {}, {}]",
+                    x.size(),
+                    want[0],
+                    want[1],
+                    want[2]
+                ),
+            }));
+        }
+        let mut h = x.shallow_clone();
+        let mut cache_ms = 0.0;
+        for k in 0..m.num_stages() {
+            if !req.complete_on_hit && self.is_cancelled(&req.request_id) {
+                self.metrics.cancelled.inc();
+                return Ok(result(req, false, None, k, None, cache_ms));
+            }
+            h = m.run_stage(k, &h);
+            self.metrics.stages_run.inc();
+            if self.inline {
+                if let Some(c) = ee.cache_at(k) {
+                    let t = Instant::now();
+                    let (row, hit) = EarlyExit::consult(c, &h);
+                    cache_ms += t.elapsed().as_secs_f64() * 1e3;
+                    if hit.is_some() {
+                        return Ok(result(req, true, Some(row), k + 1, Some(k as i32), cache_ms));
+                    }
+                }
+            } else if req.stream_stages.contains(&(k as i32)) {
+                if let Some(link) = self.links.get(&(k as i32)) {
+                    let o = Outgoing {
+                        request_id: req.request_id.clone(),
+                        stage: k as i32,
+                        tensor: h.shallow_clone(),
+                        selector: req.selector.clone(),
+                    };
+                    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = link.queue.try_send(o) {
+                        self.metrics.dropped.with_label_values(&[&link.addr]).inc();
+                    }
+                }
+            }
+        }
+        Ok(result(req, true, Some(probs_row(&h)), m.num_stages(), None, cache_ms))
+    }
+}
+
+fn result(
+    req: &BaseRequest,
+    completed: bool,
+    probs: Option<Vec<f32>>,
+    stages: usize,
+    exit: Option<i32>,
+    cache_ms: f64,
+) -> BaseResult {
+    BaseResult {
+        request_id: req.request_id.clone(),
+        completed,
+        probs: probs.map(|p| p.into_iter().map(|v| thrift::OrderedFloat(v as f64)).collect()),
+        stages_run: stages as i32,
+        compute_ms: thrift::OrderedFloat(0.0),
+        exit_stage: exit,
+        cache_ms: Some(thrift::OrderedFloat(cache_ms)),
+    }
+}
+
+pub struct Handler(pub Arc<BaseWorker>);
+
+impl BaseWorkerSyncHandler for Handler {
+    fn handle_run(&self, request: BaseRequest) -> thrift::Result<BaseResult> {
+        self.0.run(request)
+    }
+
+    fn handle_cancel(&self, request_id: String) -> thrift::Result<()> {
+        let mut c = self.0.cancelled.lock().expect("lock");
+        // A cancel can arrive after its run ended; forget such entries after a while.
+        if c.len() > 4096 {
+            c.retain(|_, t| t.elapsed() < Duration::from_secs(30));
+        }
+        c.insert(request_id, Instant::now());
+        Ok(())
+    }
+
+    fn handle_health(&self) -> thrift::Result<Health> {
+        let workers = self
+            .0
+            .links
+            .values()
+            .map(|l| (l.addr.clone(), l.up.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect();
+        Ok(Health { ok: true, workers })
+    }
+}

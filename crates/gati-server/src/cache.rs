@@ -1,0 +1,133 @@
+//! A cache worker: evaluates the cache models of its layers on streamed activations and reports
+//! hit or miss to the selector named in each activation.
+
+use crate::config::Cluster;
+use crate::net::{self, user_err, Pool};
+use anyhow::{bail, Result};
+use gati_cache::plan::Plan;
+use gati_cache::runtime::EarlyExit;
+use gati_core::BaseModel;
+use gati_rpc::convert::tensor_from_wire;
+use gati_rpc::*;
+use prometheus::{IntCounterVec, Opts, Registry};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+type SelectorClient = SelectorSyncClient<net::In, net::Out>;
+
+pub struct CacheWorker {
+    caches: Mutex<EarlyExit>,
+    shapes: HashMap<i32, Vec<i64>>,
+    selectors: Mutex<HashMap<String, std::sync::Arc<Pool<SelectorClient>>>>,
+    lookups: IntCounterVec,
+    version: String,
+}
+
+impl CacheWorker {
+    pub fn new(cluster: &Cluster, index: usize, registry: &Registry) -> Result<Self> {
+        let Some(me) = cluster.caches.get(index) else {
+            bail!(
+                "cluster config has no caches[{index}] ({} cache workers)",
+                cluster.caches.len()
+            );
+        };
+        let plan = Plan::load(&cluster.plan)?;
+        for l in &me.layers {
+            if !plan.caches.iter().any(|c| &c.layer == l) {
+                bail!(
+                    "layer '{l}' of caches[{index}] has no cache in plan {}",
+                    cluster.plan.display()
+                );
+            }
+        }
+        let model = BaseModel::new(&plan.model, tch::Device::Cpu)?;
+        let shapes = model
+            .stages()
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (k as i32, s.output_shape.clone()))
+            .collect();
+        let ee = EarlyExit::with_layers(&plan, model, &cluster.plan.join("caches.safetensors"), Some(&me.layers))?;
+        let lookups = IntCounterVec::new(
+            Opts::new("gati_cache_lookups_total", "Cache lookups by layer and outcome"),
+            &["layer", "outcome"],
+        )?;
+        registry.register(Box::new(lookups.clone()))?;
+        Ok(Self {
+            caches: Mutex::new(ee),
+            shapes,
+            selectors: Mutex::new(HashMap::new()),
+            lookups,
+            version: "v0".into(),
+        })
+    }
+
+    fn evaluate(&self, a: &Activation) -> thrift::Result<CacheResult> {
+        let t0 = Instant::now();
+        let x = tensor_from_wire(&a.tensor).map_err(user_err)?;
+        if self.shapes.get(&a.stage) != Some(&x.size()) {
+            return Err(user_err(InvalidInput {
+                message: format!("activation for stage {} has shape {:?}", a.stage, x.size()),
+            }));
+        }
+        let ee = self.caches.lock().expect("lock");
+        let Some(c) = ee.cache_at(a.stage as usize) else {
+            return Err(user_err(InvalidInput {
+                message: format!("no cache for stage {} here", a.stage),
+            }));
+        };
+        let (_, hit) = EarlyExit::consult(c, &x);
+        let layer = c.layer.clone();
+        drop(ee);
+        let outcome = if hit.is_some() { "hit" } else { "miss" };
+        self.lookups.with_label_values(&[layer.as_str(), outcome]).inc();
+        let (class, conf) = hit.map_or((-1, 0.0), |(c, p)| (c as i32, p as f64));
+        Ok(CacheResult {
+            request_id: a.request_id.clone(),
+            stage: a.stage,
+            hit: hit.is_some(),
+            class_index: class,
+            confidence: thrift::OrderedFloat(conf),
+            compute_ms: thrift::OrderedFloat(t0.elapsed().as_secs_f64() * 1e3),
+            version: Some(self.version.clone()),
+        })
+    }
+
+    fn selector(&self, addr: &str) -> std::sync::Arc<Pool<SelectorClient>> {
+        self.selectors
+            .lock()
+            .expect("lock")
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                std::sync::Arc::new(Pool::new(addr, Some(Duration::from_secs(2)), SelectorSyncClient::new))
+            })
+            .clone()
+    }
+}
+
+pub struct Handler(pub std::sync::Arc<CacheWorker>);
+
+impl CacheWorkerSyncHandler for Handler {
+    fn handle_lookup(&self, activation: Activation) -> thrift::Result<()> {
+        // Oneway: errors cannot be returned; a bad activation is simply not answered.
+        if let Ok(r) = self.0.evaluate(&activation) {
+            let pool = self.0.selector(&activation.selector);
+            if pool.call(|s| s.report(r)).is_err() {
+                pool.reset();
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_lookup_sync(&self, activation: Activation) -> thrift::Result<CacheResult> {
+        self.0.evaluate(&activation)
+    }
+
+    fn handle_health(&self) -> thrift::Result<Health> {
+        Ok(Health {
+            ok: true,
+            workers: Default::default(),
+        })
+    }
+}

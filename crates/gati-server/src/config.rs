@@ -1,0 +1,143 @@
+//! `CLUSTER.json`: where every role listens and how the deployment behaves.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServeMode {
+    /// No caches: every request runs the whole base model (the baseline).
+    BaseOnly,
+    /// Caches run inside the base worker, between stages.
+    Inline,
+    /// Caches run in cache-worker processes fed by streamed activations.
+    Distributed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub listen: String,
+    /// Prometheus `/metrics` and `/health` over HTTP (absent: none).
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// libtorch intra-op threads of this process.
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// CPU set to pin this process to (e.g. [0] or [1]); empty: no pinning.
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheEndpoint {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// Stage names of the plan's caches this worker serves.
+    pub layers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cluster {
+    pub plan: PathBuf,
+    pub mode: ServeMode,
+    pub frontend: Endpoint,
+    /// Where cache workers report (the frontend's Selector service).
+    pub selector: String,
+    pub base: Endpoint,
+    #[serde(default)]
+    pub caches: Vec<CacheEndpoint>,
+    /// Fraction of cache hits whose base run still completes (agreement measurement); the
+    /// others cancel the base model's remaining stages.
+    #[serde(default = "complete_fraction")]
+    pub complete_on_hit_fraction: f64,
+    #[serde(default = "max_frame")]
+    pub max_frame_bytes: usize,
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
+    /// Requests admitted at once by the frontend; more get `Overloaded`.
+    #[serde(default = "max_in_flight")]
+    pub max_in_flight: usize,
+    /// Deadline applied when a request brings none.
+    #[serde(default = "default_deadline")]
+    pub default_deadline_ms: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn complete_fraction() -> f64 {
+    0.05
+}
+fn max_frame() -> usize {
+    16 << 20
+}
+fn max_connections() -> usize {
+    64
+}
+fn max_in_flight() -> usize {
+    64
+}
+fn default_deadline() -> u64 {
+    5000
+}
+
+impl Cluster {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading cluster config {}", path.display()))?;
+        let c: Cluster =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing cluster config {}", path.display()))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.complete_on_hit_fraction) {
+            bail!(
+                "complete_on_hit_fraction must be in [0, 1], got {}",
+                self.complete_on_hit_fraction
+            );
+        }
+        if self.mode == ServeMode::Distributed && self.caches.is_empty() {
+            bail!("mode distributed needs at least one entry in caches");
+        }
+        Ok(())
+    }
+
+    /// Cache-worker address serving each stage name.
+    pub fn cache_for_layer(&self, layer: &str) -> Option<&str> {
+        self.caches
+            .iter()
+            .find(|c| c.layers.iter().any(|l| l == layer))
+            .map(|c| c.endpoint.listen.as_str())
+    }
+}
+
+/// Applies an endpoint's thread count and CPU pinning to this process.
+pub fn apply_placement(e: &Endpoint) -> Result<()> {
+    gati_core::set_threads(e.threads);
+    if !e.cpus.is_empty() {
+        pin_to(&e.cpus)?;
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn pin_to(cpus: &[usize]) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET only writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("cannot pin to CPUs {cpus:?}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to(_cpus: &[usize]) -> Result<()> {
+    bail!("CPU pinning is only supported on Linux")
+}

@@ -1,0 +1,28 @@
+//! Prometheus metrics over HTTP (`/metrics`, `/health`), one registry per process.
+
+use prometheus::{Encoder, Registry, TextEncoder};
+
+/// Serves `registry` at `addr` on a background thread; `/health` answers `ok`.
+pub fn serve(addr: &str, registry: Registry) -> anyhow::Result<String> {
+    let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
+    let local = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| addr.to_string());
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let (code, body) = match req.url() {
+                "/metrics" => {
+                    let mut buf = Vec::new();
+                    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+                    (200, buf)
+                }
+                "/health" => (200, b"ok\n".to_vec()),
+                _ => (404, b"not found\n".to_vec()),
+            };
+            let _ = req.respond(tiny_http::Response::from_data(body).with_status_code(code));
+        }
+    });
+    Ok(local)
+}

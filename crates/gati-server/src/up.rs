@@ -1,0 +1,235 @@
+//! `gati up`: a whole local cluster from a plan — free loopback ports, one process per role,
+//! health-checked, restarted with backoff if one dies, all stopped together.
+
+use crate::config::{CacheEndpoint, Cluster, Endpoint, ServeMode};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct UpOptions {
+    pub plan: PathBuf,
+    pub mode: ServeMode,
+    pub port: u16,
+    pub cache_workers: usize,
+    pub base_threads: usize,
+    pub cache_threads: usize,
+    pub complete_on_hit_fraction: f64,
+    /// Pin the base worker to CPU 0 and the cache workers to CPU 1 (the paper's layout on 2 cores).
+    pub pin: bool,
+    pub metrics: bool,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool) -> Result<Endpoint> {
+    Ok(Endpoint {
+        listen: format!("127.0.0.1:{port}"),
+        metrics: if metrics {
+            Some(format!("127.0.0.1:{}", free_port()?))
+        } else {
+            None
+        },
+        threads,
+        cpus,
+    })
+}
+
+/// The cluster config for a local deployment of `o.plan`; the plan's caches are dealt round-robin
+/// to the cache workers.
+pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
+    let plan = gati_cache::plan::Plan::load(&o.plan)?;
+    let cpus = |c: usize| if o.pin { vec![c] } else { vec![] };
+    let front_port = if o.port == 0 { free_port()? } else { o.port };
+    let mut caches = Vec::new();
+    if o.mode == ServeMode::Distributed && !plan.caches.is_empty() {
+        let n = o.cache_workers.clamp(1, plan.caches.len());
+        for i in 0..n {
+            let layers = plan.caches.iter().skip(i).step_by(n).map(|c| c.layer.clone()).collect();
+            caches.push(CacheEndpoint {
+                endpoint: endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics)?,
+                layers,
+            });
+        }
+    }
+    let mode = if o.mode == ServeMode::Distributed && caches.is_empty() {
+        ServeMode::BaseOnly
+    } else {
+        o.mode
+    };
+    let c = Cluster {
+        plan: std::path::absolute(&o.plan)?,
+        mode,
+        frontend: endpoint(front_port, 1, vec![], o.metrics)?,
+        selector: format!("127.0.0.1:{}", free_port()?),
+        base: endpoint(free_port()?, o.base_threads, cpus(0), o.metrics)?,
+        caches,
+        complete_on_hit_fraction: o.complete_on_hit_fraction,
+        max_frame_bytes: 16 << 20,
+        max_connections: 256,
+        max_in_flight: 128,
+        default_deadline_ms: 5000,
+    };
+    c.check()?;
+    Ok(c)
+}
+
+struct Proc {
+    args: Vec<String>,
+    child: Option<Child>,
+    restarts: u32,
+    next_start: Instant,
+}
+
+/// The processes of a cluster, started from this executable (`gati serve ROLE --config FILE`).
+pub struct Supervisor {
+    exe: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Supervisor {
+    pub fn start(exe: &Path, cluster: &Cluster, config_path: &Path) -> Result<Self> {
+        std::fs::write(config_path, serde_json::to_vec_pretty(cluster)?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let cfg = config_path.display().to_string();
+        let mut roles = vec![vec!["serve".into(), "base".into(), "--config".into(), cfg.clone()]];
+        for i in 0..cluster.caches.len() {
+            roles.push(vec![
+                "serve".into(),
+                "cache".into(),
+                "--index".into(),
+                i.to_string(),
+                "--config".into(),
+                cfg.clone(),
+            ]);
+        }
+        roles.push(vec!["serve".into(), "frontend".into(), "--config".into(), cfg]);
+        let mut s = Self {
+            exe: exe.to_path_buf(),
+            procs: roles
+                .into_iter()
+                .map(|args| Proc {
+                    args,
+                    child: None,
+                    restarts: 0,
+                    next_start: Instant::now(),
+                })
+                .collect(),
+        };
+        for i in 0..s.procs.len() {
+            s.spawn(i)?;
+        }
+        Ok(s)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let p = &mut self.procs[i];
+        let child = Command::new(&self.exe)
+            .args(&p.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} {}", self.exe.display(), p.args.join(" ")))?;
+        p.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter_map(|p| p.child.as_ref().map(|c| c.id()))
+            .collect()
+    }
+
+    /// Restarts any process that exited, with exponential backoff (0.5 s doubling to 10 s).
+    pub fn supervise(&mut self) -> Result<()> {
+        for i in 0..self.procs.len() {
+            let exited = match self.procs[i].child.as_mut() {
+                Some(c) => c.try_wait()?.is_some(),
+                None => true,
+            };
+            if !exited {
+                continue;
+            }
+            let p = &mut self.procs[i];
+            if p.child.take().is_some() {
+                let backoff = Duration::from_millis(500 * (1u64 << p.restarts.min(5))).min(Duration::from_secs(10));
+                p.next_start = Instant::now() + backoff;
+                p.restarts += 1;
+                eprintln!(
+                    "gati up: '{}' exited; restarting in {:.1} s",
+                    p.args[..2].join(" "),
+                    backoff.as_secs_f64()
+                );
+            }
+            if Instant::now() >= self.procs[i].next_start {
+                self.spawn(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True once any process has exited (before it is restarted).
+    pub fn any_exited(&mut self) -> Result<bool> {
+        for p in &mut self.procs {
+            if let Some(c) = p.child.as_mut() {
+                if c.try_wait()?.is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stops every process: SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(c) = p.child.as_mut() {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until the frontend answers `health()` with every worker reachable.
+pub fn wait_healthy(cluster: &Cluster, sup: &mut Supervisor, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if sup.any_exited()? {
+            bail!("a cluster process exited during start-up (see its error above)");
+        }
+        if let Ok(mut c) = crate::client::connect(&cluster.frontend.listen, Duration::from_secs(2)) {
+            use gati_rpc::TGatiSyncClient;
+            if let Ok(h) = c.health() {
+                if h.ok && h.workers.values().all(|&up| up) {
+                    return Ok(());
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!("cluster not healthy after {:.0} s", timeout.as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
