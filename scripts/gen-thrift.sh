@@ -5,16 +5,23 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=crates/gati-rpc/src/generated
+PY_OUT=clients/python/gen
 if ! command -v thrift >/dev/null; then
   if [ "${1:-}" = "--check" ]; then echo "gen-thrift: thrift compiler not installed; skipping check" >&2; exit 0; fi
   echo "gen-thrift: install it first: apt-get install thrift-compiler" >&2; exit 1
 fi
 TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
-for f in thrift/*.thrift; do thrift -out "$TMP" --gen rs "$f"; done
+mkdir -p "$TMP/rs" "$TMP/py"
+for f in thrift/*.thrift; do
+  thrift -out "$TMP/rs" --gen rs "$f"
+  thrift -out "$TMP/py" --gen py "$f"
+done
 if [ "${1:-}" = "--check" ]; then
-  diff -r "$TMP" "$OUT" >/dev/null || { echo "gen-thrift: $OUT is stale; run scripts/gen-thrift.sh" >&2; exit 1; }
+  diff -r "$TMP/rs" "$OUT" >/dev/null || { echo "gen-thrift: $OUT is stale; run scripts/gen-thrift.sh" >&2; exit 1; }
+  diff -r -x __pycache__ "$TMP/py" "$PY_OUT" >/dev/null || { echo "gen-thrift: $PY_OUT is stale; run scripts/gen-thrift.sh" >&2; exit 1; }
   echo "gen-thrift: generated code is current" >&2
 else
-  rm -f "$OUT"/*.rs; cp "$TMP"/*.rs "$OUT"/
-  echo "gen-thrift: wrote $(ls "$OUT")" >&2
+  rm -f "$OUT"/*.rs; cp "$TMP"/rs/*.rs "$OUT"/
+  rm -rf "$PY_OUT"; cp -r "$TMP/py" "$PY_OUT"
+  echo "gen-thrift: wrote $OUT and $PY_OUT" >&2
 fi

@@ -154,6 +154,44 @@ fn inline_cluster_answers_exactly_as_in_process_evaluation() {
         }
     }
     assert!(hits > 0, "some requests should exit early");
+
+    // Closed loop, then open loop (Poisson arrivals), through the same cluster.
+    let load = |extra: &[&str]| -> serde_json::Value {
+        let out = gati()
+            .args([
+                "loadgen",
+                "--endpoint",
+                &c.endpoint(),
+                "--limit",
+                "200",
+                "--duration",
+                "2",
+                "--json",
+                "--plan",
+            ])
+            .arg(plan_dir())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let closed = load(&["--concurrency", "2"]);
+    assert!(closed["requests"].as_u64().unwrap() > 10, "{closed}");
+    assert_eq!(closed["errors"], serde_json::json!({}));
+    assert_eq!(closed["mode"], "inline");
+    let per_layer: f64 = closed["hit_rate_per_layer"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((per_layer - closed["hit_rate"].as_f64().unwrap()).abs() < 1e-9);
+    // The plan's budget (5%) holds on these held-out images, with slack for a small sample.
+    assert!(closed["agreement"].as_f64().unwrap() >= 0.9, "{closed}");
+    let open = load(&["--rate", "40", "--concurrency", "4"]);
+    let n = open["requests"].as_f64().unwrap();
+    assert!((40.0..=130.0).contains(&n), "about 80 Poisson arrivals in 2 s, got {n}");
 }
 
 #[test]
@@ -275,4 +313,33 @@ fn bad_input_gets_typed_exceptions_and_the_server_keeps_serving() {
         "the oversized frame's connection is closed"
     );
     assert!(c.client().infer(image_request("resnet20", good)).is_ok());
+}
+
+#[test]
+fn python_thrift_client_calls_infer() {
+    let c = Cluster::up("inline");
+    let images = test_images(4);
+    let script = gati_core::paths::project_root().join("clients/python/infer.py");
+    let mut bad = tempfile::NamedTempFile::new().unwrap();
+    bad.write_all(b"not an image").unwrap();
+    let out = Command::new(gati_core::weights::python())
+        .arg(script)
+        .args(["--endpoint", &c.endpoint()])
+        .args(&images)
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    let ee = in_process();
+    for (path, v) in images.iter().zip(&lines) {
+        let local = ee.infer(&normalised(&ee, path));
+        assert_eq!(v["class_index"], local.class as i64, "{v}");
+        assert!(v["source"] == "CACHE" || v["source"] == "BASE");
+    }
+    assert_eq!(lines[4]["error"], "InvalidInput");
 }

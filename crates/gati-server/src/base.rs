@@ -12,7 +12,7 @@ use gati_cache::runtime::{probs_row, EarlyExit};
 use gati_core::BaseModel;
 use gati_rpc::convert::{tensor_from_wire, tensor_to_wire};
 use gati_rpc::*;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +73,8 @@ impl CacheLink {
 }
 
 struct Metrics {
+    stage_seconds: HistogramVec,
+    queue_depth: IntGauge,
     requests: IntCounterVec,
     cancelled: IntCounter,
     stages_run: IntCounter,
@@ -107,7 +109,15 @@ impl BaseWorker {
             registry.register(Box::new(v.clone())).expect("register");
             v
         };
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new("gati_base_stage_seconds", "Time of each base stage (batch 1)")
+                .buckets(prometheus::exponential_buckets(1e-5, 1.6, 20)?),
+            &["stage"],
+        )?;
+        registry.register(Box::new(stage_seconds.clone()))?;
         let metrics = Metrics {
+            stage_seconds,
+            queue_depth: IntGauge::new("gati_base_queue_depth", "Runs waiting for a model replica").expect("m"),
             requests: c("gati_base_requests_total", "Base runs by outcome", &["outcome"]),
             cancelled: IntCounter::new("gati_base_cancelled_total", "Runs stopped early by a cancel").expect("m"),
             stages_run: IntCounter::new("gati_base_stages_run_total", "Base stages executed").expect("m"),
@@ -126,6 +136,7 @@ impl BaseWorker {
         registry.register(Box::new(metrics.cancelled.clone()))?;
         registry.register(Box::new(metrics.stages_run.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
         let mut links = BTreeMap::new();
         if cluster.mode == ServeMode::Distributed {
             for pc in &plan.caches {
@@ -196,7 +207,12 @@ impl BaseWorker {
                 self.metrics.cancelled.inc();
                 return Ok(result(req, false, None, k, None, cache_ms));
             }
+            let t = Instant::now();
             h = m.run_stage(k, &h);
+            self.metrics
+                .stage_seconds
+                .with_label_values(&[m.stages()[k].name.as_str()])
+                .observe(t.elapsed().as_secs_f64());
             self.metrics.stages_run.inc();
             if self.inline {
                 if let Some(c) = ee.cache_at(k) {

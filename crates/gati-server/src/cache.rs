@@ -9,7 +9,7 @@ use gati_cache::runtime::EarlyExit;
 use gati_core::BaseModel;
 use gati_rpc::convert::tensor_from_wire;
 use gati_rpc::*;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ pub struct CacheWorker {
     shapes: HashMap<i32, Vec<i64>>,
     selectors: Mutex<HashMap<String, std::sync::Arc<Pool<SelectorClient>>>>,
     lookups: IntCounterVec,
+    lookup_seconds: HistogramVec,
     version: String,
 }
 
@@ -54,7 +55,14 @@ impl CacheWorker {
             &["layer", "outcome"],
         )?;
         registry.register(Box::new(lookups.clone()))?;
+        let lookup_seconds = HistogramVec::new(
+            HistogramOpts::new("gati_cache_lookup_seconds", "Cache model evaluation time, by layer")
+                .buckets(prometheus::exponential_buckets(1e-5, 1.6, 20)?),
+            &["layer"],
+        )?;
+        registry.register(Box::new(lookup_seconds.clone()))?;
         Ok(Self {
+            lookup_seconds,
             caches: Mutex::new(ee),
             shapes,
             selectors: Mutex::new(HashMap::new()),
@@ -82,6 +90,9 @@ impl CacheWorker {
         drop(ee);
         let outcome = if hit.is_some() { "hit" } else { "miss" };
         self.lookups.with_label_values(&[layer.as_str(), outcome]).inc();
+        self.lookup_seconds
+            .with_label_values(&[layer.as_str()])
+            .observe(t0.elapsed().as_secs_f64());
         let (class, conf) = hit.map_or((-1, 0.0), |(c, p)| (c as i32, p as f64));
         Ok(CacheResult {
             request_id: a.request_id.clone(),

@@ -275,8 +275,11 @@ impl Frontend {
         std::thread::spawn(move || {
             let id = base_req.request_id.clone();
             let r = me.base.call(|c| c.run(base_req));
-            if let Ok(res) = &r {
-                me.record_agreement(&id, res);
+            match &r {
+                Ok(res) => me.record_agreement(&id, res),
+                Err(_) => {
+                    me.sampled.lock().expect("lock").remove(&id);
+                }
             }
             let _ = tx.send(Msg::Base(r));
         });
