@@ -1,8 +1,33 @@
 #!/usr/bin/env bash
-# Set up, build and run the main job on the bundled data: ResNet-56's accuracy and latency
-# profile on the CIFAR-10 test split (data and weights from ../shared/ or datasets/).
+# Set up, build, and run the main job on the bundled data (../shared/ or datasets/):
+#   1. ResNet-56's accuracy and per-stage latency profile on the CIFAR-10 test split (gati eval);
+#   2. train cache models on 5,000 training images and plan for a 1% fidelity budget (gati plan);
+#   3. measure the plan in-process against the base model (gati evaluate);
+#   4. serve it as Thrift microservices (gati up), classify a few images and run 10 s of load.
+# About 5 minutes on 2 cores. Extra arguments go to `gati eval`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --release -p gati-cli
-exec target/release/gati eval --model resnet56 --split test "$@"
+G=target/release/gati
+PLAN=reports/demo-plan
+
+echo "== 1. gati eval (ResNet-56, CIFAR-10 test split)"
+$G eval --model resnet56 --split test --threads 1 "$@"
+
+echo "== 2. gati plan (ResNet-56, 1% budget, quick training)"
+$G plan --model resnet56 --budget 0.01 --mode inline --train-limit 5000 --epochs 2 --test-limit 4000 \
+  --variants gap,conv-pool,conv --out "$PLAN" --threads 1
+
+echo "== 3. gati evaluate"
+$G evaluate --plan "$PLAN"
+
+echo "== 4. gati up + client + loadgen"
+$G up --plan "$PLAN" --port 0 --json > reports/demo-up.json &
+UP=$!
+trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do [ -s reports/demo-up.json ] && break; sleep 0.2; done
+EP=$(python3 -c 'import json; print(json.load(open("reports/demo-up.json"))["endpoint"])')
+DATA="${GATI_DATA:-../shared/datasets/cifar10-jpeg}"
+$G client infer --endpoint "$EP" "$DATA"/test/{cat,ship,frog}/0000.jpg
+$G loadgen --endpoint "$EP" --duration 10 --concurrency 1 --limit 4000 --plan "$PLAN"

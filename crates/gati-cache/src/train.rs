@@ -117,6 +117,13 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
             if step % 10 == 0 {
                 pb.set_message(progress_message(bank, &agree, seen));
             }
+            if pb.is_hidden() && !gati_core::progress::quiet() && step % (total_steps / 20).max(1) == 0 {
+                // Logs and CI have no terminal for the bar: a line every 5% instead.
+                eprintln!(
+                    "train {step}/{total_steps} steps: {}",
+                    progress_message(bank, &agree, seen)
+                );
+            }
         }
         pb.println(format!(
             "epoch {}/{}: {}",

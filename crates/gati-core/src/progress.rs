@@ -4,7 +4,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if std::env::var_os("GATI_QUIET").is_some() {
+    if quiet() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     pb.set_style(
@@ -14,4 +14,9 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// `GATI_QUIET` is set: no progress output at all.
+pub fn quiet() -> bool {
+    std::env::var_os("GATI_QUIET").is_some()
 }

@@ -13,14 +13,19 @@ use tch::{nn::VarStore, Kind, Tensor};
 pub fn load_into(vs: &mut VarStore, path: &Path) -> Result<()> {
     let tensors = read(path)?;
     check_against(vs, &tensors, path)?;
+    copy_into(vs, &tensors);
+    Ok(())
+}
+
+/// Copies checked tensors into the variables of the same names.
+fn copy_into(vs: &VarStore, tensors: &BTreeMap<String, Tensor>) {
     let vars = vs.variables();
     tch::no_grad(|| {
-        for (name, t) in &tensors {
+        for (name, t) in tensors {
             let mut dst = vars[name].shallow_clone();
             dst.copy_(&t.to_kind(dst.kind()).to_device(dst.device()));
         }
     });
-    Ok(())
 }
 
 /// Loads the variables of `vs` from a file that may hold more (e.g. one cache worker's share of a
@@ -30,12 +35,7 @@ pub fn load_subset(vs: &mut VarStore, path: &Path) -> Result<()> {
     let vars = vs.variables();
     let wanted: BTreeMap<String, Tensor> = all.into_iter().filter(|(k, _)| vars.contains_key(k)).collect();
     check_against(vs, &wanted, path)?;
-    tch::no_grad(|| {
-        for (name, t) in &wanted {
-            let mut dst = vars[name].shallow_clone();
-            dst.copy_(&t.to_kind(dst.kind()).to_device(dst.device()));
-        }
-    });
+    copy_into(vs, &wanted);
     Ok(())
 }
 
