@@ -113,6 +113,9 @@ pub fn param_count(vs: &nn::VarStore) -> i64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CandidateMeta {
     pub model: String,
+    /// The calibration/evaluation rule the outcomes were recorded under (`split::SPLIT_RULE`).
+    #[serde(default)]
+    pub split: String,
     pub weights_sha256: String,
     pub variants: Vec<Variant>,
     pub stages: Vec<usize>,

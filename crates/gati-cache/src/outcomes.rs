@@ -46,6 +46,24 @@ impl Outcomes {
         }
     }
 
+    /// The outcomes of the samples at `idx`, in that order.
+    pub fn subset(&self, idx: &[usize]) -> Self {
+        Self {
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            base_pred: idx.iter().map(|&i| self.base_pred[i]).collect(),
+            classes: self.classes,
+            probs: self
+                .probs
+                .iter()
+                .map(|p| {
+                    idx.iter()
+                        .flat_map(|&i| p[i * self.classes..(i + 1) * self.classes].iter().copied())
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.base_pred.len()
     }

@@ -29,8 +29,22 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
                 && c.meta.train == *inp.config
                 && c.calibration.len() == inp.calibration.len()
                 && c.evaluation.len() == inp.evaluation.len();
-            if same {
+            if same && c.meta.split == crate::split::SPLIT_RULE {
                 eprintln!("reusing trained candidates in {}", dir.display());
+                return Ok((c, false));
+            }
+            if same {
+                // Same heads, other halves: record the outcomes again, no retraining.
+                eprintln!(
+                    "re-recording outcomes in {} for split rule {}",
+                    dir.display(),
+                    crate::split::SPLIT_RULE
+                );
+                let mut c = c;
+                c.calibration = Outcomes::record(inp.model, &c.bank, inp.calibration, 256);
+                c.evaluation = Outcomes::record(inp.model, &c.bank, inp.evaluation, 256);
+                c.meta.split = crate::split::SPLIT_RULE.to_string();
+                c.save(dir)?;
                 return Ok((c, false));
             }
             eprintln!("candidates in {} were trained differently; retraining", dir.display());
@@ -49,6 +63,7 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
     let evaluation = Outcomes::record(inp.model, &bank, inp.evaluation, 256);
     let meta = CandidateMeta {
         model: inp.model.spec().name.clone(),
+        split: crate::split::SPLIT_RULE.to_string(),
         weights_sha256: inp.weights_sha256.to_string(),
         variants: inp.variants.to_vec(),
         stages: inp.stages.to_vec(),

@@ -21,7 +21,7 @@ pub struct PlannedCache {
     /// Measured batch-1 latency of the cache model.
     pub cost_ms: f64,
     pub decision: Decision,
-    /// Fraction of all calibration requests this cache answers (with the caches before it in place).
+    /// Fraction of all (held-out) calibration requests this cache answers, with the caches before it in place.
     pub expected_hit_rate: f64,
 }
 
@@ -46,6 +46,7 @@ pub struct Plan {
     pub send_ms: f64,
     pub transfer_ms: f64,
     pub memory_budget_mb: Option<f64>,
+    /// Calibration samples the planner scored on (the half not used to fit the decisions).
     pub calibration_samples: usize,
     pub caches: Vec<PlannedCache>,
     pub expected: Expected,
@@ -68,19 +69,25 @@ pub struct Plan {
 pub struct PlanRequest {
     pub mode: Mode,
     pub budget: f64,
+    /// Plan for w + z·√w ≤ budget·n disagreements on calibration data (z = this; 1 by default).
+    pub margin_sigmas: f64,
     pub decision: DecisionKind,
     pub send_ms: f64,
     pub transfer_ms: f64,
     pub memory_budget_mb: Option<f64>,
 }
 
-/// The planner's problem for a candidate set: the decision ladders evaluated on the calibration half.
+/// The planner's problem for a candidate set. The calibration half is cut again (per class): the
+/// decision ladders are fitted on one part and the planner scores configurations on the other, so
+/// that the thresholds' fit to their own data does not make the fidelity estimate optimistic.
 pub fn problem(c: &Candidates, costs: &[f64], stage_ms: &[f64], req: &PlanRequest) -> (Problem, Vec<Vec<Decision>>) {
-    let o = &c.calibration;
+    let (fit_idx, score_idx) = crate::split::calibration_evaluation(&c.calibration.labels);
+    let fit = c.calibration.subset(&fit_idx);
+    let o = &c.calibration.subset(&score_idx);
     let mut options = Vec::new();
     let mut ladders = Vec::new();
     for (h, entry) in c.bank.heads.iter().enumerate() {
-        let ladder = decision::ladder(req.decision, o, h);
+        let ladder = decision::ladder(req.decision, &fit, h);
         let settings = ladder
             .iter()
             .map(|d| {
@@ -109,6 +116,7 @@ pub fn problem(c: &Candidates, costs: &[f64], stage_ms: &[f64], req: &PlanReques
         send_ms: req.send_ms,
         transfer_ms: req.transfer_ms,
         budget: req.budget,
+        margin_sigmas: req.margin_sigmas,
         memory_budget_bytes: req.memory_budget_mb.map(|m| (m * 1048576.0) as u64),
     };
     (problem, ladders)
@@ -162,7 +170,7 @@ pub fn make_plan(
         send_ms: req.send_ms,
         transfer_ms: req.transfer_ms,
         memory_budget_mb: req.memory_budget_mb,
-        calibration_samples: c.calibration.len(),
+        calibration_samples: problem.samples,
         expected: Expected {
             hit_rate: ev.hit_rates.iter().sum(),
             fidelity_loss: ev.fidelity_loss,

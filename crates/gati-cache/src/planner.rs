@@ -65,6 +65,8 @@ pub struct Problem {
     pub transfer_ms: f64,
     /// Fidelity-loss budget (fraction of samples).
     pub budget: f64,
+    /// Safety margin on the budget, in standard deviations of the disagreement count (0: none).
+    pub margin_sigmas: f64,
     pub memory_budget_bytes: Option<u64>,
 }
 
@@ -108,8 +110,16 @@ impl Problem {
         }
     }
 
+    /// Disagreements a plan may make on the calibration samples: the largest w with
+    /// w + z·√w ≤ budget·n (z = `margin_sigmas`), so that the loss on unseen requests, whose count
+    /// of disagreements varies by about √w, stays within budget rather than exactly at it.
     fn allowed_wrong(&self) -> usize {
-        (self.budget * self.samples as f64 + 1e-9).floor() as usize
+        let cap = self.budget * self.samples as f64 + 1e-9;
+        let mut w = cap.floor() as usize;
+        while w > 0 && w as f64 + self.margin_sigmas * (w as f64).sqrt() > cap {
+            w -= 1;
+        }
+        w
     }
 
     fn memory_ok(&self, config: &[Choice]) -> bool {

@@ -54,7 +54,7 @@ fn trained() -> (Candidates, std::path::PathBuf) {
         let (model, w) = resnet20();
         let train = data::load(&cifar(), "train", Some(2000), (32, 32)).unwrap();
         let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
-        let (ci, ei) = split::calibration_evaluation(test.len());
+        let (ci, ei) = split::calibration_evaluation(&test.labels);
         let stages: Vec<usize> = ["layer1.2", "layer2.2", "layer3.1"]
             .iter()
             .map(|n| model.stage_index(n).unwrap())
@@ -87,7 +87,7 @@ fn caches_learn_the_base_models_answers() {
     let (model, _) = resnet20();
     let untrained = HeadBank::new(&model, &c.meta.stages, &c.meta.variants).unwrap();
     let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
-    let (_, ei) = split::calibration_evaluation(test.len());
+    let (_, ei) = split::calibration_evaluation(&test.labels);
     let before = gati_cache::outcomes::Outcomes::record(&model, &untrained, &test.subset(&ei), 250);
     for (h, e) in c.bank.heads.iter().enumerate() {
         let fid = c.evaluation.fidelity(h);
@@ -153,6 +153,7 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
     let req = PlanRequest {
         mode: Mode::Inline,
         budget: 0.02,
+        margin_sigmas: 1.0,
         decision: DecisionKind::Threshold,
         send_ms: 0.0,
         transfer_ms: 0.0,
@@ -179,9 +180,9 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
     )
     .unwrap();
     let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
-    let (ci, _) = split::calibration_evaluation(test.len());
+    let (ci, _) = split::calibration_evaluation(&test.labels);
     let calib = test.subset(&ci);
-    let (mut hits, mut differ, mut same_exit) = (0usize, 0usize, 0usize);
+    let (mut hits, mut differ, mut same_exit, mut simulated_hits) = (0usize, 0usize, 0usize, 0usize);
     for i in 0..calib.len() {
         let x = ee.model.preprocess(&calib.pixel_range(i, i + 1));
         let a = ee.infer(&x);
@@ -190,6 +191,7 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
             pc.decision.hit(c.calibration.row(h, i)).is_some()
         });
         same_exit += (simulated.map_or(Exit::Base, Exit::Cache) == a.exit) as usize;
+        simulated_hits += simulated.is_some() as usize;
         hits += matches!(a.exit, Exit::Cache(_)) as usize;
         differ += (a.class as i64 != c.calibration.base_pred[i]) as usize;
     }
@@ -198,8 +200,10 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
         "{same_exit}/{}",
         calib.len()
     );
-    let expected_hits = plan.expected.hit_rate * calib.len() as f64;
-    assert!((hits as f64 - expected_hits).abs() <= 0.01 * calib.len() as f64);
+    assert!(
+        hits.abs_diff(simulated_hits) <= calib.len() / 100,
+        "{hits} vs simulated {simulated_hits}"
+    );
     assert!(
         differ as f64 <= (0.02 + 0.005) * calib.len() as f64,
         "{differ} answers differ from the base"

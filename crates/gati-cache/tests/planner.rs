@@ -47,6 +47,7 @@ fn toy(seed: u64, stages: usize, variants: usize, settings: usize, n: usize, mod
         send_ms: 0.02,
         transfer_ms: 0.1,
         budget: 0.01,
+        margin_sigmas: 0.0,
         memory_budget_bytes: None,
     }
 }
@@ -91,6 +92,12 @@ fn plans_respect_budget_and_memory_and_beat_the_base() {
     let z = p.evaluate(&p.solve());
     assert_eq!(z.wrong, 0);
     assert!(z.mean_latency_ms >= e.mean_latency_ms - 1e-9);
+    // A safety margin spends less of the budget: w + √w ≤ 20 allows 16 of 2,000 samples to differ.
+    p.margin_sigmas = 1.0;
+    let m = p.evaluate(&p.solve());
+    assert!(m.wrong <= 16, "{m:?}");
+    assert!(m.mean_latency_ms >= e.mean_latency_ms - 1e-9);
+    p.margin_sigmas = 0.0;
     // A memory budget smaller than any cache leaves the base model alone.
     p.budget = 0.01;
     p.memory_budget_bytes = Some(500);
@@ -117,6 +124,7 @@ fn evaluation_counts_exits_in_stage_order() {
         send_ms: 0.0,
         transfer_ms: 0.0,
         budget: 1.0,
+        margin_sigmas: 0.0,
         memory_budget_bytes: None,
     };
     use gati_cache::planner::Choice;

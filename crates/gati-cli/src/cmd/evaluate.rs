@@ -43,7 +43,7 @@ pub fn run(a: Args) -> Result<()> {
         None => gati_core::paths::cifar10_dir()?,
     };
     let test = load_split(&ee.model, &dir, "test", a.test_limit.or(plan.test_limit))?;
-    let (_, ei) = split::calibration_evaluation(test.len());
+    let (_, ei) = split::calibration_evaluation(&test.labels);
     let eval_half = test.subset(&ei);
     let mut report = evaluate::evaluate(&ee, &eval_half, 50);
     if let Some(cdir) = &plan.candidates {

@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut ds = load_split(&model, &dir, &a.split, a.limit)?;
     if !a.all {
-        let (_, ei) = gati_cache::split::calibration_evaluation(ds.len());
+        let (_, ei) = gati_cache::split::calibration_evaluation(&ds.labels);
         ds = ds.subset(&ei);
     }
     if ds.is_empty() {

@@ -64,6 +64,9 @@ pub struct Args {
     /// Distributed mode: delay before a cache worker starts on an activation (ms)
     #[arg(long, default_value_t = 0.3)]
     transfer_ms: f64,
+    /// Safety margin: plan for w + z·√w ≤ budget·n disagreements on calibration data (z = this)
+    #[arg(long, default_value_t = 1.0)]
+    margin_sigmas: f64,
     /// Upper bound on the chosen caches' parameter memory (MiB)
     #[arg(long)]
     memory_budget_mb: Option<f64>,
@@ -130,7 +133,7 @@ pub fn run(a: Args) -> Result<()> {
     let sha = weights::sha256_file(&weights_path)?;
     let train = load_split(&model, &dir, "train", a.train_limit)?;
     let test = load_split(&model, &dir, "test", a.test_limit)?;
-    let (ci, ei) = split::calibration_evaluation(test.len());
+    let (ci, ei) = split::calibration_evaluation(&test.labels);
     let (calibration, evaluation) = (test.subset(&ci), test.subset(&ei));
     let config = TrainConfig {
         epochs: a.epochs,
@@ -160,6 +163,7 @@ pub fn run(a: Args) -> Result<()> {
     let req = PlanRequest {
         mode,
         budget: a.budget,
+        margin_sigmas: a.margin_sigmas,
         decision,
         send_ms: a.send_ms,
         transfer_ms: a.transfer_ms,
