@@ -17,41 +17,60 @@ fn gati() -> Command {
     c
 }
 
-/// A small ResNet-20 plan with a generous budget so that caches answer often (built once).
+/// A small ResNet-20 plan with a generous budget so that caches answer often (built once). Planned
+/// with fixed stage and cache costs, so the choice does not depend on how loaded the machine is.
 fn plan_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep().join("plan");
-        let out = gati()
-            .args([
-                "plan",
-                "--model",
-                "resnet20",
-                "--train-limit",
-                "1500",
-                "--epochs",
-                "3",
-                "--test-limit",
-                "400",
-            ])
-            .args([
-                "--layers",
-                "layer2.1,layer2.2,layer3.0,layer3.1",
-                "--variants",
-                "conv-pool,gap",
-                "--budget",
-                "0.05",
-            ])
-            .arg("--out")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        use gati_cache::{decision::DecisionKind, pipeline, plan, planner::Mode, train::TrainConfig, Variant};
+        let dir = tempfile::tempdir().unwrap().keep();
+        let ckpt = gati_core::paths::checkpoint("resnet20").unwrap();
+        let w = gati_core::paths::convert_cached("resnet20", &ckpt, &dir.join("weights")).unwrap();
+        let model = gati_core::BaseModel::load("resnet20", &w, tch::Device::Cpu).unwrap();
+        let cifar = gati_core::paths::cifar10_dir().unwrap();
+        let train = gati_core::data::load(&cifar, "train", Some(1500), (32, 32)).unwrap();
+        let test = gati_core::data::load(&cifar, "test", Some(1000), (32, 32)).unwrap();
+        let (ci, ei) = gati_cache::split::calibration_evaluation(&test.labels);
+        let stages: Vec<usize> = ["layer2.1", "layer2.2", "layer3.0", "layer3.1"]
+            .iter()
+            .map(|n| model.stage_index(n).unwrap())
+            .collect();
+        let sha = gati_core::weights::sha256_file(&w).unwrap();
+        let inputs = pipeline::Inputs {
+            model: &model,
+            weights_sha256: &sha,
+            train: &train,
+            calibration: &test.subset(&ci),
+            evaluation: &test.subset(&ei),
+            stages: &stages,
+            variants: &[Variant::ConvPool, Variant::Gap],
+            config: &TrainConfig {
+                epochs: 3,
+                train_limit: Some(1500),
+                ..Default::default()
+            },
+        };
+        let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
+        let req = plan::PlanRequest {
+            mode: Mode::Distributed,
+            budget: 0.05,
+            margin_sigmas: 0.0,
+            decision: DecisionKind::Threshold,
+            send_ms: 0.001,
+            transfer_ms: 0.001,
+            memory_budget_mb: None,
+        };
+        let costs = vec![0.01; cands.bank.heads.len()];
+        let (mut p, tensors) = plan::make_plan(&cands, &costs, &vec![0.2; model.num_stages()], &req, &w, 1);
+        p.test_limit = Some(1000);
+        let out = dir.join("plan");
+        p.save(&out, &tensors).unwrap();
         assert!(
-            Plan::load(&dir).unwrap().caches.len() >= 2,
-            "the test plan needs caches at two layers or more"
+            p.caches.len() >= 2,
+            "the test plan needs caches at two layers or more: {:?}",
+            p.caches
         );
-        dir
+        out
     })
 }
 
