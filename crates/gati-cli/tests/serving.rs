@@ -1,7 +1,6 @@
 //! Real processes on loopback: `gati up` starts a frontend, a base worker and two cache workers;
 //! real CIFAR-10 images go through Thrift and come back as the plan says they should.
 
-use gati_cache::plan::Plan;
 use gati_cache::runtime::{EarlyExit, Exit};
 use gati_rpc::{AnswerSource, InferRequest, Input, TGatiSyncClient, TensorData};
 use gati_server::client::{connect, describe, image_request};
