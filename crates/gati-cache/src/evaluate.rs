@@ -107,13 +107,7 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
 /// predicts the base model's answer, paying the base stages up to there and that head's cost.
 pub fn oracle_speedup(c: &Candidates, costs: &[f64], stage_ms: &[f64]) -> f64 {
     let o = &c.evaluation;
-    let cum: Vec<f64> = stage_ms
-        .iter()
-        .scan(0.0, |a, &x| {
-            *a += x;
-            Some(*a)
-        })
-        .collect();
+    let cum = crate::planner::cumulative(stage_ms);
     let total = *cum.last().unwrap_or(&0.0);
     let mut sum = 0.0;
     for i in 0..o.len() {

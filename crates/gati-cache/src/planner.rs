@@ -89,13 +89,7 @@ pub struct Evaluation {
 
 impl Problem {
     fn cum(&self) -> Vec<f64> {
-        self.stage_ms
-            .iter()
-            .scan(0.0, |acc, &x| {
-                *acc += x;
-                Some(*acc)
-            })
-            .collect()
+        cumulative(&self.stage_ms)
     }
 
     fn base_total(&self) -> f64 {
@@ -286,6 +280,17 @@ impl Problem {
         }
         best.map(|b| b.2).unwrap_or_default()
     }
+}
+
+/// Running sums: the latency of the base model up to and including each stage.
+pub fn cumulative(stage_ms: &[f64]) -> Vec<f64> {
+    stage_ms
+        .iter()
+        .scan(0.0, |acc, &x| {
+            *acc += x;
+            Some(*acc)
+        })
+        .collect()
 }
 
 fn with(config: &[Choice], c: Choice) -> Vec<Choice> {

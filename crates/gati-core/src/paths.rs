@@ -57,6 +57,14 @@ pub fn cifar10_dir() -> Result<PathBuf> {
     )
 }
 
+/// `given`, or the default CIFAR-10 folder (`cifar10_dir`).
+pub fn data_dir(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d.to_path_buf()),
+        None => cifar10_dir(),
+    }
+}
+
 /// The lossless PNG fixtures (`cifar10-png`) in the shared folder, if present.
 pub fn cifar10_png_dir() -> Option<PathBuf> {
     shared_dir()

@@ -85,10 +85,7 @@ pub fn input_to_tensor(input: &Input, spec: &ModelSpec) -> Result<Tensor, Invali
     match input {
         Input::Image(bytes) => {
             let chw = gati_core::data::decode_image(bytes, h, w).map_err(|e| invalid(format!("image: {e:#}")))?;
-            let n = &spec.normalization;
-            let mean = Tensor::from_slice(&n.mean).view([1, 3, 1, 1]);
-            let std = Tensor::from_slice(&n.std).view([1, 3, 1, 1]);
-            Ok((Tensor::from_slice(&chw).view([1, c, h, w]).to_kind(Kind::Float) / 255.0 - mean) / std)
+            Ok(spec.normalize(&Tensor::from_slice(&chw).view([1, c, h, w]), tch::Device::Cpu))
         }
         Input::Tensor(t) => {
             let x = tensor_from_wire(t)?;

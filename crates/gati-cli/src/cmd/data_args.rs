@@ -27,10 +27,7 @@ impl ModelData {
     }
 
     pub fn data_dir(&self) -> Result<PathBuf> {
-        match &self.data {
-            Some(d) => Ok(d.clone()),
-            None => paths::cifar10_dir(),
-        }
+        paths::data_dir(self.data.as_deref())
     }
 }
 

@@ -81,10 +81,7 @@ pub fn run(a: Args) -> Result<()> {
         .map_err(|e| anyhow!("models(): {}", describe(&e)))?
         .remove(0);
     let model = BaseModel::new(&info.name, tch::Device::Cpu)?;
-    let dir = match &a.data {
-        Some(d) => d.clone(),
-        None => paths::cifar10_dir()?,
-    };
+    let dir = paths::data_dir(a.data.as_deref())?;
     let mut ds = load_split(&model, &dir, &a.split, a.limit)?;
     if !a.all {
         let (_, ei) = gati_cache::split::calibration_evaluation(&ds.labels);

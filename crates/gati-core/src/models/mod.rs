@@ -38,6 +38,16 @@ pub struct ModelSpec {
     pub normalization: Normalization,
 }
 
+impl ModelSpec {
+    /// Pixels (`u8`, `[N, C, H, W]`) to the normalised float input of this model, on `device`.
+    pub fn normalize(&self, pixels: &Tensor, device: Device) -> Tensor {
+        let n = &self.normalization;
+        let mean = Tensor::from_slice(&n.mean).view([1, 3, 1, 1]).to_device(device);
+        let std = Tensor::from_slice(&n.std).view([1, 3, 1, 1]).to_device(device);
+        (pixels.to_device(device).to_kind(Kind::Float) / 255.0 - mean) / std
+    }
+}
+
 /// A named stage and the shape of its output for one input.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageInfo {
@@ -177,11 +187,7 @@ impl BaseModel {
 
     /// Pixels (`u8`, `[N, C, H, W]`) to the normalised float input the model expects.
     pub fn preprocess(&self, pixels: &Tensor) -> Tensor {
-        let n = &self.spec.normalization;
-        let dev = self.device();
-        let mean = Tensor::from_slice(&n.mean).view([1, 3, 1, 1]).to_device(dev);
-        let std = Tensor::from_slice(&n.std).view([1, 3, 1, 1]).to_device(dev);
-        (pixels.to_device(dev).to_kind(Kind::Float) / 255.0 - mean) / std
+        self.spec.normalize(pixels, self.device())
     }
 }
 
