@@ -48,6 +48,8 @@ fn trained() -> (Candidates, std::path::PathBuf) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     gati_core::tune_allocator();
+    // One intra-op thread: training gives the same caches whatever else the test process runs.
+    gati_core::set_threads(1);
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap().keep());
     let first = !dir.join("meta.json").exists();
     {

@@ -22,6 +22,9 @@ fn plan_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         use gati_cache::{decision::DecisionKind, pipeline, plan, planner::Mode, train::TrainConfig, Variant};
+        // One intra-op thread: the trained caches, and so the plan, come out the same whatever
+        // else the test process runs at the time.
+        gati_core::set_threads(1);
         let dir = tempfile::tempdir().unwrap().keep();
         let ckpt = gati_core::paths::checkpoint("resnet20").unwrap();
         let w = gati_core::paths::convert_cached("resnet20", &ckpt, &dir.join("weights")).unwrap();
