@@ -103,23 +103,30 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
     }
 }
 
-/// The oracle's mean latency: each sample leaves at the earliest stage where some candidate head
-/// predicts the base model's answer, paying the base stages up to there and that head's cost.
-pub fn oracle_speedup(c: &Candidates, costs: &[f64], stage_ms: &[f64]) -> f64 {
+/// The oracle's speed-up over the evaluation half (or over `samples` of it, repeats counted):
+/// each sample leaves at the earliest stage where some candidate head predicts the base model's
+/// answer, paying the base stages up to there and that head's cost.
+pub fn oracle_speedup(c: &Candidates, costs: &[f64], stage_ms: &[f64], samples: Option<&[usize]>) -> f64 {
     let o = &c.evaluation;
     let cum = crate::planner::cumulative(stage_ms);
     let total = *cum.last().unwrap_or(&0.0);
-    let mut sum = 0.0;
-    for i in 0..o.len() {
-        let best = c
-            .bank
+    let oracle_ms = |i: usize| {
+        c.bank
             .heads
             .iter()
             .enumerate()
             .filter(|(h, _)| o.top(*h, i).0 as i64 == o.base_pred[i])
             .map(|(h, e)| cum[e.stage] + costs[h])
-            .fold(total, f64::min);
-        sum += best;
-    }
-    total / (sum / o.len().max(1) as f64)
+            .fold(total, f64::min)
+    };
+    let all: Vec<usize>;
+    let samples = match samples {
+        Some(s) => s,
+        None => {
+            all = (0..o.len()).collect();
+            &all
+        }
+    };
+    let sum: f64 = samples.iter().map(|&i| oracle_ms(i)).sum();
+    total / (sum / samples.len().max(1) as f64)
 }

@@ -204,12 +204,7 @@ impl Plan {
     }
 }
 
-/// Pretty JSON, written to a temporary file, fsynced and renamed into place.
+/// Pretty JSON, written atomically (see `gati_core::weights::write_bytes_atomic`).
 pub fn write_json_atomic<T: Serialize>(value: &T, path: &Path) -> Result<()> {
-    use std::io::Write;
-    let tmp = gati_core::weights::tmp_sibling(path);
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(value)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    gati_core::weights::write_bytes_atomic(path, &serde_json::to_vec_pretty(value)?)
 }

@@ -31,6 +31,8 @@ enum Command {
     Client(cmd::client::Args),
     /// Closed- or open-loop load against a frontend, with latency and hit-rate figures
     Loadgen(cmd::loadgen::Args),
+    /// Benchmark: base model alone vs gati over request streams, repeated and interleaved; report and plots
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn main() {
         Command::Up(a) => cmd::up::run(a),
         Command::Client(a) => cmd::client::run(a),
         Command::Loadgen(a) => cmd::loadgen::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

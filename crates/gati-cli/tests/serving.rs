@@ -65,6 +65,7 @@ fn plan_dir() -> &'static PathBuf {
         let costs = vec![0.01; cands.bank.heads.len()];
         let (mut p, tensors) = plan::make_plan(&cands, &costs, &vec![0.2; model.num_stages()], &req, &w, 1);
         p.test_limit = Some(1000);
+        p.candidates = Some(dir.join("candidates"));
         let out = dir.join("plan");
         p.save(&out, &tensors).unwrap();
         assert!(
@@ -363,4 +364,150 @@ fn python_thrift_client_calls_infer() {
         assert!(v["source"] == "CACHE" || v["source"] == "BASE");
     }
     assert_eq!(lines[4]["error"], "InvalidInput");
+}
+
+/// `gati bench` end to end on the tiny plan: every figure in report.json follows from the
+/// per-request records it wrote beside it.
+#[test]
+fn bench_report_is_consistent_with_its_records() {
+    let out = tempfile::tempdir().unwrap();
+    let requests = 40;
+    let o = gati()
+        .args(["bench", "--requests", "40", "--repeat", "2", "--warmup", "5", "--json"])
+        .args([
+            "--streams",
+            "iid,bursty-repeat:3:4",
+            "--budgets",
+            "0.02,0.2",
+            "--cache-workers",
+            "2",
+        ])
+        .arg("--plan")
+        .arg(plan_dir())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(printed, report);
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("gati inline via Thrift") && md.contains("Budget sweep"),
+        "{md}"
+    );
+    assert!(report["git_commit"].is_string() || report["git_commit"].is_null());
+    assert!(report["machine"]["cpus"].as_u64().unwrap() >= 1);
+
+    // Per-request records, by (stream, config, repeat).
+    let mut records = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(out.path().join("records.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["stream"].as_str().unwrap().to_string(),
+            v["config"].as_str().unwrap().to_string(),
+            v["repeat"].as_u64().unwrap(),
+        );
+        records.insert(key, v);
+    }
+    let classes = |v: &serde_json::Value| -> Vec<(u64, i64)> {
+        let req = v["req"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap());
+        req.zip(v["class"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
+            .collect()
+    };
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plan_dir().join("plan.json")).unwrap()).unwrap();
+    let planned: Vec<&str> = plan["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["layer"].as_str().unwrap())
+        .collect();
+
+    let model = &report["models"][0];
+    let streams = model["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 2);
+    for st in streams {
+        let name = st["stream"].as_str().unwrap();
+        let reference: std::collections::HashMap<u64, i64> =
+            classes(&records[&(name.to_string(), "reference".to_string(), 0)])
+                .into_iter()
+                .collect();
+        assert_eq!(reference.len(), requests);
+        let runs = st["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 6 * 2, "six configurations, two repeats");
+        for r in runs {
+            let (hits, misses, n) = (
+                r["hits"].as_u64().unwrap(),
+                r["misses"].as_u64().unwrap(),
+                r["requests"].as_u64().unwrap(),
+            );
+            assert_eq!(r["failed"].as_u64().unwrap(), 0, "{r}");
+            assert_eq!(n as usize, requests);
+            assert_eq!(hits + misses, n);
+            let per_layer = r["hits_per_layer"].as_object().unwrap();
+            assert_eq!(per_layer.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), hits);
+            assert!(
+                per_layer.keys().all(|l| planned.contains(&l.as_str())),
+                "{per_layer:?} vs {planned:?}"
+            );
+            let rec = &records[&(
+                name.to_string(),
+                r["config"].as_str().unwrap().to_string(),
+                r["repeat"].as_u64().unwrap(),
+            )];
+            let cls = classes(rec);
+            let differ = cls.iter().filter(|(q, c)| reference[q] != *c).count();
+            let loss = r["fidelity_loss"].as_f64().unwrap();
+            assert!((loss - differ as f64 / n as f64).abs() < 1e-12, "{name} {r}");
+            let layers = rec["layer"].as_array().unwrap();
+            assert_eq!(layers.iter().filter(|l| !l.is_null()).count() as u64, hits);
+            if r["config"].as_str().unwrap().starts_with("base") || r["config"] == "thrift-base-only" {
+                assert_eq!(hits, 0, "{r}");
+            }
+        }
+        // Each summary figure is the median of its runs (two runs: their mean).
+        for c in st["configs"].as_array().unwrap() {
+            let mine: Vec<f64> = runs
+                .iter()
+                .filter(|r| r["config"] == c["config"])
+                .map(|r| r["latency_ms"]["mean"].as_f64().unwrap())
+                .collect();
+            assert_eq!(mine.len(), 2);
+            let med = c["mean_ms"]["median"].as_f64().unwrap();
+            assert!((med - (mine[0] + mine[1]) / 2.0).abs() < 1e-9, "{c}");
+            assert!(c["mean_ms"]["min"].as_f64().unwrap() <= med && med <= c["mean_ms"]["max"].as_f64().unwrap());
+        }
+        assert!(st["oracle_speedup"].as_f64().unwrap() >= 1.0);
+    }
+    let sweep = model["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 2);
+    assert!(sweep[1]["caches"].as_array().unwrap().len() >= sweep[0]["caches"].as_array().unwrap().len());
+    for p in sweep {
+        assert!(Path::new(p["plan_dir"].as_str().unwrap()).join("plan.json").is_file());
+    }
+    match report["plot_error"].as_str() {
+        Some(e) => eprintln!("plots not drawn here: {e}"),
+        None => {
+            let plots = report["plots"].as_array().unwrap();
+            assert!(plots.len() >= 6, "{plots:?}");
+            for p in plots {
+                let bytes = std::fs::read(out.path().join(p.as_str().unwrap())).unwrap();
+                let png = p.as_str().unwrap().ends_with(".png");
+                assert!(
+                    if png {
+                        bytes.starts_with(b"\x89PNG")
+                    } else {
+                        bytes.starts_with(b"<svg")
+                    },
+                    "{p}"
+                );
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod paths;
 pub mod progress;
 pub mod stats;
 pub mod weights;
+pub mod workload;
 
 pub use models::{BaseModel, ModelSpec};
 

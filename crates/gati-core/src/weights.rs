@@ -108,7 +108,31 @@ pub fn write_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         .collect();
     Tensor::write_safetensors(&contiguous, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    rename_durable(&tmp, path)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsynced, renamed over `path`, and the
+/// folder fsynced, so a crash leaves either the old file or the new one, never a torn one.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = tmp_sibling(path);
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()?;
+    rename_durable(&tmp, path)
+}
+
+fn rename_durable(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // The rename itself is durable only once the folder's entry is on disk.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 

@@ -46,7 +46,12 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(cdir) = &plan.candidates {
         if let Ok(Some(c)) = Candidates::load(cdir, &ee.model, &plan.weights_sha256) {
             if c.evaluation.len() == eval_half.len() && plan.candidate_costs_ms.len() == c.bank.heads.len() {
-                report.oracle_speedup = Some(evaluate::oracle_speedup(&c, &plan.candidate_costs_ms, &plan.stage_ms));
+                report.oracle_speedup = Some(evaluate::oracle_speedup(
+                    &c,
+                    &plan.candidate_costs_ms,
+                    &plan.stage_ms,
+                    None,
+                ));
             }
         }
     }

@@ -1,16 +1,16 @@
 use super::data_args::load_split;
 use anyhow::{anyhow, bail, Result};
+use gati_bench::load::{drive, hit_rate_per_layer, Pace, Until};
 use gati_core::stats::LatencyStats;
+use gati_core::workload::Stream;
 use gati_core::{data, paths, BaseModel};
-use gati_rpc::{InferRequest, Input, TGatiSyncClient};
+use gati_rpc::{Input, TGatiSyncClient};
 use gati_server::client::{connect, describe};
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,17 +38,16 @@ pub struct Args {
     /// A plan directory: its base model answers the same images in-process, for agreement figures
     #[arg(long)]
     plan: Option<PathBuf>,
+    /// Send a workload stream instead of the images in order: iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]]
+    #[arg(long)]
+    stream: Option<String>,
+    /// Requests generated for --stream (cycled when the run is longer)
+    #[arg(long, default_value_t = 10000)]
+    stream_length: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long)]
     json: bool,
-}
-
-struct Record {
-    index: usize,
-    ms: f64,
-    class: i64,
-    layer: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -90,9 +89,21 @@ pub fn run(a: Args) -> Result<()> {
     if ds.is_empty() {
         bail!("no images to send");
     }
-    let inputs: Vec<Input> = (0..ds.len())
-        .map(|i| input_for(&ds, &model, i))
-        .collect::<Result<_>>()?;
+    let (inputs, labels, image_of): (Vec<Input>, Vec<i64>, Vec<usize>) = match &a.stream {
+        Some(spec) => {
+            let reqs = Stream::parse(spec)?.generate(&ds.labels, a.stream_length, a.seed);
+            let p = gati_bench::inputs::prepare(&ds, reqs)?;
+            let images = p.requests.iter().map(|r| r.index).collect();
+            (p.wire.to_vec(), p.labels, images)
+        }
+        None => (
+            (0..ds.len())
+                .map(|i| input_for(&ds, &model, i))
+                .collect::<Result<_>>()?,
+            ds.labels.clone(),
+            (0..ds.len()).collect(),
+        ),
+    };
     let base_pred = match &a.plan {
         Some(p) => {
             let plan = gati_cache::plan::Plan::load(p)?;
@@ -101,79 +112,28 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let inputs = Arc::new(inputs);
-    let records = Arc::new(Mutex::new(Vec::<Record>::new()));
-    let errors = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(a.duration);
-    let per_client_rate = a.rate.map(|r| r / a.concurrency as f64);
-    let handles: Vec<_> = (0..a.concurrency)
-        .map(|w| {
-            let (inputs, records, errors, next) = (inputs.clone(), records.clone(), errors.clone(), next.clone());
-            let (endpoint, name, seed) = (a.endpoint.clone(), info.name.clone(), a.seed + w as u64);
-            std::thread::spawn(move || {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-                let mut client = connect(&endpoint, Duration::from_secs(30)).ok();
-                let mut due = Instant::now();
-                while Instant::now() < end {
-                    if let Some(r) = per_client_rate {
-                        // Poisson arrivals; latency counts from the scheduled time (no coordinated omission).
-                        due += Duration::from_secs_f64(-(1.0 - rng.gen::<f64>()).ln() / r);
-                        if due >= end {
-                            break;
-                        }
-                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(wait);
-                        }
-                    } else {
-                        due = Instant::now();
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed) % inputs.len();
-                    let req = InferRequest {
-                        model: name.clone(),
-                        input: inputs[i].clone(),
-                        request_id: None,
-                        deadline_ms: None,
-                        top_k: Some(1),
-                    };
-                    let Some(c) = client.as_mut() else {
-                        *errors.lock().unwrap().entry("connect".into()).or_default() += 1;
-                        client = connect(&endpoint, Duration::from_secs(30)).ok();
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    };
-                    match c.infer(req) {
-                        Ok(r) => records.lock().unwrap().push(Record {
-                            index: i,
-                            ms: due.elapsed().as_secs_f64() * 1e3,
-                            class: r.class_index as i64,
-                            layer: r.cache_layer,
-                        }),
-                        Err(e) => {
-                            let kind = describe(&e).split(':').next().unwrap_or("error").to_string();
-                            *errors.lock().unwrap().entry(kind).or_default() += 1;
-                            if !matches!(e, thrift::Error::User(_)) {
-                                client = None;
-                            }
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        let _ = h.join();
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let recs = records.lock().unwrap();
+    let pace = match a.rate {
+        Some(rate) => Pace::Open {
+            rate,
+            clients: a.concurrency,
+        },
+        None => Pace::Closed {
+            concurrency: a.concurrency,
+        },
+    };
+    let load = drive(
+        &a.endpoint,
+        &info.name,
+        Arc::new(inputs),
+        pace,
+        Until::Duration(Duration::from_secs_f64(a.duration)),
+        a.seed,
+    );
+    let elapsed = load.elapsed_s;
+    let recs = &load.records;
     let n = recs.len().max(1) as f64;
-    let mut per_layer = BTreeMap::new();
-    for r in recs.iter() {
-        if let Some(l) = &r.layer {
-            *per_layer.entry(l.clone()).or_insert(0.0) += 1.0 / n;
-        }
-    }
+    let m = labels.len();
+    let per_layer = hit_rate_per_layer(recs);
     let report = Report {
         endpoint: a.endpoint,
         model: info.name,
@@ -182,13 +142,14 @@ pub fn run(a: Args) -> Result<()> {
         rate: a.rate,
         duration_s: elapsed,
         requests: recs.len(),
-        errors: errors.lock().unwrap().clone(),
+        errors: load.errors.clone(),
         throughput_rps: recs.len() as f64 / elapsed,
         latency_ms: LatencyStats::from_samples(&recs.iter().map(|r| r.ms).collect::<Vec<_>>()),
         hit_rate: per_layer.values().sum(),
         hit_rate_per_layer: per_layer,
-        top1: 100.0 * recs.iter().filter(|r| r.class == ds.labels[r.index]).count() as f64 / n,
-        agreement: base_pred.map(|b| recs.iter().filter(|r| r.class == b[r.index]).count() as f64 / n),
+        top1: 100.0 * recs.iter().filter(|r| r.class == labels[r.req % m]).count() as f64 / n,
+        // Noisy recurrences are compared with the base model's answer on the clean image.
+        agreement: base_pred.map(|b| recs.iter().filter(|r| r.class == b[image_of[r.req % m]]).count() as f64 / n),
     };
     if a.json {
         return super::print_json(&report);

@@ -1,0 +1,253 @@
+//! The configurations a benchmark compares, and one measured run of each over a prepared stream.
+
+use crate::inputs::Prepared;
+use crate::load::{self, Load, Pace, Record, Until};
+use anyhow::{Context, Result};
+use gati_cache::runtime::{EarlyExit, Exit};
+use gati_core::BaseModel;
+use gati_server::config::{Cluster, ServeMode};
+use gati_server::up::{local_cluster, wait_healthy, Supervisor, UpOptions};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Config {
+    /// The base model alone, in-process, batch 1, one libtorch thread.
+    BaseInProcess1,
+    /// The base model alone, in-process, batch 1, a thread per core.
+    BaseInProcessAll,
+    /// The plan's early exit in-process (inline caches), at the plan's thread count.
+    GatiInProcess,
+    ThriftBaseOnly,
+    ThriftInline,
+    ThriftDistributed,
+}
+
+impl Config {
+    pub const ALL: [Config; 6] = [
+        Config::BaseInProcess1,
+        Config::BaseInProcessAll,
+        Config::GatiInProcess,
+        Config::ThriftBaseOnly,
+        Config::ThriftInline,
+        Config::ThriftDistributed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::BaseInProcess1 => "base in-process, 1 thread",
+            Config::BaseInProcessAll => "base in-process, all cores",
+            Config::GatiInProcess => "gati in-process (inline)",
+            Config::ThriftBaseOnly => "base only via Thrift",
+            Config::ThriftInline => "gati inline via Thrift",
+            Config::ThriftDistributed => "gati distributed via Thrift",
+        }
+    }
+
+    /// The name in report.json and records.jsonl.
+    pub fn key(self) -> &'static str {
+        match self {
+            Config::BaseInProcess1 => "base-in-process1",
+            Config::BaseInProcessAll => "base-in-process-all",
+            Config::GatiInProcess => "gati-in-process",
+            Config::ThriftBaseOnly => "thrift-base-only",
+            Config::ThriftInline => "thrift-inline",
+            Config::ThriftDistributed => "thrift-distributed",
+        }
+    }
+
+    pub fn serve_mode(self) -> Option<ServeMode> {
+        match self {
+            Config::ThriftBaseOnly => Some(ServeMode::BaseOnly),
+            Config::ThriftInline => Some(ServeMode::Inline),
+            Config::ThriftDistributed => Some(ServeMode::Distributed),
+            _ => None,
+        }
+    }
+
+    /// The base-only configuration a speed-up is taken against (same path: in-process or Thrift).
+    pub fn baseline(self) -> Config {
+        match self {
+            Config::BaseInProcess1 | Config::BaseInProcessAll | Config::GatiInProcess => Config::BaseInProcess1,
+            _ => Config::ThriftBaseOnly,
+        }
+    }
+}
+
+/// What one run of one configuration produced.
+pub struct Run {
+    pub load: Load,
+    /// CPU seconds the serving side spent (this process in-process; the cluster's processes via Thrift).
+    pub cpu_s: f64,
+    /// Requests per second with enough clients to saturate the deployment (Thrift), or of the
+    /// sequential run (in-process).
+    pub saturation_rps: f64,
+}
+
+/// CPU seconds (user + system) of this process.
+pub fn self_cpu_s() -> f64 {
+    // SAFETY: getrusage fills a zeroed struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU seconds (user + system) of a process, from /proc (0 when it is gone).
+pub fn proc_cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Batch-1 passes of the base model alone over the stream, at `threads` libtorch threads.
+pub fn base_in_process(model: &BaseModel, p: &Prepared, threads: usize, warmup: usize) -> Run {
+    gati_core::set_threads(threads);
+    let _g = tch::no_grad_guard();
+    let xs: Vec<_> = p.pixels.iter().map(|px| model.preprocess(px)).collect();
+    for x in xs.iter().take(warmup) {
+        let _ = model.forward(x);
+    }
+    timed_in_process(&xs, |x| (gati_core::eval::argmax(&model.forward(x))[0], None))
+}
+
+/// The plan's early exit in-process over the stream.
+pub fn gati_in_process(ee: &EarlyExit, p: &Prepared, threads: usize, warmup: usize) -> Run {
+    gati_core::set_threads(threads);
+    let _g = tch::no_grad_guard();
+    let xs: Vec<_> = p.pixels.iter().map(|px| ee.model.preprocess(px)).collect();
+    for x in xs.iter().take(warmup) {
+        let _ = ee.infer(x);
+    }
+    timed_in_process(&xs, |x| {
+        let a = ee.infer(x);
+        let layer = match a.exit {
+            Exit::Cache(c) => Some(ee.caches[c].layer.clone()),
+            _ => None,
+        };
+        (a.class as i64, layer)
+    })
+}
+
+fn timed_in_process(xs: &[tch::Tensor], mut f: impl FnMut(&tch::Tensor) -> (i64, Option<String>)) -> Run {
+    let cpu0 = self_cpu_s();
+    let start = Instant::now();
+    let records: Vec<Record> = xs
+        .iter()
+        .enumerate()
+        .map(|(req, x)| {
+            let t = Instant::now();
+            let (class, layer) = f(x);
+            Record {
+                req,
+                ms: t.elapsed().as_secs_f64() * 1e3,
+                class,
+                layer,
+            }
+        })
+        .collect();
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Run {
+        cpu_s: self_cpu_s() - cpu0,
+        saturation_rps: records.len() as f64 / elapsed_s,
+        load: Load {
+            records,
+            errors: BTreeMap::new(),
+            elapsed_s,
+        },
+    }
+}
+
+/// A local cluster (one process per role) kept up across runs.
+pub struct LocalCluster {
+    pub cluster: Cluster,
+    pub model: String,
+    sup: Supervisor,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    pub fn start(exe: &Path, plan: &Path, mode: ServeMode, pin: bool, cache_workers: usize) -> Result<Self> {
+        let opts = UpOptions {
+            plan: plan.to_path_buf(),
+            mode,
+            port: 0,
+            cache_workers,
+            base_threads: 1,
+            cache_threads: 1,
+            complete_on_hit_fraction: 0.0,
+            pin,
+            metrics: false,
+        };
+        let cluster = local_cluster(&opts)?;
+        let dir = tempfile::tempdir()?;
+        let mut sup = Supervisor::start(exe, &cluster, &dir.path().join("cluster.json"))?;
+        wait_healthy(&cluster, &mut sup, Duration::from_secs(120))
+            .with_context(|| format!("starting a {mode:?} cluster for {}", plan.display()))?;
+        let model = gati_cache::plan::Plan::load(plan)?.model;
+        Ok(Self {
+            cluster,
+            model,
+            sup,
+            _dir: dir,
+        })
+    }
+
+    pub fn cpu_s(&self) -> f64 {
+        self.sup.pids().into_iter().map(proc_cpu_s).sum()
+    }
+
+    /// One client for latency (closed loop, one request at a time), then `saturate` clients for
+    /// throughput, both over the whole stream.
+    pub fn run(&self, p: &Prepared, saturate: usize, warmup: usize, seed: u64) -> Run {
+        let ep = &self.cluster.frontend.listen;
+        let n = p.wire.len();
+        let warm = std::sync::Arc::new(p.wire[..warmup.min(n)].to_vec());
+        load::drive(
+            ep,
+            &self.model,
+            warm,
+            Pace::Closed { concurrency: 1 },
+            Until::Requests(warmup),
+            seed,
+        );
+        let cpu0 = self.cpu_s();
+        let latency = load::drive(
+            ep,
+            &self.model,
+            p.wire.clone(),
+            Pace::Closed { concurrency: 1 },
+            Until::Requests(n),
+            seed,
+        );
+        let cpu_s = self.cpu_s() - cpu0;
+        let sat = load::drive(
+            ep,
+            &self.model,
+            p.wire.clone(),
+            Pace::Closed {
+                concurrency: saturate.max(1),
+            },
+            Until::Requests(n),
+            seed,
+        );
+        Run {
+            cpu_s,
+            saturation_rps: sat.records.len() as f64 / sat.elapsed_s,
+            load: latency,
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.sup.stop();
+    }
+}

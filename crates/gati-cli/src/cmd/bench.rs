@@ -1,0 +1,119 @@
+use anyhow::{bail, Result};
+use gati_bench::bench::{self, Options};
+use gati_bench::measure::Config;
+use gati_core::workload::Stream;
+use gati_server::config::ServeMode;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Plan directory (repeat for several models: one report covers them all)
+    #[arg(long, required = true)]
+    plan: Vec<PathBuf>,
+    /// Dataset folder (default: ../shared CIFAR-10, then datasets/)
+    #[arg(long, env = "GATI_DATA")]
+    data: Option<PathBuf>,
+    /// Request streams over the evaluation half: iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]]
+    #[arg(long, default_value = "iid,zipf,working-set")]
+    streams: String,
+    /// Configurations: all, or a comma list of base-1, base-all, gati-in-process, thrift-base, thrift-inline, thrift-distributed
+    #[arg(long, default_value = "all")]
+    configs: String,
+    /// Requests per run (every configuration sends the same sequence)
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Runs per configuration; figures are the median with the min–max spread
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Untimed requests before each run
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Fidelity budgets to re-plan at (no retraining) and measure, e.g. 0.005,0.01,0.02,0.05
+    #[arg(long, default_value = "")]
+    budgets: String,
+    /// Deployment the budget sweep measures: inline or distributed
+    #[arg(long, default_value = "inline")]
+    sweep_mode: String,
+    /// Closed-loop clients for the throughput-at-saturation runs (default: 2 per core)
+    #[arg(long)]
+    saturation_clients: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    cache_workers: usize,
+    /// Pin base workers to CPU 0 and cache workers to CPU 1
+    #[arg(long)]
+    pin: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Report folder: report.json, report.md, records.jsonl, plots, re-made plans
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_configs(spec: &str) -> Result<Vec<Config>> {
+    if spec == "all" {
+        return Ok(Config::ALL.to_vec());
+    }
+    spec.split(',')
+        .map(|c| {
+            Ok(match c.trim() {
+                "base-1" => Config::BaseInProcess1,
+                "base-all" => Config::BaseInProcessAll,
+                "gati-in-process" => Config::GatiInProcess,
+                "thrift-base" => Config::ThriftBaseOnly,
+                "thrift-inline" => Config::ThriftInline,
+                "thrift-distributed" => Config::ThriftDistributed,
+                other => bail!("--configs: unknown configuration '{other}'"),
+            })
+        })
+        .collect()
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let budgets = a
+        .budgets
+        .split(',')
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| match b.trim().parse::<f64>() {
+            Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
+            _ => bail!("--budgets: '{b}' is not a fraction in [0, 1)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sweep_mode = match a.sweep_mode.as_str() {
+        "inline" => ServeMode::Inline,
+        "distributed" => ServeMode::Distributed,
+        other => bail!("--sweep-mode: unknown mode '{other}' (inline, distributed)"),
+    };
+    let mut configs = parse_configs(&a.configs)?;
+    if !budgets.is_empty() && !configs.contains(&Config::ThriftBaseOnly) {
+        // The sweep's speed-ups are against Thrift base-only in the same repeat.
+        configs.push(Config::ThriftBaseOnly);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let o = Options {
+        plans: a.plan,
+        data: a.data,
+        streams: Stream::parse_list(&a.streams)?,
+        configs,
+        requests: a.requests,
+        repeat: a.repeat,
+        warmup: a.warmup,
+        budgets,
+        sweep_mode,
+        saturation_clients: a.saturation_clients.unwrap_or(2 * cores),
+        cache_workers: a.cache_workers,
+        pin: a.pin,
+        seed: a.seed,
+        exe: std::env::current_exe()?,
+        out: a.out.clone(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = bench::run(&o)?;
+    if a.json {
+        return super::print_json(&report);
+    }
+    print!("{}", gati_bench::report::markdown(&report));
+    eprintln!("report written to {}", a.out.display());
+    Ok(())
+}
