@@ -187,6 +187,9 @@ impl LocalCluster {
             complete_on_hit_fraction: 0.0,
             pin,
             metrics: false,
+            max_in_flight: 128,
+            auth_token_file: None,
+            fault_cache_delay_ms: 0,
         };
         let cluster = local_cluster(&opts)?;
         let dir = tempfile::tempdir()?;

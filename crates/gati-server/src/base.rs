@@ -37,10 +37,10 @@ struct CacheLink {
 }
 
 impl CacheLink {
-    fn start(addr: &str, dropped: IntCounterVec, sent: IntCounterVec) -> Self {
+    fn start(addr: &str, token: Option<net::Token>, dropped: IntCounterVec, sent: IntCounterVec) -> Self {
         let (tx, rx): (Sender<Outgoing>, Receiver<Outgoing>) = bounded(256);
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let pool: Pool<CacheClient> = Pool::new(addr, Some(Duration::from_secs(2)), CacheWorkerSyncClient::new);
+        let pool: Pool<CacheClient> = Pool::new(addr, Some(Duration::from_secs(2)), token, CacheWorkerSyncClient::new);
         let (a, u) = (addr.to_string(), up.clone());
         std::thread::spawn(move || {
             for o in rx {
@@ -143,7 +143,7 @@ impl BaseWorker {
                 if let Some(addr) = cluster.cache_for_layer(&pc.layer) {
                     links.insert(
                         pc.stage as i32,
-                        CacheLink::start(addr, metrics.dropped.clone(), sent.clone()),
+                        CacheLink::start(addr, cluster.token.clone(), metrics.dropped.clone(), sent.clone()),
                     );
                 }
             }

@@ -23,6 +23,10 @@ pub struct CacheWorker {
     lookups: IntCounterVec,
     lookup_seconds: HistogramVec,
     version: String,
+    /// The only selector this worker reports to (an activation naming another is not answered).
+    selector: String,
+    token: Option<net::Token>,
+    fault_delay: Duration,
 }
 
 impl CacheWorker {
@@ -68,10 +72,16 @@ impl CacheWorker {
             selectors: Mutex::new(HashMap::new()),
             lookups,
             version: "v0".into(),
+            selector: cluster.selector.clone(),
+            token: cluster.token.clone(),
+            fault_delay: Duration::from_millis(me.fault_delay_ms),
         })
     }
 
     fn evaluate(&self, a: &Activation) -> thrift::Result<CacheResult> {
+        if !self.fault_delay.is_zero() {
+            std::thread::sleep(self.fault_delay);
+        }
         let t0 = Instant::now();
         let x = tensor_from_wire(&a.tensor).map_err(user_err)?;
         if self.shapes.get(&a.stage) != Some(&x.size()) {
@@ -105,15 +115,28 @@ impl CacheWorker {
         })
     }
 
-    fn selector(&self, addr: &str) -> std::sync::Arc<Pool<SelectorClient>> {
-        self.selectors
+    fn selector(&self, addr: &str) -> Option<std::sync::Arc<Pool<SelectorClient>>> {
+        // Report only to the cluster's own selector: an activation cannot make this worker
+        // connect elsewhere.
+        if addr != self.selector && !self.selector.ends_with(":0") {
+            return None;
+        }
+        let token = self.token.clone();
+        let pool = self
+            .selectors
             .lock()
             .expect("lock")
             .entry(addr.to_string())
             .or_insert_with(|| {
-                std::sync::Arc::new(Pool::new(addr, Some(Duration::from_secs(2)), SelectorSyncClient::new))
+                std::sync::Arc::new(Pool::new(
+                    addr,
+                    Some(Duration::from_secs(2)),
+                    token,
+                    SelectorSyncClient::new,
+                ))
             })
-            .clone()
+            .clone();
+        Some(pool)
     }
 }
 
@@ -122,8 +145,7 @@ pub struct Handler(pub std::sync::Arc<CacheWorker>);
 impl CacheWorkerSyncHandler for Handler {
     fn handle_lookup(&self, activation: Activation) -> thrift::Result<()> {
         // Oneway: errors cannot be returned; a bad activation is simply not answered.
-        if let Ok(r) = self.0.evaluate(&activation) {
-            let pool = self.0.selector(&activation.selector);
+        if let (Some(pool), Ok(r)) = (self.0.selector(&activation.selector), self.0.evaluate(&activation)) {
             if pool.call(|s| s.report(r)).is_err() {
                 pool.reset();
             }

@@ -35,6 +35,9 @@ pub struct CacheEndpoint {
     pub endpoint: Endpoint,
     /// Stage names of the plan's caches this worker serves.
     pub layers: Vec<String>,
+    /// Fault injection for tests: delay every lookup by this long.
+    #[serde(default)]
+    pub fault_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +64,13 @@ pub struct Cluster {
     /// Deadline applied when a request brings none.
     #[serde(default = "default_deadline")]
     pub default_deadline_ms: u64,
+    /// A file holding a shared secret: when set, the internal services (base, cache, selector)
+    /// accept only connections that present it. The public `Gati` service stays open.
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
+    /// The token read from `auth_token_file` (by `load`).
+    #[serde(skip)]
+    pub token: Option<crate::net::Token>,
 }
 
 fn one() -> usize {
@@ -85,10 +95,24 @@ fn default_deadline() -> u64 {
 impl Cluster {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading cluster config {}", path.display()))?;
-        let c: Cluster =
+        let mut c: Cluster =
             serde_json::from_slice(&bytes).with_context(|| format!("parsing cluster config {}", path.display()))?;
         c.check()?;
+        c.load_token()?;
         Ok(c)
+    }
+
+    /// Reads `auth_token_file` into `token`.
+    pub fn load_token(&mut self) -> Result<()> {
+        if let Some(f) = &self.auth_token_file {
+            let t = std::fs::read_to_string(f).with_context(|| format!("reading auth_token_file {}", f.display()))?;
+            let t = t.trim();
+            if t.len() < 16 || t.len() > 1024 {
+                bail!("auth_token_file {}: the token must be 16 to 1024 bytes", f.display());
+            }
+            self.token = Some(t.into());
+        }
+        Ok(())
     }
 
     pub fn check(&self) -> Result<()> {

@@ -13,7 +13,7 @@ use gati_cache::plan::Plan;
 use gati_core::BaseModel;
 use gati_rpc::convert::{input_to_tensor, tensor_to_wire};
 use gati_rpc::*;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,7 @@ struct Metrics {
     cancellations: IntCounter,
     agreement: IntCounterVec,
     late_reports: IntCounter,
+    worker_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -75,7 +76,15 @@ impl Metrics {
                 &["layer", "agree"],
             )?,
             late_reports: IntCounter::new("gati_late_reports_total", "Cache reports after the request settled")?,
+            worker_up: IntGaugeVec::new(
+                Opts::new(
+                    "gati_worker_up",
+                    "1 while a worker answers health checks, 0 while it is down",
+                ),
+                &["worker"],
+            )?,
         };
+        r.register(Box::new(m.worker_up.clone()))?;
         r.register(Box::new(m.latency.clone()))?;
         r.register(Box::new(m.in_flight.clone()))?;
         r.register(Box::new(m.cancellations.clone()))?;
@@ -122,10 +131,16 @@ impl Frontend {
         };
         let timeout = Some(Duration::from_millis(cluster.default_deadline_ms.max(1000) * 2));
         Ok(Self {
-            base: Pool::new(&cluster.base.listen, timeout, BaseWorkerSyncClient::new),
+            base: Pool::new(
+                &cluster.base.listen,
+                timeout,
+                cluster.token.clone(),
+                BaseWorkerSyncClient::new,
+            ),
             base_control: Pool::new(
                 &cluster.base.listen,
                 Some(Duration::from_secs(2)),
+                cluster.token.clone(),
                 BaseWorkerSyncClient::new,
             ),
             caches: cluster
@@ -135,6 +150,7 @@ impl Frontend {
                     Pool::new(
                         &c.endpoint.listen,
                         Some(Duration::from_secs(1)),
+                        cluster.token.clone(),
                         CacheWorkerSyncClient::new,
                     )
                 })
@@ -401,7 +417,17 @@ impl Frontend {
         })
     }
 
+    /// Checks every worker; a worker that fails is marked down and its pooled connections are
+    /// dropped, so the next call reconnects (to the restarted process).
     fn health(&self) -> Health {
+        let h = self.check_workers();
+        for (w, up) in &h.workers {
+            self.metrics.worker_up.with_label_values(&[w]).set(*up as i64);
+        }
+        h
+    }
+
+    fn check_workers(&self) -> Health {
         let mut workers = BTreeMap::new();
         let base_ok = self.base_control.call(|c| c.health()).is_ok();
         if !base_ok {
@@ -417,6 +443,14 @@ impl Frontend {
         }
         Health { ok: base_ok, workers }
     }
+}
+
+/// Health-checks the workers twice a second for the `gati_worker_up` metric.
+pub fn watch_workers(fe: Arc<Frontend>) {
+    std::thread::spawn(move || loop {
+        fe.health();
+        std::thread::sleep(Duration::from_millis(500));
+    });
 }
 
 fn ms(t0: Instant) -> f64 {

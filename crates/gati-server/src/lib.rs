@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod net;
 pub mod roles;
 pub mod up;
+pub mod wire;

@@ -1,7 +1,8 @@
-//! Thrift plumbing: a server loop with a frame-size limit, a connection limit and TCP_NODELAY,
-//! and pooled clients.
+//! Thrift plumbing: a server loop with a frame-size limit, bounded decoding, a connection limit,
+//! an optional shared token on internal services and TCP_NODELAY, and pooled clients.
 
-use std::io::{self, Read};
+use crate::wire::BoundedBinaryInput;
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,54 +11,18 @@ use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
 use thrift::transport::{TFramedReadTransport, TFramedWriteTransport};
 
-/// Framed reads that refuse a frame longer than `max` (the connection is then closed), instead of
-/// allocating whatever length a peer declares.
-pub struct BoundedFramedRead<R: Read> {
-    inner: R,
-    max: usize,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl<R: Read> BoundedFramedRead<R> {
-    pub fn new(inner: R, max: usize) -> Self {
-        Self {
-            inner,
-            max,
-            buf: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for BoundedFramedRead<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.buf.len() {
-            let mut len = [0u8; 4];
-            self.inner.read_exact(&mut len)?;
-            let n = i32::from_be_bytes(len);
-            if n < 0 || n as usize > self.max {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("frame of {n} bytes refused (limit {})", self.max),
-                ));
-            }
-            self.buf.resize(n as usize, 0);
-            self.inner.read_exact(&mut self.buf)?;
-            self.pos = 0;
-        }
-        let k = out.len().min(self.buf.len() - self.pos);
-        out[..k].copy_from_slice(&self.buf[self.pos..self.pos + k]);
-        self.pos += k;
-        Ok(k)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
+    /// Internal services: every connection must first send this token (see `send_token`).
+    pub token: Option<Token>,
 }
+
+/// A shared secret for internal services, from `auth_token_file`.
+pub type Token = Arc<str>;
+
+const MAX_TOKEN_BYTES: usize = 1024;
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener and its actual address.
 pub fn bind(addr: &str) -> anyhow::Result<(TcpListener, String)> {
@@ -76,22 +41,67 @@ pub fn serve<P: TProcessor + Send + Sync + 'static>(listener: TcpListener, proce
             drop(stream);
             continue;
         }
-        open.fetch_add(1, Ordering::SeqCst);
-        let (p, open) = (processor.clone(), open.clone());
+        let slot = Slot::take(&open);
+        let (p, limits) = (processor.clone(), limits.clone());
         std::thread::spawn(move || {
-            let _ = handle_connection(stream, &*p, limits);
-            open.fetch_sub(1, Ordering::SeqCst);
+            let _slot = slot;
+            // A panic while serving one connection (a bug) closes that connection only.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle_connection(stream, &*p, &limits)));
         });
     }
 }
 
-fn handle_connection<P: TProcessor>(stream: TcpStream, p: &P, limits: Limits) -> io::Result<()> {
+/// One counted connection; the count drops with it, whatever way its thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn handle_connection<P: TProcessor>(mut stream: TcpStream, p: &P, limits: &Limits) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let read = BoundedFramedRead::new(stream.try_clone()?, limits.max_frame_bytes);
-    let mut i = TBinaryInputProtocol::new(read, true);
+    if let Some(token) = &limits.token {
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        if !check_token(&mut stream, token)? {
+            return Ok(());
+        }
+        stream.set_read_timeout(None)?;
+    }
+    let mut i = BoundedBinaryInput::new(stream.try_clone()?, limits.max_frame_bytes);
     let mut o = TBinaryOutputProtocol::new(TFramedWriteTransport::new(stream), true);
     while p.process(&mut i, &mut o).is_ok() {}
     Ok(())
+}
+
+/// Reads the client's token frame and compares it in constant time.
+fn check_token(stream: &mut TcpStream, token: &str) -> io::Result<bool> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_TOKEN_BYTES {
+        return Ok(false);
+    }
+    let mut got = vec![0u8; n];
+    stream.read_exact(&mut got)?;
+    let want = token.as_bytes();
+    let diff = got.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b));
+    Ok(got.len() == want.len() && diff == 0)
+}
+
+/// The first frame on a connection to an internal service that requires a token.
+fn send_token(stream: &mut TcpStream, token: &str) -> io::Result<()> {
+    let mut frame = (token.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(token.as_bytes());
+    stream.write_all(&frame)
 }
 
 pub type In = TBinaryInputProtocol<TFramedReadTransport<TcpStream>>;
@@ -99,12 +109,20 @@ pub type Out = TBinaryOutputProtocol<TFramedWriteTransport<TcpStream>>;
 
 /// A connected client's protocol pair (TCP_NODELAY, optional read timeout).
 pub fn connect(addr: &str, timeout: Option<Duration>) -> thrift::Result<(In, Out)> {
+    connect_with(addr, timeout, None)
+}
+
+/// As `connect`, sending `token` first when the peer is an internal service that requires one.
+pub fn connect_with(addr: &str, timeout: Option<Duration>, token: Option<&str>) -> thrift::Result<(In, Out)> {
     let sock = addr
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {addr}")))?;
-    let s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
     s.set_nodelay(true)?;
+    if let Some(t) = token {
+        send_token(&mut s, t)?;
+    }
     s.set_read_timeout(timeout)?;
     let r = s.try_clone()?;
     Ok((
@@ -118,15 +136,17 @@ pub fn connect(addr: &str, timeout: Option<Duration>) -> thrift::Result<(In, Out
 pub struct Pool<C> {
     addr: String,
     timeout: Option<Duration>,
+    token: Option<Token>,
     make: fn(In, Out) -> C,
     idle: Mutex<Vec<C>>,
 }
 
 impl<C> Pool<C> {
-    pub fn new(addr: &str, timeout: Option<Duration>, make: fn(In, Out) -> C) -> Self {
+    pub fn new(addr: &str, timeout: Option<Duration>, token: Option<Token>, make: fn(In, Out) -> C) -> Self {
         Self {
             addr: addr.to_string(),
             timeout,
+            token,
             make,
             idle: Mutex::new(Vec::new()),
         }
@@ -141,7 +161,7 @@ impl<C> Pool<C> {
         let mut client = match client {
             Some(c) => c,
             None => {
-                let (i, o) = connect(&self.addr, self.timeout)?;
+                let (i, o) = connect_with(&self.addr, self.timeout, self.token.as_deref())?;
                 (self.make)(i, o)
             }
         };

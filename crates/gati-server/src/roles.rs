@@ -15,10 +15,20 @@ pub enum Role {
     Cache(usize),
 }
 
+/// Limits of an internal service (base, cache, selector): the cluster's token applies.
 fn limits(c: &Cluster) -> Limits {
     Limits {
         max_frame_bytes: c.max_frame_bytes,
         max_connections: c.max_connections,
+        token: c.token.clone(),
+    }
+}
+
+/// Limits of the public `Gati` service: open to any Thrift client.
+fn public_limits(c: &Cluster) -> Limits {
+    Limits {
+        token: None,
+        ..limits(c)
     }
 }
 
@@ -71,8 +81,13 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             let sel = Arc::new(SelectorSyncProcessor::new(frontend::SelectorHandler(fe.clone())));
             let l = limits(cluster);
             std::thread::spawn(move || net::serve(sel_listener, sel, l));
+            frontend::watch_workers(fe.clone());
             eprintln!("frontend on {addr} (selector on {sel_addr})");
-            net::serve(listener, Arc::new(GatiSyncProcessor::new(frontend::GatiHandler(fe))), l);
+            net::serve(
+                listener,
+                Arc::new(GatiSyncProcessor::new(frontend::GatiHandler(fe))),
+                public_limits(cluster),
+            );
         }
     }
     Ok(())

@@ -18,6 +18,12 @@ pub struct UpOptions {
     /// Pin the base worker to CPU 0 and the cache workers to CPU 1 (the paper's layout on 2 cores).
     pub pin: bool,
     pub metrics: bool,
+    /// Requests the frontend admits at once; more get `Overloaded`.
+    pub max_in_flight: usize,
+    /// Internal services require the token in this file.
+    pub auth_token_file: Option<PathBuf>,
+    /// Fault injection for tests: every cache lookup sleeps this long.
+    pub fault_cache_delay_ms: u64,
 }
 
 fn free_port() -> Result<u16> {
@@ -51,6 +57,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
             caches.push(CacheEndpoint {
                 endpoint: endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics)?,
                 layers,
+                fault_delay_ms: o.fault_cache_delay_ms,
             });
         }
     }
@@ -59,7 +66,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
     } else {
         o.mode
     };
-    let c = Cluster {
+    let mut c = Cluster {
         plan: std::path::absolute(&o.plan)?,
         mode,
         frontend: endpoint(front_port, 1, vec![], o.metrics)?,
@@ -69,10 +76,13 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         complete_on_hit_fraction: o.complete_on_hit_fraction,
         max_frame_bytes: 16 << 20,
         max_connections: 256,
-        max_in_flight: 128,
+        max_in_flight: o.max_in_flight,
         default_deadline_ms: 5000,
+        auth_token_file: o.auth_token_file.clone(),
+        token: None,
     };
     c.check()?;
+    c.load_token()?; // fail here, not in every role, on an unreadable token file
     Ok(c)
 }
 
@@ -91,8 +101,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn start(exe: &Path, cluster: &Cluster, config_path: &Path) -> Result<Self> {
-        std::fs::write(config_path, serde_json::to_vec_pretty(cluster)?)
-            .with_context(|| format!("writing {}", config_path.display()))?;
+        gati_core::weights::write_bytes_atomic(config_path, &serde_json::to_vec_pretty(cluster)?)?;
         let cfg = config_path.display().to_string();
         let mut roles = vec![vec!["serve".into(), "base".into(), "--config".into(), cfg.clone()]];
         for i in 0..cluster.caches.len() {

@@ -32,6 +32,15 @@ pub struct Args {
     /// Serve Prometheus metrics from every process
     #[arg(long)]
     metrics: bool,
+    /// Requests the frontend admits at once; the excess gets `Overloaded`
+    #[arg(long, default_value_t = 128)]
+    max_in_flight: usize,
+    /// Require the token in this file on the internal services (base, cache, selector)
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Fault injection (tests): every cache lookup sleeps this many milliseconds
+    #[arg(long, default_value_t = 0, hide = true)]
+    fault_cache_delay_ms: u64,
     /// Where to write the generated CLUSTER.json (default: a temporary folder)
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -62,6 +71,9 @@ pub fn run(a: Args) -> Result<()> {
         complete_on_hit_fraction: a.complete_fraction,
         pin: a.pin,
         metrics: a.metrics,
+        max_in_flight: a.max_in_flight,
+        auth_token_file: a.token_file.clone().map(std::path::absolute).transpose()?,
+        fault_cache_delay_ms: a.fault_cache_delay_ms,
     };
     let cluster = local_cluster(&opts)?;
     let tmp = tempfile::tempdir()?;
