@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn oversized_and_truncated_frames_are_errors() {
-        let big = framed(&vec![0u8; 100]);
+        let big = framed(&[0u8; 100]);
         let mut p = BoundedBinaryInput::new(&big[..], 50);
         assert!(format!("{:?}", p.read_message_begin().unwrap_err()).contains("refused"));
         let mut short = message_with(&[]);
