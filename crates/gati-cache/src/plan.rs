@@ -62,6 +62,14 @@ pub struct Plan {
     /// Measured batch-1 cost of every candidate head, at `threads`.
     #[serde(default)]
     pub candidate_costs_ms: Vec<f64>,
+    /// The chosen caches' weights, a file in the plan directory named by its content, so that
+    /// replacing plan.json (one atomic rename) switches plan and weights together.
+    #[serde(default = "legacy_caches_file")]
+    pub caches_file: String,
+}
+
+fn legacy_caches_file() -> String {
+    "caches.safetensors".into()
 }
 
 /// How to plan from a trained candidate set.
@@ -184,23 +192,53 @@ pub fn make_plan(
         test_limit: None,
         candidates: None,
         candidate_costs_ms: costs.to_vec(),
+        caches_file: legacy_caches_file(),
     };
     (plan, tensors)
 }
 
 impl Plan {
-    /// Writes `plan.json` and `caches.safetensors` atomically (weights first, so a plan never
-    /// names weights that are not on disk).
-    pub fn save(&self, dir: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    /// Writes the caches' weights under a new content-named file, then `plan.json` atomically
+    /// (so a crash at any point leaves the previous plan and its weights in use), then removes
+    /// weights files older than the previous plan's.
+    pub fn save(&mut self, dir: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        gati_core::weights::write_atomic(tensors, &dir.join("caches.safetensors"))?;
-        write_json_atomic(self, &dir.join("plan.json"))
+        let previous = Plan::load(dir).ok().map(|p| p.caches_file);
+        let tmp = gati_core::weights::tmp_sibling(&dir.join("caches.safetensors"));
+        gati_core::weights::write_atomic(tensors, &tmp)?;
+        let sha = gati_core::weights::sha256_file(&tmp)?;
+        self.caches_file = format!("caches-{}.safetensors", &sha[..16]);
+        std::fs::rename(&tmp, dir.join(&self.caches_file))
+            .with_context(|| format!("renaming into {}", dir.join(&self.caches_file).display()))?;
+        write_json_atomic(self, &dir.join("plan.json"))?;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with("caches-") && name.ends_with(".safetensors");
+            if stale && name != self.caches_file && Some(&name) != previous.as_ref() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("plan.json");
         let bytes = std::fs::read(&path).with_context(|| format!("reading plan {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing plan {}", path.display()))
+        let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("parsing plan {}", path.display()))?;
+        let f = Path::new(&plan.caches_file);
+        if f.components().count() != 1 || f.file_name().is_none() {
+            anyhow::bail!(
+                "plan {}: caches_file '{}' must be a file name in the plan folder",
+                path.display(),
+                plan.caches_file
+            );
+        }
+        Ok(plan)
+    }
+
+    /// Where this plan's cache weights are, in plan folder `dir`.
+    pub fn caches_path(&self, dir: &Path) -> PathBuf {
+        dir.join(&self.caches_file)
     }
 }
 

@@ -42,7 +42,7 @@ impl EarlyExit {
     pub fn load(dir: &Path) -> Result<(Plan, Self)> {
         let plan = Plan::load(dir)?;
         let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
-        let ee = Self::from_plan(&plan, model, &dir.join("caches.safetensors"))?;
+        let ee = Self::from_plan(&plan, model, &plan.caches_path(dir))?;
         Ok((plan, ee))
     }
 

@@ -161,7 +161,7 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
         transfer_ms: 0.0,
         memory_budget_mb: None,
     };
-    let (plan, tensors) = make_plan(c, &costs, &stage_ms, &req, w, 1);
+    let (mut plan, tensors) = make_plan(c, &costs, &stage_ms, &req, w, 1);
     assert!(!plan.caches.is_empty(), "some cache pays off at a 2% budget");
     assert!(plan.expected.fidelity_loss <= 0.02);
     assert!(plan.expected.speedup > 1.0);
@@ -178,7 +178,7 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
     let ee = EarlyExit::from_plan(
         &loaded,
         BaseModel::load("resnet20", w, tch::Device::Cpu).unwrap(),
-        &dir.path().join("caches.safetensors"),
+        &loaded.caches_path(dir.path()),
     )
     .unwrap();
     let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();

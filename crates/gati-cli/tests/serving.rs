@@ -3,136 +3,15 @@
 
 use gati_cache::runtime::{EarlyExit, Exit};
 use gati_rpc::{AnswerSource, InferRequest, Input, TGatiSyncClient, TensorData};
-use gati_server::client::{connect, describe, image_request};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use gati_server::client::{describe, image_request};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-fn gati() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gati"));
-    c.env("GATI_QUIET", "1").env("GATI_HOME", env!("CARGO_TARGET_TMPDIR"));
-    c
-}
+mod common;
 
-/// A small ResNet-20 plan with a generous budget so that caches answer often (built once). Planned
-/// with fixed stage and cache costs, so the choice does not depend on how loaded the machine is.
-fn plan_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        use gati_cache::{decision::DecisionKind, pipeline, plan, planner::Mode, train::TrainConfig, Variant};
-        // One intra-op thread: the trained caches, and so the plan, come out the same whatever
-        // else the test process runs at the time.
-        gati_core::set_threads(1);
-        let dir = tempfile::tempdir().unwrap().keep();
-        let ckpt = gati_core::paths::checkpoint("resnet20").unwrap();
-        let w = gati_core::paths::convert_cached("resnet20", &ckpt, &dir.join("weights")).unwrap();
-        let model = gati_core::BaseModel::load("resnet20", &w, tch::Device::Cpu).unwrap();
-        let cifar = gati_core::paths::cifar10_dir().unwrap();
-        let train = gati_core::data::load(&cifar, "train", Some(1500), (32, 32)).unwrap();
-        let test = gati_core::data::load(&cifar, "test", Some(1000), (32, 32)).unwrap();
-        let (ci, ei) = gati_cache::split::calibration_evaluation(&test.labels);
-        let stages: Vec<usize> = ["layer2.1", "layer2.2", "layer3.0", "layer3.1"]
-            .iter()
-            .map(|n| model.stage_index(n).unwrap())
-            .collect();
-        let sha = gati_core::weights::sha256_file(&w).unwrap();
-        let inputs = pipeline::Inputs {
-            model: &model,
-            weights_sha256: &sha,
-            train: &train,
-            calibration: &test.subset(&ci),
-            evaluation: &test.subset(&ei),
-            stages: &stages,
-            variants: &[Variant::ConvPool, Variant::Gap],
-            config: &TrainConfig {
-                epochs: 3,
-                train_limit: Some(1500),
-                ..Default::default()
-            },
-        };
-        let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
-        let req = plan::PlanRequest {
-            mode: Mode::Distributed,
-            budget: 0.05,
-            margin_sigmas: 0.0,
-            decision: DecisionKind::Threshold,
-            send_ms: 0.001,
-            transfer_ms: 0.001,
-            memory_budget_mb: None,
-        };
-        let costs = vec![0.01; cands.bank.heads.len()];
-        let (mut p, tensors) = plan::make_plan(&cands, &costs, &vec![0.2; model.num_stages()], &req, &w, 1);
-        p.test_limit = Some(1000);
-        p.candidates = Some(dir.join("candidates"));
-        let out = dir.join("plan");
-        p.save(&out, &tensors).unwrap();
-        assert!(
-            p.caches.len() >= 2,
-            "the test plan needs caches at two layers or more: {:?}",
-            p.caches
-        );
-        out
-    })
-}
-
-struct Cluster {
-    child: Child,
-    info: serde_json::Value,
-}
-
-impl Cluster {
-    fn up(mode: &str) -> Self {
-        let mut child = gati()
-            .args([
-                "up",
-                "--port",
-                "0",
-                "--metrics",
-                "--json",
-                "--cache-workers",
-                "2",
-                "--mode",
-                mode,
-                "--plan",
-            ])
-            .arg(plan_dir())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let info: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("gati up printed {line:?}"));
-        Self { child, info }
-    }
-
-    fn endpoint(&self) -> String {
-        self.info["endpoint"].as_str().unwrap().to_string()
-    }
-
-    fn client(&self) -> gati_server::client::Client {
-        connect(&self.endpoint(), Duration::from_secs(30)).unwrap()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SIGTERM: `gati up` stops every process it started.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn test_images(n: usize) -> Vec<PathBuf> {
-    let ds = gati_core::data::load_image_folder(&gati_core::paths::cifar10_dir().unwrap(), "test", Some(n), (32, 32))
-        .unwrap();
-    ds.sources.iter().map(PathBuf::from).collect()
-}
+use common::{gati, metric, plan_dir, test_images, Cluster};
 
 fn in_process() -> EarlyExit {
     EarlyExit::load(plan_dir()).unwrap().1
@@ -141,17 +20,6 @@ fn in_process() -> EarlyExit {
 fn normalised(ee: &EarlyExit, path: &Path) -> tch::Tensor {
     let px = gati_core::data::decode_image(&std::fs::read(path).unwrap(), 32, 32).unwrap();
     ee.model.preprocess(&tch::Tensor::from_slice(&px).view([1, 3, 32, 32]))
-}
-
-fn metric(addr: &str, name: &str) -> f64 {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

@@ -101,7 +101,7 @@ impl BaseWorker {
         let (tx, rx) = bounded(replicas.max(1));
         for _ in 0..replicas.max(1) {
             let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
-            let ee = EarlyExit::from_plan(&serving, model, &cluster.plan.join("caches.safetensors"))?;
+            let ee = EarlyExit::from_plan(&serving, model, &plan.caches_path(&cluster.plan))?;
             tx.send(ee).expect("fresh channel");
         }
         let c = |name: &str, help: &str, labels: &[&str]| {

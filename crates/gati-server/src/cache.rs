@@ -53,7 +53,7 @@ impl CacheWorker {
             .enumerate()
             .map(|(k, s)| (k as i32, s.output_shape.clone()))
             .collect();
-        let ee = EarlyExit::with_layers(&plan, model, &cluster.plan.join("caches.safetensors"), Some(&me.layers))?;
+        let ee = EarlyExit::with_layers(&plan, model, &plan.caches_path(&cluster.plan), Some(&me.layers))?;
         let lookups = IntCounterVec::new(
             Opts::new("gati_cache_lookups_total", "Cache lookups by layer and outcome"),
             &["layer", "outcome"],

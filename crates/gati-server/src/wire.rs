@@ -2,8 +2,9 @@
 //! `max` bytes) is read into memory first, and every length inside it (strings, binaries, list,
 //! set and map sizes) is checked against the bytes left in the frame before anything is
 //! allocated. The thrift crate's own reader trusts declared lengths: a 30-byte request declaring
-//! a list of 2^31 elements makes the generated code reserve 16 GiB (an abort, not an error), and a
-//! negative binary length panics. Here both are a protocol error and the connection closes.
+//! a list of 2^31 elements makes the generated code reserve 16 GiB (the process aborts wherever
+//! that allocation fails), and a negative binary length panics. Here both are a protocol error
+//! and the connection closes.
 
 use std::io::Read;
 use thrift::protocol::{
