@@ -145,7 +145,7 @@ pub fn run(a: Args) -> Result<()> {
         errors: load.errors.clone(),
         throughput_rps: recs.len() as f64 / elapsed,
         latency_ms: LatencyStats::from_samples(&recs.iter().map(|r| r.ms).collect::<Vec<_>>()),
-        hit_rate: per_layer.values().sum(),
+        hit_rate: per_layer.values().sum::<f64>().max(0.0),
         hit_rate_per_layer: per_layer,
         top1: 100.0 * recs.iter().filter(|r| r.class == labels[r.req % m]).count() as f64 / n,
         // Noisy recurrences are compared with the base model's answer on the clean image.
