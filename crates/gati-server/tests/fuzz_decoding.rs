@@ -16,11 +16,14 @@ use thrift::transport::TBufferChannel;
 
 const MAX_FRAME: usize = 1 << 16;
 
-fn spec() -> ModelSpec {
-    gati_core::BaseModel::new("resnet20", tch::Device::Cpu)
-        .unwrap()
-        .spec()
-        .clone()
+fn spec() -> &'static ModelSpec {
+    static SPEC: std::sync::OnceLock<ModelSpec> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        gati_core::BaseModel::new("resnet20", tch::Device::Cpu)
+            .unwrap()
+            .spec()
+            .clone()
+    })
 }
 
 /// A valid framed `infer` call carrying a small tensor.
@@ -101,7 +104,7 @@ proptest! {
         if let Ok(x) = tensor_from_wire(&t) {
             prop_assert_eq!(x.size(), shape);
         }
-        let _ = input_to_tensor(&Input::Tensor(t), &spec());
+        let _ = input_to_tensor(&Input::Tensor(t), spec());
     }
 
     #[test]
@@ -111,7 +114,7 @@ proptest! {
         let fmt = if png { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
         img.write_to(&mut out, fmt).unwrap();
         let bytes = mutate(out.into_inner(), &edits);
-        if let Ok(x) = input_to_tensor(&Input::Image(bytes), &spec()) {
+        if let Ok(x) = input_to_tensor(&Input::Image(bytes), spec()) {
             prop_assert_eq!(x.size(), vec![1, 3, 32, 32]);
         }
     }
