@@ -57,6 +57,9 @@ fn one_line_error(args: &[&str]) -> String {
 fn errors_are_one_line_naming_the_culprit() {
     let e = one_line_error(&["eval", "--model", "resnet7"]);
     assert!(e.contains("resnet7"), "{e}");
+    // A model name is never a path: nothing is read or written outside the weights folders.
+    let e = one_line_error(&["eval", "--model", "../../../tmp/evil"]);
+    assert!(e.contains("unknown model '../../../tmp/evil'"), "{e}");
     let e = one_line_error(&["eval", "--model", "resnet20", "--data", "/nonexistent/cifar"]);
     assert!(e.contains("/nonexistent/cifar/test does not exist"), "{e}");
     let e = one_line_error(&[

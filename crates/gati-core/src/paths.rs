@@ -73,7 +73,20 @@ pub fn cifar10_png_dir() -> Option<PathBuf> {
 }
 
 /// The pretrained PyTorch checkpoint for a CIFAR ResNet (`resnet56-*.th`), if one can be found.
+/// Model names become parts of file names: only the known architectures' names are accepted, so
+/// a name can never address a file outside the weights folders.
+fn known_model(model: &str) -> Result<()> {
+    if !crate::models::MODEL_NAMES.contains(&model) {
+        anyhow::bail!(
+            "unknown model '{model}' (known: {})",
+            crate::models::MODEL_NAMES.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn checkpoint(model: &str) -> Result<PathBuf> {
+    known_model(model)?;
     let mut dirs = Vec::new();
     if let Some(p) = std::env::var_os("GATI_WEIGHTS_DIR") {
         dirs.push(PathBuf::from(p));
@@ -130,6 +143,7 @@ pub fn home() -> PathBuf {
 /// Safetensors weights for `model` from `given` (or the default checkpoint), converting a PyTorch
 /// checkpoint once into `home()/weights/` and reusing it afterwards.
 pub fn resolve_weights(model: &str, given: Option<&Path>) -> Result<PathBuf> {
+    known_model(model)?;
     let src = match given {
         Some(p) => p.to_path_buf(),
         None => checkpoint(model)?,
@@ -142,6 +156,7 @@ pub fn resolve_weights(model: &str, given: Option<&Path>) -> Result<PathBuf> {
 
 /// Converts a PyTorch checkpoint into `dir/<model>-<sha256 prefix>.safetensors` unless already there.
 pub fn convert_cached(model: &str, src: &Path, dir: &Path) -> Result<PathBuf> {
+    known_model(model)?;
     let hash = crate::weights::sha256_file(src)?;
     std::fs::create_dir_all(dir)?;
     let dst = dir.join(format!("{model}-{}.safetensors", &hash[..12]));
