@@ -4,6 +4,7 @@
 use crate::measure::Config;
 use crate::report::{ModelReport, Report};
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -73,6 +74,28 @@ macro_rules! both {
 }
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Every chart's frame: a title, margins, room for axis labels.
+fn frame<'a, 'b, DB: DrawingBackend>(root: &'a DrawingArea<DB, Shift>, title: &'b str) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60);
+    b
+}
+
+/// One legend, boxed, where it covers no data.
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, at: SeriesLabelPosition) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+}
 
 /// Every plot for `r`, written into `out`; returns the file names.
 pub fn draw_all(r: &Report, out: &Path) -> Result<Vec<String>> {
@@ -156,15 +179,8 @@ fn latency_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, m: &ModelRepor
     let p99 = curves.iter().map(|(_, xs)| q(xs, 0.99)).fold(0.0, f64::max);
     let p50 = curves.iter().map(|(_, xs)| q(xs, 0.5)).fold(0.0, f64::max);
     let xmax = p99.min(3.0 * p50) * 1.05;
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            format!("{}: latency CDF, {} stream", m.model, st.stream),
-            ("sans-serif", 22),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax.max(1e-3), 0.0..100.0)?;
+    let title = format!("{}: latency CDF, {} stream", m.model, st.stream);
+    let mut chart = frame(root, &title).build_cartesian_2d(0.0..xmax.max(1e-3), 0.0..100.0)?;
     chart
         .configure_mesh()
         .x_desc("latency per request (ms)")
@@ -183,13 +199,7 @@ fn latency_cdf<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, m: &ModelRepor
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn hit_rates<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, m: &ModelReport) -> DrawResult<DB> {
@@ -250,12 +260,7 @@ fn grouped_bars<DB: DrawingBackend>(
     ymax: f64,
 ) -> DrawResult<DB> {
     let n = groups.len().max(1);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..ymax)?;
+    let mut chart = frame(root, title).build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..ymax)?;
     let label = |x: &f64| {
         let k = x.round();
         if (x - k).abs() < 1e-6 && k >= 0.0 && (k as usize) < groups.len() {
@@ -286,13 +291,7 @@ fn grouped_bars<DB: DrawingBackend>(
             .label(name.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn sweep<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, models: &[ModelReport]) -> DrawResult<DB> {
@@ -313,15 +312,11 @@ fn sweep<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, models: &[ModelRepor
         .collect();
     let all = pts.iter().flat_map(|(_, v)| v.iter());
     let (xmax, ymax) = all.fold((0.5f64, 1.2f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Mean-latency speed-up vs fidelity loss (budget sweep, via Thrift)",
-            ("sans-serif", 22),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax * 1.1, 0.0..ymax * 1.15)?;
+    let mut chart = frame(
+        root,
+        "Mean-latency speed-up vs fidelity loss (budget sweep, via Thrift)",
+    )
+    .build_cartesian_2d(0.0..xmax * 1.1, 0.0..ymax * 1.15)?;
     chart
         .configure_mesh()
         .x_desc("fidelity loss: answers differing from the base model (%)")
@@ -348,13 +343,7 @@ fn sweep<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, models: &[ModelRepor
             )
         }))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn speedup_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, models: &[ModelReport]) -> DrawResult<DB> {
