@@ -336,11 +336,13 @@ fn sweep<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, models: &[ModelRepor
     // Budget labels beside the points of the first model (the others share the budgets).
     if let Some(m) = models.iter().find(|m| !m.sweep.is_empty()) {
         chart.draw_series(m.sweep.iter().filter(|p| p.speedup.median.is_finite()).map(|p| {
-            Text::new(
-                format!("budget {:.1}%", 100.0 * p.budget),
-                (100.0 * p.fidelity_loss.median, p.speedup.median),
-                ("sans-serif", 12).into_font(),
-            )
+            // Above and right of the point, in pixels, clear of the line.
+            EmptyElement::at((100.0 * p.fidelity_loss.median, p.speedup.median))
+                + Text::new(
+                    format!("budget {:.1}%", 100.0 * p.budget),
+                    (6, -18),
+                    ("sans-serif", 12).into_font(),
+                )
         }))?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)
