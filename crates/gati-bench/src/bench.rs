@@ -230,7 +230,7 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
                 };
                 records.write(&model_name, &stream.name(), config.key().to_string(), rep, &run)?;
                 runs[si].push(RunFigures::new(config, rep, &run, &p.labels, &references[si]));
-                pb.inc(1);
+                tick(&pb, &model_name);
             }
         }
         for (bi, cl) in sweep_clusters.iter().enumerate() {
@@ -321,6 +321,15 @@ impl Options {
             ServeMode::BaseOnly => Config::ThriftBaseOnly,
             ServeMode::Inline => Config::ThriftInline,
         }
+    }
+}
+
+/// One run done: the bar moves; without a terminal, a log line every tenth of the runs.
+fn tick(pb: &indicatif::ProgressBar, model: &str) {
+    pb.inc(1);
+    let (done, total) = (pb.position(), pb.length().unwrap_or(0));
+    if pb.is_hidden() && !gati_core::progress::quiet() && done % (total / 10).max(1) == 0 {
+        eprintln!("bench {model}: {done}/{total} runs");
     }
 }
 
