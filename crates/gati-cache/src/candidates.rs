@@ -70,9 +70,9 @@ impl HeadBank {
         s
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        gati_core::weights::write_atomic(&vars, path)
+    /// Every head's parameters, by name.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.vs.variables().into_iter().collect()
     }
 
     pub fn load(&mut self, path: &Path) -> Result<()> {
@@ -123,6 +123,33 @@ pub struct CandidateMeta {
     pub train_seconds: f64,
     pub train_fidelity: Vec<f64>,
     pub heads: Vec<HeadMeta>,
+    /// The heads' and outcomes' files, content-named (absent in older sets: the fixed names).
+    #[serde(default)]
+    pub files: Option<CandidateFiles>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CandidateFiles {
+    pub heads: String,
+    pub outcomes: String,
+}
+
+impl CandidateFiles {
+    fn legacy() -> Self {
+        Self {
+            heads: "heads.safetensors".into(),
+            outcomes: "outcomes.safetensors".into(),
+        }
+    }
+
+    fn check(&self, dir: &Path) -> Result<()> {
+        for f in [&self.heads, &self.outcomes] {
+            if Path::new(f).components().count() != 1 {
+                bail!("{}: meta.json names '{f}', not a file in the folder", dir.display());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,7 +161,8 @@ pub struct HeadMeta {
     pub params: i64,
 }
 
-/// A trained candidate set on disk: `meta.json`, `heads.safetensors`, `outcomes.safetensors`.
+/// A trained candidate set on disk: `meta.json` and the heads' and outcomes' files it names, so that
+/// replacing meta.json (last, atomically) switches all three together.
 pub struct Candidates {
     pub meta: CandidateMeta,
     pub bank: HeadBank,
@@ -145,21 +173,37 @@ pub struct Candidates {
 impl Candidates {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        self.bank.save(&dir.join("heads.safetensors"))?;
+        let previous = read_meta(dir).ok().and_then(|m| m.files);
+        let heads = gati_core::weights::write_content_named(dir, "heads", &self.bank.tensors())?;
         let mut t = self.calibration.to_tensors("calibration");
         t.extend(self.evaluation.to_tensors("evaluation"));
-        gati_core::weights::write_atomic(&t, &dir.join("outcomes.safetensors"))?;
-        crate::plan::write_json_atomic(&self.meta, &dir.join("meta.json"))
+        let outcomes = gati_core::weights::write_content_named(dir, "outcomes", &t)?;
+        let mut meta = self.meta.clone();
+        meta.files = Some(CandidateFiles { heads, outcomes });
+        crate::plan::write_json_atomic(&meta, &dir.join("meta.json"))?;
+        let files = meta.files.as_ref().expect("set above");
+        let old = previous.as_ref();
+        gati_core::weights::remove_stale(
+            dir,
+            "heads",
+            &[files.heads.as_str(), old.map_or("", |f| f.heads.as_str())],
+        );
+        gati_core::weights::remove_stale(
+            dir,
+            "outcomes",
+            &[files.outcomes.as_str(), old.map_or("", |f| f.outcomes.as_str())],
+        );
+        Ok(())
     }
 
     /// Loads a candidate set trained for `model` (with these weights); `None` if absent.
     pub fn load(dir: &Path, model: &BaseModel, weights_sha256: &str) -> Result<Option<Self>> {
-        let meta_path = dir.join("meta.json");
-        if !meta_path.is_file() {
+        if !dir.join("meta.json").is_file() {
             return Ok(None);
         }
-        let meta: CandidateMeta = serde_json::from_slice(&std::fs::read(&meta_path)?)
-            .with_context(|| format!("parsing {}", meta_path.display()))?;
+        let meta = read_meta(dir)?;
+        let files = meta.files.clone().unwrap_or_else(CandidateFiles::legacy);
+        files.check(dir)?;
         if meta.model != model.spec().name || meta.weights_sha256 != weights_sha256 {
             bail!(
                 "{} was trained for {} with weights {}, not {} with {}; use another --candidates dir or --retrain",
@@ -171,8 +215,8 @@ impl Candidates {
             );
         }
         let mut bank = HeadBank::new(model, &meta.stages, &meta.variants)?;
-        bank.load(&dir.join("heads.safetensors"))?;
-        let t = gati_core::weights::read(&dir.join("outcomes.safetensors"))?;
+        bank.load(&dir.join(&files.heads))?;
+        let t = gati_core::weights::read(&dir.join(&files.outcomes))?;
         let n = bank.heads.len();
         Ok(Some(Self {
             calibration: Outcomes::from_tensors(&t, "calibration", n)?,
@@ -181,4 +225,10 @@ impl Candidates {
             bank,
         }))
     }
+}
+
+fn read_meta(dir: &Path) -> Result<CandidateMeta> {
+    let path = dir.join("meta.json");
+    serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("parsing {}", path.display()))
 }

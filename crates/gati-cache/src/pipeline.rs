@@ -81,6 +81,7 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
                 params: h.params,
             })
             .collect(),
+        files: None,
     };
     let c = Candidates {
         meta,

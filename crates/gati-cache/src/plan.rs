@@ -204,20 +204,13 @@ impl Plan {
     pub fn save(&mut self, dir: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let previous = Plan::load(dir).ok().map(|p| p.caches_file);
-        let tmp = gati_core::weights::tmp_sibling(&dir.join("caches.safetensors"));
-        gati_core::weights::write_atomic(tensors, &tmp)?;
-        let sha = gati_core::weights::sha256_file(&tmp)?;
-        self.caches_file = format!("caches-{}.safetensors", &sha[..16]);
-        std::fs::rename(&tmp, dir.join(&self.caches_file))
-            .with_context(|| format!("renaming into {}", dir.join(&self.caches_file).display()))?;
+        self.caches_file = gati_core::weights::write_content_named(dir, "caches", tensors)?;
         write_json_atomic(self, &dir.join("plan.json"))?;
-        for entry in std::fs::read_dir(dir)?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = name.starts_with("caches-") && name.ends_with(".safetensors");
-            if stale && name != self.caches_file && Some(&name) != previous.as_ref() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        let keep: Vec<&str> = [Some(self.caches_file.as_str()), previous.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        gati_core::weights::remove_stale(dir, "caches", &keep);
         Ok(())
     }
 

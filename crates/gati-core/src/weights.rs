@@ -111,6 +111,29 @@ pub fn write_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     rename_durable(&tmp, path)
 }
 
+/// Writes `tensors` into folder `dir` as `{stem}-{sha256 prefix}.safetensors` (atomically) and
+/// returns that file name. A file that names it (written after, atomically) then switches to the
+/// new tensors in one rename, and an interrupted writer never leaves a file in use half-written.
+pub fn write_content_named(dir: &Path, stem: &str, tensors: &[(String, Tensor)]) -> Result<String> {
+    let tmp = tmp_sibling(&dir.join(format!("{stem}.safetensors")));
+    write_atomic(tensors, &tmp)?;
+    let name = format!("{stem}-{}.safetensors", &sha256_file(&tmp)?[..16]);
+    rename_durable(&tmp, &dir.join(&name))?;
+    Ok(name)
+}
+
+/// Removes `{stem}-*.safetensors` files in `dir` except those in `keep`.
+pub fn remove_stale(dir: &Path, stem: &str, keep: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(&format!("{stem}-")) && name.ends_with(".safetensors");
+        if ours && !keep.contains(&name.as_str()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary sibling, fsynced, renamed over `path`, and the
 /// folder fsynced, so a crash leaves either the old file or the new one, never a torn one.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
