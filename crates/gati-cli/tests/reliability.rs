@@ -345,6 +345,14 @@ fn a_killed_cache_worker_costs_no_request_and_comes_back() {
         after.records.iter().any(|r| r.layer.is_some()),
         "caches answer again after the restart"
     );
+    eprintln!(
+        "RESULT cache-kill: {} requests under load, SIGKILL of 1 of 2 cache workers, {} failed; {} activations dropped while it was down; restarted, {} more requests, {} failed",
+        load.records.len() + load.failed(),
+        load.failed(),
+        metric(base_metrics, "gati_base_activations_dropped_total"),
+        after.records.len(),
+        after.failed()
+    );
 }
 
 #[test]
