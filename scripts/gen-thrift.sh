@@ -16,6 +16,10 @@ for f in thrift/*.thrift; do
   thrift -out "$TMP/rs" --gen rs "$f"
   thrift -out "$TMP/py" --gen py "$f"
 done
+# Compiler bug (0.17, Rust): a union whose one field has an unknown id is counted as received but
+# never constructed, and the reader panics ("return value should have been constructed"), which
+# the fuzz target found. Make it the protocol error it should be.
+sed -i 's/Ok(ret.expect("return value should have been constructed"))/ret.ok_or_else(|| thrift::Error::Protocol(ProtocolError::new(ProtocolErrorKind::InvalidData, "received a union with no known field")))/' "$TMP"/rs/*.rs
 if [ "${1:-}" = "--check" ]; then
   diff -r "$TMP/rs" "$OUT" >/dev/null || { echo "gen-thrift: $OUT is stale; run scripts/gen-thrift.sh" >&2; exit 1; }
   diff -r -x __pycache__ "$TMP/py" "$PY_OUT" >/dev/null || { echo "gen-thrift: $PY_OUT is stale; run scripts/gen-thrift.sh" >&2; exit 1; }

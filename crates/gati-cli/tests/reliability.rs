@@ -112,6 +112,22 @@ fn hostile_payloads() -> Vec<(&'static str, Vec<u8>)> {
         }),
     ));
     v.push(("unknown method", call("format_disk", |o| o.write_field_stop().unwrap())));
+    // thrift 0.17's generated union reader panicked on this (found by the fuzz target).
+    v.push((
+        "input union holding only an unknown field",
+        call("infer", |o| {
+            use thrift::protocol::TFieldIdentifier as F;
+            o.write_field_begin(&F::new("request", TType::Struct, 1)).unwrap();
+            o.write_field_begin(&F::new("model", TType::String, 1)).unwrap();
+            o.write_string("resnet20").unwrap();
+            o.write_field_begin(&F::new("input", TType::Struct, 2)).unwrap();
+            o.write_field_begin(&F::new("future", TType::I32, 9)).unwrap();
+            o.write_i32(5).unwrap();
+            o.write_field_stop().unwrap();
+            o.write_field_stop().unwrap();
+            o.write_field_stop().unwrap();
+        }),
+    ));
     v
 }
 
