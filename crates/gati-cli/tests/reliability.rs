@@ -17,6 +17,13 @@ use thrift::protocol::{
 };
 use thrift::transport::TBufferChannel;
 
+/// These tests measure latency and capacity and kill processes: one at a time, so that a test's
+/// phases do not compete with another test's load for the same cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cluster_config(c: &Cluster) -> serde_json::Value {
     let path = c.info["config"].as_str().unwrap();
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -239,6 +246,7 @@ fn bad_requests(good: &[u8]) -> Vec<(&'static str, InferRequest, &'static str)> 
 
 #[test]
 fn hostile_input_gets_typed_errors_or_a_closed_connection_and_every_process_keeps_serving() {
+    let _serial = serial();
     let c = Cluster::up("distributed");
     let cfg = cluster_config(&c);
     let procs = pids(&c);
@@ -333,6 +341,7 @@ fn wait_all_up(c: &Cluster, within: Duration) {
 
 #[test]
 fn a_killed_cache_worker_costs_no_request_and_comes_back() {
+    let _serial = serial();
     let c = Cluster::up("distributed");
     let procs = pids(&c); // base, cache workers, frontend
     let victim = procs[1];
@@ -373,6 +382,7 @@ fn a_killed_cache_worker_costs_no_request_and_comes_back() {
 
 #[test]
 fn a_slow_cache_worker_never_delays_an_answer() {
+    let _serial = serial();
     let c = Cluster::up_with("distributed", &["--fault-cache-delay-ms", "400"]);
     let load = load_in_background(c.endpoint(), 1, 3.0).join().unwrap();
     assert_eq!(load.failed(), 0, "{:?}", load.errors);
@@ -391,6 +401,7 @@ fn a_slow_cache_worker_never_delays_an_answer() {
 
 #[test]
 fn a_killed_base_worker_fails_requests_fast_then_service_resumes() {
+    let _serial = serial();
     let c = Cluster::up("inline");
     let base = pids(&c)[0];
     let load = load_in_background(c.endpoint(), 2, 4.0);
@@ -421,6 +432,7 @@ fn a_killed_base_worker_fails_requests_fast_then_service_resumes() {
 
 #[test]
 fn overload_is_refused_with_overloaded_and_latency_recovers() {
+    let _serial = serial();
     let c = Cluster::up_with("inline", &["--max-in-flight", "4"]);
     let fe_pid = *pids(&c).last().unwrap();
     let calm = load_in_background(c.endpoint(), 1, 1.5).join().unwrap();
@@ -479,6 +491,7 @@ fn overload_is_refused_with_overloaded_and_latency_recovers() {
 
 #[test]
 fn a_plan_writer_killed_at_any_moment_leaves_a_usable_plan() {
+    let _serial = serial();
     let src = plan_dir();
     let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("plan.json")).unwrap()).unwrap();
     let weights = plan["weights"].as_str().unwrap().to_string();
@@ -543,6 +556,7 @@ fn a_plan_writer_killed_at_any_moment_leaves_a_usable_plan() {
 
 #[test]
 fn a_candidate_writer_killed_at_any_moment_leaves_a_consistent_set() {
+    let _serial = serial();
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(plan_dir().join("plan.json")).unwrap()).unwrap();
     let weights = plan["weights"].as_str().unwrap().to_string();
