@@ -50,6 +50,9 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
             eprintln!("candidates in {} were trained differently; retraining", dir.display());
         }
     }
+    // Seed before the heads are built: their initial weights come from libtorch's global generator,
+    // so without this, two trainings with the same seed differed.
+    tch::manual_seed(inp.config.seed as i64);
     let mut bank = HeadBank::new(inp.model, inp.stages, inp.variants)?;
     eprintln!(
         "training {} cache heads ({} layers x {} variants) on {} images",
