@@ -78,7 +78,7 @@ fn selector_score(w: &[f32], b: f32, row: &[f32]) -> f32 {
 
 /// Largest prefix of `(score, wrong)` (sorted by score, descending) whose error rate is at most
 /// `target`; returns the score at its end, or `NEVER` if even the first sample is wrong.
-fn threshold_for(sorted: &[(f32, bool)], target: f64) -> f32 {
+pub(crate) fn threshold_for(sorted: &[(f32, bool)], target: f64) -> f32 {
     let mut wrong = 0usize;
     let mut best = None;
     for (k, &(score, w)) in sorted.iter().enumerate() {

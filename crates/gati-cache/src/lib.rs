@@ -6,6 +6,7 @@ pub mod candidates;
 pub mod decision;
 pub mod evaluate;
 pub mod heads;
+pub mod online;
 pub mod outcomes;
 pub mod pipeline;
 pub mod plan;

@@ -12,6 +12,8 @@ use tch::{nn, Kind, Tensor};
 pub struct RuntimeCache {
     pub layer: String,
     pub stage: usize,
+    /// Prefix of this cache's parameters in the runtime's var store.
+    pub key: String,
     pub head: CacheHead,
     pub decision: Decision,
 }
@@ -73,6 +75,7 @@ impl EarlyExit {
             caches.push(RuntimeCache {
                 layer: c.layer.clone(),
                 stage: c.stage,
+                key: c.key.clone(),
                 head,
                 decision: c.decision.clone(),
             });
@@ -81,6 +84,20 @@ impl EarlyExit {
             gati_core::weights::load_subset(&mut vs, weights)?;
         }
         Ok(Self { model, caches, _vs: vs })
+    }
+
+    /// Cache `c`'s parameters, named without its prefix; they share storage with the serving
+    /// model, so writing into them (under `no_grad`) changes what it answers.
+    pub fn cache_params(&self, c: usize) -> Vec<(String, Tensor)> {
+        let prefix = format!("{}.", self.caches[c].key);
+        let mut v: Vec<(String, Tensor)> = self
+            ._vs
+            .variables()
+            .into_iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix(&prefix)?.to_string(), t)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// The cache model and decision at `stage`, if the plan has one there.

@@ -41,12 +41,18 @@ fn distillation_loss_is_lowest_when_the_cache_matches_the_teacher() {
     assert!(other > same + 1.0);
 }
 
+/// Training seeds libtorch's global generator and then draws the heads' initial weights from it:
+/// tests that train take turns, so that one's draws never land between another's seed and init.
+fn training_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Trains conv and conv-pool heads at three depths of ResNet-20 on 2,000 real training images.
 /// The first caller trains (into a per-process folder); the others reuse what it saved.
 fn trained() -> (Candidates, std::path::PathBuf) {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = training_lock();
     gati_core::tune_allocator();
     // One intra-op thread: training gives the same caches whatever else the test process runs.
     gati_core::set_threads(1);
@@ -215,6 +221,7 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
 /// The same seed trains the same caches: head initialisation is seeded too, not only the order.
 #[test]
 fn training_is_reproducible_for_a_seed() {
+    let _guard = training_lock();
     gati_core::set_threads(1);
     let (model, w) = resnet20();
     let sha = gati_core::weights::sha256_file(&w).unwrap();
@@ -251,4 +258,111 @@ fn training_is_reproducible_for_a_seed() {
         assert_eq!(ka, kb);
         assert!(ta.equal(tb), "{ka} differs between two trainings with seed 0");
     }
+}
+
+/// A working set of two classes at a time, changing every 600 requests: caches that keep learning
+/// from served traffic answer far more often than the same caches frozen, within the budget.
+#[test]
+fn online_caches_learn_a_working_set_that_static_caches_miss() {
+    use gati_cache::online::{OnlineCaches, OnlineConfig};
+    use gati_core::workload::Stream;
+    let (c, w) = &trained();
+    let (model, _) = resnet20();
+    let budget = 0.02;
+    let req = PlanRequest {
+        mode: Mode::Inline,
+        budget,
+        margin_sigmas: 1.0,
+        decision: DecisionKind::Threshold,
+        send_ms: 0.0,
+        transfer_ms: 0.0,
+        memory_budget_mb: None,
+    };
+    let (mut plan, tensors) = make_plan(
+        c,
+        &vec![0.01; c.bank.heads.len()],
+        &vec![0.1; model.num_stages()],
+        &req,
+        w,
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    plan.save(dir.path(), &tensors).unwrap();
+    eprintln!(
+        "plan: {:?}",
+        plan.caches
+            .iter()
+            .map(|c| (&c.layer, c.variant.name(), c.expected_hit_rate))
+            .collect::<Vec<_>>()
+    );
+
+    let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
+    let (_, ei) = split::calibration_evaluation(&test.labels);
+    let eval = test.subset(&ei);
+    let base = gati_core::eval::argmax(&gati_core::eval::predict(&model, &eval, 250));
+    let window = 600;
+    let reqs = Stream::WorkingSet { k: 2, every: window }.generate(&eval.labels, 3000, 11);
+    let xs: Vec<Tensor> = reqs
+        .iter()
+        .map(|r| model.preprocess(&eval.pixel_range(r.index, r.index + 1)))
+        .collect();
+
+    tch::manual_seed(0);
+    let frozen = EarlyExit::load(dir.path()).unwrap().1;
+    let mut online = OnlineCaches::new(
+        EarlyExit::load(dir.path()).unwrap().1,
+        OnlineConfig {
+            error_target: budget,
+            retrain_every: 100,
+            steps: 60,
+            complete_fraction: 0.25,
+            ..Default::default()
+        },
+    );
+    // (hits, disagreements) over the whole stream and over the second half of each window.
+    let (mut s, mut o) = ([0usize; 2], [0usize; 2]);
+    let (mut s_late, mut o_late) = (0usize, 0usize);
+    for (i, (r, x)) in reqs.iter().zip(&xs).enumerate() {
+        let late = i % window >= window / 2;
+        for (a, acc, late_hits) in [
+            (frozen.infer(x), &mut s, &mut s_late),
+            (online.serve(x), &mut o, &mut o_late),
+        ] {
+            if let Exit::Cache(_) = a.exit {
+                acc[0] += 1;
+                *late_hits += late as usize;
+            }
+            acc[1] += (a.class as i64 != base[r.index]) as usize;
+        }
+    }
+    let n = reqs.len() as f64;
+    let (s_hit, o_hit) = (s[0] as f64 / n, o[0] as f64 / n);
+    let (s_loss, o_loss) = (s[1] as f64 / n, o[1] as f64 / n);
+    eprintln!(
+        "static: hit rate {:.1}% (late in windows {:.1}%), fidelity loss {:.2}%; online: hit rate {:.1}% (late {:.1}%), loss {:.2}%, {} promotions in {} rounds",
+        100.0 * s_hit,
+        100.0 * s_late as f64 / (n / 2.0),
+        100.0 * s_loss,
+        100.0 * o_hit,
+        100.0 * o_late as f64 / (n / 2.0),
+        100.0 * o_loss,
+        online.version,
+        online.rounds.len()
+    );
+    assert!(
+        online.version >= 1,
+        "no cache version was promoted: {:?}",
+        online.rounds.last()
+    );
+    // Within half a window of each shift the online caches answer clearly more often than the
+    // frozen ones, and no less often over the whole stream.
+    assert!(
+        o_late as f64 > s_late as f64 + 0.05 * n / 2.0,
+        "late in windows: online {o_late} vs static {s_late} hits"
+    );
+    assert!(o_hit >= s_hit, "online {o_hit:.3} vs static {s_hit:.3}");
+    assert!(
+        o_loss <= s_loss.max(budget) + 0.005,
+        "online loss {o_loss:.4} vs static {s_loss:.4}"
+    );
 }
