@@ -141,15 +141,6 @@ impl CandidateFiles {
             outcomes: "outcomes.safetensors".into(),
         }
     }
-
-    fn check(&self, dir: &Path) -> Result<()> {
-        for f in [&self.heads, &self.outcomes] {
-            if Path::new(f).components().count() != 1 {
-                bail!("{}: meta.json names '{f}', not a file in the folder", dir.display());
-            }
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,18 +172,9 @@ impl Candidates {
         let mut meta = self.meta.clone();
         meta.files = Some(CandidateFiles { heads, outcomes });
         crate::plan::write_json_atomic(&meta, &dir.join("meta.json"))?;
-        let files = meta.files.as_ref().expect("set above");
-        let old = previous.as_ref();
-        gati_core::weights::remove_stale(
-            dir,
-            "heads",
-            &[files.heads.as_str(), old.map_or("", |f| f.heads.as_str())],
-        );
-        gati_core::weights::remove_stale(
-            dir,
-            "outcomes",
-            &[files.outcomes.as_str(), old.map_or("", |f| f.outcomes.as_str())],
-        );
+        let (files, old) = (meta.files.as_ref().expect("set above"), previous.as_ref());
+        gati_core::weights::remove_stale(dir, "heads", &files.heads, old.map(|f| f.heads.as_str()));
+        gati_core::weights::remove_stale(dir, "outcomes", &files.outcomes, old.map(|f| f.outcomes.as_str()));
         Ok(())
     }
 
@@ -203,7 +185,6 @@ impl Candidates {
         }
         let meta = read_meta(dir)?;
         let files = meta.files.clone().unwrap_or_else(CandidateFiles::legacy);
-        files.check(dir)?;
         if meta.model != model.spec().name || meta.weights_sha256 != weights_sha256 {
             bail!(
                 "{} was trained for {} with weights {}, not {} with {}; use another --candidates dir or --retrain",
@@ -215,8 +196,8 @@ impl Candidates {
             );
         }
         let mut bank = HeadBank::new(model, &meta.stages, &meta.variants)?;
-        bank.load(&dir.join(&files.heads))?;
-        let t = gati_core::weights::read(&dir.join(&files.outcomes))?;
+        bank.load(&gati_core::weights::file_in(dir, &files.heads)?)?;
+        let t = gati_core::weights::read(&gati_core::weights::file_in(dir, &files.outcomes)?)?;
         let n = bank.heads.len();
         Ok(Some(Self {
             calibration: Outcomes::from_tensors(&t, "calibration", n)?,

@@ -206,11 +206,7 @@ impl Plan {
         let previous = Plan::load(dir).ok().map(|p| p.caches_file);
         self.caches_file = gati_core::weights::write_content_named(dir, "caches", tensors)?;
         write_json_atomic(self, &dir.join("plan.json"))?;
-        let keep: Vec<&str> = [Some(self.caches_file.as_str()), previous.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        gati_core::weights::remove_stale(dir, "caches", &keep);
+        gati_core::weights::remove_stale(dir, "caches", &self.caches_file, previous.as_deref());
         Ok(())
     }
 
@@ -218,14 +214,8 @@ impl Plan {
         let path = dir.join("plan.json");
         let bytes = std::fs::read(&path).with_context(|| format!("reading plan {}", path.display()))?;
         let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("parsing plan {}", path.display()))?;
-        let f = Path::new(&plan.caches_file);
-        if f.components().count() != 1 || f.file_name().is_none() {
-            anyhow::bail!(
-                "plan {}: caches_file '{}' must be a file name in the plan folder",
-                path.display(),
-                plan.caches_file
-            );
-        }
+        gati_core::weights::file_in(dir, &plan.caches_file)
+            .with_context(|| format!("plan {}: caches_file", path.display()))?;
         Ok(plan)
     }
 

@@ -122,15 +122,26 @@ pub fn write_content_named(dir: &Path, stem: &str, tensors: &[(String, Tensor)])
     Ok(name)
 }
 
-/// Removes `{stem}-*.safetensors` files in `dir` except those in `keep`.
-pub fn remove_stale(dir: &Path, stem: &str, keep: &[&str]) {
+/// Removes `{stem}-*.safetensors` files in `dir` but the current one and the previous one (a
+/// reader that read the previous index file just before it was replaced can still open it).
+pub fn remove_stale(dir: &Path, stem: &str, current: &str, previous: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let ours = name.starts_with(&format!("{stem}-")) && name.ends_with(".safetensors");
-        if ours && !keep.contains(&name.as_str()) {
+        if ours && name != current && Some(name.as_str()) != previous {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+/// `name` as read from an index file (plan.json, meta.json): it must be a plain file name in
+/// `dir`, never a path that leaves it.
+pub fn file_in(dir: &Path, name: &str) -> Result<PathBuf> {
+    let mut parts = Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(_)), None) => Ok(dir.join(name)),
+        _ => anyhow::bail!("'{name}' must be a file name in {}", dir.display()),
     }
 }
 
