@@ -174,11 +174,10 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
         .iter()
         .map(|s| Ok((*s, prepare(&eval, s.generate(&eval.labels, o.requests, o.seed))?)))
         .collect::<Result<_>>()?;
-    let iid = match streams.iter().position(|(s, _)| *s == Stream::Iid) {
-        Some(i) => i,
-        None if !sweep_plans.is_empty() => bail!("--budgets measures on the iid stream: add iid to --streams"),
-        None => usize::MAX,
-    };
+    let iid = streams.iter().position(|(s, _)| *s == Stream::Iid);
+    if iid.is_none() && !sweep_plans.is_empty() {
+        bail!("--budgets measures on the iid stream: add iid to --streams");
+    }
     let all_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let plan_threads = plan.threads.max(1) as usize;
 
@@ -234,6 +233,7 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
             }
         }
         for (bi, cl) in sweep_clusters.iter().enumerate() {
+            let iid = iid.expect("checked above");
             let p = &streams[iid].1;
             let run = cl.run(p, o.saturation_clients, o.warmup, o.seed + rep as u64);
             let name = format!("sweep-{}", sweep_plans[bi].0);
@@ -245,7 +245,7 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
                 &p.labels,
                 &references[iid],
             ));
-            pb.inc(1);
+            tick(&pb, &model_name);
         }
     }
     pb.finish_and_clear();
@@ -270,16 +270,14 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
             runs,
         })
         .collect();
-    let base_runs: Vec<RunFigures> = if iid == usize::MAX {
-        Vec::new()
-    } else {
-        stream_reports[iid]
+    let base_runs: Vec<RunFigures> = iid.map_or_else(Vec::new, |i| {
+        stream_reports[i]
             .runs
             .iter()
             .filter(|r| r.config == Config::ThriftBaseOnly)
             .cloned()
             .collect()
-    };
+    });
     let sweep = sweep_plans
         .iter()
         .zip(sweep_runs)
@@ -315,12 +313,12 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
 }
 
 impl Options {
+    /// The Thrift configuration that serves in the sweep's mode.
     fn sweep_config(&self) -> Config {
-        match self.sweep_mode {
-            ServeMode::Distributed => Config::ThriftDistributed,
-            ServeMode::BaseOnly => Config::ThriftBaseOnly,
-            ServeMode::Inline => Config::ThriftInline,
-        }
+        Config::ALL
+            .into_iter()
+            .find(|c| c.serve_mode() == Some(self.sweep_mode))
+            .expect("every serve mode has a Thrift configuration")
     }
 }
 

@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Config {
     /// The base model alone, in-process, batch 1, one libtorch thread.
     BaseInProcess1,
@@ -74,6 +73,13 @@ impl Config {
             Config::BaseInProcess1 | Config::BaseInProcessAll | Config::GatiInProcess => Config::BaseInProcess1,
             _ => Config::ThriftBaseOnly,
         }
+    }
+}
+
+/// Serialised as its `key`, the name records.jsonl uses too.
+impl Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.key())
     }
 }
 

@@ -237,7 +237,9 @@ impl OnlineCaches {
         let uniform: Vec<usize> = (0..ev.len()).filter(|&i| ev[i].uniform).collect();
         let fit: Vec<usize> = uniform.iter().copied().step_by(2).collect();
         let val: Vec<usize> = uniform.iter().copied().skip(1).step_by(2).collect();
-        let train: Vec<usize> = (0..ev.len()).filter(|i| !val.contains(i)).collect();
+        let mut held_out = vec![false; ev.len()];
+        val.iter().for_each(|&i| held_out[i] = true);
+        let train: Vec<usize> = (0..ev.len()).filter(|&i| !held_out[i]).collect();
         let mut round = LayerRound {
             layer: cache.layer.clone(),
             validation: val.len(),

@@ -2,14 +2,13 @@ use super::data_args::load_split;
 use anyhow::{anyhow, bail, Result};
 use gati_bench::load::{drive, hit_rate_per_layer, Pace, Until};
 use gati_core::stats::LatencyStats;
-use gati_core::workload::Stream;
-use gati_core::{data, paths, BaseModel};
-use gati_rpc::{Input, TGatiSyncClient};
+use gati_core::workload::{Request, Stream};
+use gati_core::{paths, BaseModel};
+use gati_rpc::TGatiSyncClient;
 use gati_server::client::{connect, describe};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -89,21 +88,12 @@ pub fn run(a: Args) -> Result<()> {
     if ds.is_empty() {
         bail!("no images to send");
     }
-    let (inputs, labels, image_of): (Vec<Input>, Vec<i64>, Vec<usize>) = match &a.stream {
-        Some(spec) => {
-            let reqs = Stream::parse(spec)?.generate(&ds.labels, a.stream_length, a.seed);
-            let p = gati_bench::inputs::prepare(&ds, reqs)?;
-            let images = p.requests.iter().map(|r| r.index).collect();
-            (p.wire.to_vec(), p.labels, images)
-        }
-        None => (
-            (0..ds.len())
-                .map(|i| input_for(&ds, &model, i))
-                .collect::<Result<_>>()?,
-            ds.labels.clone(),
-            (0..ds.len()).collect(),
-        ),
+    let requests = match &a.stream {
+        Some(spec) => Stream::parse(spec)?.generate(&ds.labels, a.stream_length, a.seed),
+        None => (0..ds.len()).map(|index| Request { index, noise: None }).collect(),
     };
+    let sent = gati_bench::inputs::prepare(&ds, requests)?;
+    let (labels, image_of): (&[i64], Vec<usize>) = (&sent.labels, sent.requests.iter().map(|r| r.index).collect());
     let base_pred = match &a.plan {
         Some(p) => {
             let plan = gati_cache::plan::Plan::load(p)?;
@@ -124,7 +114,7 @@ pub fn run(a: Args) -> Result<()> {
     let load = drive(
         &a.endpoint,
         &info.name,
-        Arc::new(inputs),
+        sent.wire.clone(),
         pace,
         Until::Duration(Duration::from_secs_f64(a.duration)),
         a.seed,
@@ -174,14 +164,4 @@ pub fn run(a: Args) -> Result<()> {
         println!("agreement with the base model {:.2}%", 100.0 * ag);
     }
     Ok(())
-}
-
-/// The encoded image file when there is one (what clients send), else the normalised tensor.
-fn input_for(ds: &data::Dataset, model: &BaseModel, i: usize) -> Result<Input> {
-    let src = std::path::Path::new(&ds.sources[i]);
-    if src.is_file() {
-        return Ok(Input::Image(std::fs::read(src)?));
-    }
-    let x = model.preprocess(&ds.pixel_range(i, i + 1));
-    Ok(Input::Tensor(gati_rpc::convert::tensor_to_wire(&x)))
 }
