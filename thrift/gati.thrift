@@ -1,7 +1,7 @@
 // gati's wire API. Binary protocol over framed transport (4-byte big-endian length, then the
 // message); frames larger than the configured maximum (default 16 MiB) are refused.
 //
-// Public: service Gati (the frontend). Internal: BaseWorker, CacheWorker, Selector.
+// Public: service Gati (the frontend). Internal: BaseWorker, CacheWorker, Selector, Trainer.
 
 namespace rs gati
 namespace py gati
@@ -132,6 +132,41 @@ struct BaseResult {
   6: optional i32 exit_stage,
   // Time spent in cache models (inline mode).
   7: optional double cache_ms,
+  // Inline mode: the cache version that answered.
+  8: optional string cache_version,
+}
+
+// ---- online learning ----
+
+// What one complete base run leaves for the trainer: the activation at every planned cache stage
+// (in the order of SampleBatch.stages) and the base model's logits.
+struct Sample {
+  1: required list<TensorData> activations,
+  2: required list<double> logits,
+  // The run completed because it was sampled uniformly (complete_on_hit), not because every cache
+  // missed: only these estimate how the caches do on the live traffic.
+  3: required bool uniform,
+}
+
+struct SampleBatch {
+  1: required list<i32> stages,
+  2: required list<Sample> samples,
+  // Samples lost so far (buffer busy, or evicted unread); the request path never waits.
+  3: required i64 dropped,
+}
+
+// One cache's state in a version: parameters (named as in the plan's weights file, without the
+// cache's key prefix), decision (JSON, as in plan.json), and whether it may answer at all.
+struct CacheUpdate {
+  1: required string layer,
+  2: required map<string, TensorData> params,
+  3: required string decision_json,
+  4: required bool enabled,
+}
+
+struct CacheVersion {
+  1: required string version,
+  2: required list<CacheUpdate> caches,
 }
 
 service BaseWorker {
@@ -139,6 +174,12 @@ service BaseWorker {
   // Stop the request's remaining stages (a cache answered).
   oneway void cancel(1: string request_id),
   Health health(),
+  // Online learning: hands over (and forgets) up to max_samples collected samples, newest first.
+  SampleBatch take_samples(1: i32 max_samples),
+  // Replaces the inline caches' parameters and decisions between requests (in-flight requests
+  // finish on the version they started with).
+  void install(1: CacheVersion version) throws (1: InvalidInput invalid),
+  string serving_version(),
 }
 
 struct Activation {
@@ -163,8 +204,45 @@ service CacheWorker {
   oneway void lookup(1: Activation activation),
   CacheResult lookup_sync(1: Activation activation) throws (1: InvalidInput invalid),
   Health health(),
+  // Replaces this worker's caches (only the layers it serves are taken from the version).
+  void install(1: CacheVersion version) throws (1: InvalidInput invalid),
+  string serving_version(),
 }
 
 service Selector {
   oneway void report(1: CacheResult result),
+}
+
+// ---- operator controls of online learning (the trainer) ----
+
+struct VersionInfo {
+  1: required string version,
+  2: required i64 created_unix,
+  // Why it exists: "plan", "promoted ...", "guard disabled ...".
+  3: required string note,
+  4: required list<string> disabled_layers,
+}
+
+struct Versions {
+  // The version the workers are told to serve.
+  1: required string serving,
+  2: optional string pinned,
+  3: required bool paused,
+  // Oldest first.
+  4: required list<VersionInfo> versions,
+  // Worker address -> the version it reports serving ("?" when unreachable).
+  5: required map<string, string> workers,
+}
+
+exception AdminError { 1: required string message }
+
+service Trainer {
+  Versions versions(),
+  // Serve this version and stop promoting until unpin.
+  Versions pin(1: string version) throws (1: AdminError error),
+  Versions unpin(),
+  // Pin the version before the serving one.
+  Versions rollback() throws (1: AdminError error),
+  // Stop (or resume) collecting samples and training; the serving version stays.
+  Versions pause(1: bool paused),
 }

@@ -20,6 +20,9 @@ pub struct Record {
     pub class: i64,
     /// The cache layer that answered, or `None` for the base model.
     pub layer: Option<String>,
+    /// The cache version that answered (hits only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +128,7 @@ pub fn drive(endpoint: &str, model: &str, inputs: Arc<Vec<Input>>, pace: Pace, u
                             ms: due.elapsed().as_secs_f64() * 1e3,
                             class: r.class_index as i64,
                             layer: r.cache_layer,
+                            version: r.cache_version,
                         }),
                         Err(e) => {
                             count(describe(&e).split(':').next().unwrap_or("error"));

@@ -158,6 +158,7 @@ fn timed_in_process(xs: &[tch::Tensor], mut f: impl FnMut(&tch::Tensor) -> (i64,
                 ms: t.elapsed().as_secs_f64() * 1e3,
                 class,
                 layer,
+                version: None,
             }
         })
         .collect();
@@ -196,6 +197,7 @@ impl LocalCluster {
             max_in_flight: 128,
             auth_token_file: None,
             fault_cache_delay_ms: 0,
+            online: None,
         };
         let cluster = local_cluster(&opts)?;
         let dir = tempfile::tempdir()?;

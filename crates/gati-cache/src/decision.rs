@@ -19,7 +19,7 @@ pub const ERROR_TARGETS: [f64; 20] = [
 ];
 
 /// Threshold that never fires (probabilities and scores are at most 1).
-const NEVER: f32 = 2.0;
+pub(crate) const NEVER: f32 = 2.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -14,5 +14,6 @@ pub mod planner;
 pub mod runtime;
 pub mod split;
 pub mod train;
+pub mod versions;
 
 pub use heads::Variant;

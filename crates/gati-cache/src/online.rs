@@ -1,4 +1,4 @@
-//! Online learning, in-process core: the plan's caches keep learning from the traffic they serve.
+//! Online learning: the plan's caches keep learning from the traffic they serve.
 //!
 //! Every request that runs the base model to the end leaves evidence: the activation at each
 //! planned cache layer and the base model's logits. Misses always run to the end (biased: every
@@ -10,12 +10,18 @@
 //! `error_target` disagreement among them. Each promotion bumps the version. A learned version that
 //! later fails validation (the traffic moved on) is replaced by the plan's own cache.
 //!
-//! This is the in-process core; serving it through the Thrift workers (hot swap by RPC,
-//! persistence of versions, operator controls) is still to be built.
+//! `Learner` holds the evidence and the serving version and runs the rounds; the trainer process
+//! (gati-server) feeds it samples collected by the base worker and installs its promotions by RPC.
+//! `OnlineCaches` is the same loop in one process (serving and learning on one thread).
+//!
+//! Accuracy guard: every uniform sample also scores the serving caches against the base model, so
+//! each layer's live agreement among its hits is known with a Wilson interval; a layer whose
+//! interval lies wholly below `1 - guard_error` gets raised thresholds, and if that is not enough,
+//! is switched off until a retrained version passes validation.
 
-use crate::decision::{threshold_for, Decision};
+use crate::decision::{threshold_for, Decision, NEVER};
 use crate::heads::CacheHead;
-use crate::runtime::{probs_row, Answer, EarlyExit, Exit};
+use crate::runtime::{probs_row, Answer, CacheState, EarlyExit, Exit};
 use crate::train::distillation_loss;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -36,10 +42,18 @@ pub struct OnlineConfig {
     pub lr: f64,
     /// Fraction of all requests that run to the end whatever the caches say (validation data).
     pub complete_fraction: f64,
-    /// Disagreement with the base model allowed among a cache's hits.
+    /// Disagreement with the base model allowed among a cache's hits (what thresholds are fitted to).
     pub error_target: f64,
+    /// Disagreement among a layer's live hits beyond which the guard switches it off (at least
+    /// `error_target`; the plan's own caches are calibrated to the budget over all requests, so
+    /// their hits may disagree up to budget / hit rate).
+    pub guard_error: f64,
     /// Per-class thresholds need this many validation samples of the class; fewer: never hit.
     pub min_class_samples: usize,
+    /// Uniform samples per layer behind the live agreement estimate (most recent hits).
+    pub guard_window: usize,
+    /// The guard acts only on at least this many hits in its window.
+    pub guard_min_hits: usize,
     pub seed: u64,
 }
 
@@ -53,7 +67,10 @@ impl Default for OnlineConfig {
             lr: 0.05,
             complete_fraction: 0.2,
             error_target: 0.01,
+            guard_error: 0.01,
             min_class_samples: 15,
+            guard_window: 200,
+            guard_min_hits: 20,
             seed: 0,
         }
     }
@@ -89,21 +106,60 @@ pub struct LayerRound {
     pub reverted: bool,
 }
 
-pub struct OnlineCaches {
+/// A layer's live agreement with the base model among its hits on uniform samples.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LiveAgreement {
+    pub hits: usize,
+    pub agreement: f64,
+    /// 95% Wilson interval.
+    pub lower: f64,
+    pub upper: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GuardAction {
+    RaisedThresholds,
+    Disabled,
+}
+
+impl GuardAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuardAction::RaisedThresholds => "raised-thresholds",
+            GuardAction::Disabled => "disabled",
+        }
+    }
+}
+
+/// The 95% Wilson score interval of `k` successes in `n`.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (z, n, p) = (1.96f64, n as f64, k as f64 / n as f64);
+    let mid = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((mid - half).max(0.0), (mid + half).min(1.0))
+}
+
+pub struct Learner {
+    /// The serving version's caches: what candidates are judged against, and what is installed.
     pub ee: EarlyExit,
     cfg: OnlineConfig,
     /// The plan's own caches (parameters and decision), restored when a learned version fails
     /// validation.
     original: Vec<(Vec<(String, Tensor)>, Decision)>,
     evidence: Vec<VecDeque<Evidence>>,
+    /// Per cache: did each of its recent hits on a uniform sample agree with the base model?
+    live: Vec<VecDeque<bool>>,
+    /// Per cache: the guard already raised its thresholds (next time it switches it off).
+    struck: Vec<bool>,
     since: usize,
-    served: u64,
-    pub version: u64,
-    pub rounds: Vec<Round>,
+    seen: u64,
     rng: StdRng,
 }
 
-impl OnlineCaches {
+impl Learner {
     pub fn new(ee: EarlyExit, cfg: OnlineConfig) -> Self {
         let n = ee.caches.len();
         let original = (0..n)
@@ -118,80 +174,47 @@ impl OnlineCaches {
             ee,
             cfg,
             evidence: (0..n).map(|_| VecDeque::new()).collect(),
+            live: (0..n).map(|_| VecDeque::new()).collect(),
+            struck: vec![false; n],
             since: 0,
-            served: 0,
-            version: 0,
-            rounds: Vec::new(),
+            seen: 0,
         }
     }
 
-    /// Answers one normalised input `[1, C, H, W]` like `EarlyExit::infer`, collecting evidence and
-    /// retraining when enough has arrived.
-    pub fn serve(&mut self, x: &Tensor) -> Answer {
-        self.served += 1;
-        let uniform = self.rng.gen::<f64>() < self.cfg.complete_fraction;
-        let answer = {
-            let _g = tch::no_grad_guard();
-            let (ee, m) = (&self.ee, &self.ee.model);
-            let mut h = x.shallow_clone();
-            let mut acts = Vec::new();
-            let mut answer = None;
-            let mut next = 0;
-            for k in 0..m.num_stages() {
-                h = m.run_stage(k, &h);
-                while next < ee.caches.len() && ee.caches[next].stage == k {
-                    acts.push(h.copy());
-                    let c = &ee.caches[next];
-                    if answer.is_none() {
-                        if let Some((class, confidence)) = c.decision.hit(&probs_row(&c.head.forward_t(&h, false))) {
-                            answer = Some(Answer {
-                                class,
-                                confidence,
-                                exit: Exit::Cache(next),
-                            });
-                        }
-                    }
-                    next += 1;
-                }
-                if answer.is_some() && !uniform {
-                    break;
-                }
-            }
-            match answer {
-                // A plain hit leaves no evidence, so no round can be due.
-                Some(a) if !uniform => return a,
-                Some(a) => {
-                    self.keep(acts, &h, true);
-                    a
-                }
-                None => {
-                    let row = probs_row(&h);
-                    let (class, confidence) = crate::outcomes::top1(&row);
-                    self.keep(acts, &h, uniform);
-                    Answer {
-                        class,
-                        confidence,
-                        exit: Exit::Base,
-                    }
-                }
-            }
-        };
-        self.after(answer)
+    pub fn config(&self) -> &OnlineConfig {
+        &self.cfg
     }
 
-    fn after(&mut self, a: Answer) -> Answer {
-        if self.since >= self.cfg.retrain_every {
-            self.since = 0;
-            self.retrain();
+    /// Samples taken so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// One complete run: the activation at every cache's layer (`[1, C, H, W]`, in plan order),
+    /// the base model's logits `[1, classes]`, and whether it was sampled uniformly.
+    pub fn add(&mut self, acts: Vec<Tensor>, logits: &Tensor, uniform: bool) {
+        assert_eq!(acts.len(), self.ee.caches.len(), "one activation per cache");
+        self.seen += 1;
+        let class = logits.argmax(-1, false).int64_value(&[0]);
+        if uniform {
+            for (c, act) in acts.iter().enumerate() {
+                let (_, hit) = EarlyExit::consult(&self.ee.caches[c], act);
+                if let Some((cls, _)) = hit {
+                    let w = &mut self.live[c];
+                    w.push_back(cls as i64 == class);
+                    if w.len() > self.cfg.guard_window {
+                        w.pop_front();
+                    }
+                }
+            }
         }
-        a
+        self.keep(acts, logits, class, uniform);
     }
 
     /// Keeps the evidence class-balanced: a class at its share of the buffer loses its oldest
     /// piece. A working set then sharpens the caches on its classes without making them forget
     /// the others (and answer them confidently wrong after the next shift).
-    fn keep(&mut self, acts: Vec<Tensor>, logits: &Tensor, uniform: bool) {
-        let class = logits.argmax(-1, false).int64_value(&[0]);
+    fn keep(&mut self, acts: Vec<Tensor>, logits: &Tensor, class: i64, uniform: bool) {
         let per_class = (self.cfg.buffer / self.ee.model.spec().num_classes as usize).max(1);
         for (c, act) in acts.into_iter().enumerate() {
             let ring = &mut self.evidence[c];
@@ -209,24 +232,121 @@ impl OnlineCaches {
         self.since += 1;
     }
 
+    /// Enough new evidence for a round.
+    pub fn due(&self) -> bool {
+        self.since >= self.cfg.retrain_every
+    }
+
+    /// Each layer's live agreement with the base model.
+    pub fn live(&self) -> Vec<LiveAgreement> {
+        self.live
+            .iter()
+            .map(|w| {
+                let agree = w.iter().filter(|&&a| a).count();
+                let (lower, upper) = wilson(agree, w.len());
+                LiveAgreement {
+                    hits: w.len(),
+                    agreement: if w.is_empty() {
+                        1.0
+                    } else {
+                        agree as f64 / w.len() as f64
+                    },
+                    lower,
+                    upper,
+                }
+            })
+            .collect()
+    }
+
+    /// The accuracy guard, for every enabled cache whose live agreement is, with 95% confidence,
+    /// below `1 - guard_error`: the first time, its thresholds are raised (re-fitted on the recent
+    /// uniform samples, never lowered); if it fails again before a retrained version replaces it,
+    /// it is switched off. Returns what it did, per layer.
+    pub fn guard(&mut self) -> Vec<(String, GuardAction)> {
+        let target = 1.0 - self.cfg.guard_error.max(self.cfg.error_target);
+        let live = self.live();
+        let mut acted = Vec::new();
+        for (c, l) in live.iter().enumerate() {
+            if !self.ee.caches[c].enabled || l.hits < self.cfg.guard_min_hits || l.upper >= target {
+                continue;
+            }
+            let action = match self.raised_thresholds(c) {
+                Some(d) if !self.struck[c] => {
+                    self.ee.caches[c].decision = d;
+                    self.struck[c] = true;
+                    GuardAction::RaisedThresholds
+                }
+                _ => {
+                    self.ee.caches[c].enabled = false;
+                    self.struck[c] = false;
+                    GuardAction::Disabled
+                }
+            };
+            self.live[c].clear();
+            acted.push((self.ee.caches[c].layer.clone(), action));
+        }
+        acted
+    }
+
+    /// Cache `c`'s thresholds re-fitted on every uniform sample in its evidence, each at least
+    /// the serving one (None for a selector decision).
+    fn raised_thresholds(&self, c: usize) -> Option<Decision> {
+        let cache = &self.ee.caches[c];
+        let Decision::Threshold { thresholds } = &cache.decision else {
+            return None;
+        };
+        let ev: Vec<&Evidence> = self.evidence[c].iter().filter(|e| e.uniform).collect();
+        if ev.is_empty() {
+            return None;
+        }
+        let rows: Vec<Vec<f32>> = tch::no_grad(|| {
+            let x = Tensor::cat(&ev.iter().map(|e| &e.act).collect::<Vec<_>>(), 0);
+            let p = cache.head.forward_t(&x, false).softmax(-1, Kind::Float);
+            (0..ev.len() as i64)
+                .map(|i| Vec::<f32>::try_from(p.get(i)).expect("row"))
+                .collect()
+        });
+        let base: Vec<usize> = ev.iter().map(|e| e.class as usize).collect();
+        let refit = fit_thresholds(
+            &rows,
+            &base,
+            thresholds.len(),
+            self.cfg.error_target,
+            self.cfg.min_class_samples,
+            &cache.decision,
+        );
+        let Decision::Threshold { thresholds: new } = refit else {
+            return None;
+        };
+        Some(Decision::Threshold {
+            thresholds: thresholds.iter().zip(&new).map(|(a, b)| a.max(*b)).collect(),
+        })
+    }
+
+    /// Serves `states` from now on (a pin or rollback); the live estimates start over.
+    pub fn reset_to(&mut self, states: &[CacheState]) -> anyhow::Result<()> {
+        self.ee.install(states)?;
+        self.live.iter_mut().for_each(VecDeque::clear);
+        Ok(())
+    }
+
     /// Fine-tunes, re-calibrates and validates every cache; promotes the better ones.
-    pub fn retrain(&mut self) -> &Round {
+    pub fn round(&mut self) -> Round {
+        self.since = 0;
         let mut layers = Vec::new();
-        let mut promoted_any = false;
         for c in 0..self.ee.caches.len() {
             let r = self.retrain_cache(c);
-            promoted_any |= r.promoted;
+            if r.promoted || r.reverted {
+                self.live[c].clear();
+                self.struck[c] = false;
+            }
             layers.push(r);
         }
-        if promoted_any {
-            self.version += 1;
-        }
-        self.rounds.push(Round {
-            at_request: self.served,
-            version: self.version,
+        Round {
+            at_request: self.seen,
+            version: 0,
             layers,
-        });
-        self.rounds.last().expect("pushed")
+        }
     }
 
     fn retrain_cache(&mut self, c: usize) -> LayerRound {
@@ -305,33 +425,125 @@ impl OnlineCaches {
             classes as usize,
             self.cfg.error_target,
             self.cfg.min_class_samples,
+            // A class the traffic has barely shown: the candidate does not answer it (a cache
+            // sharpened on other classes is confidently wrong on it).
+            &Decision::Threshold {
+                thresholds: vec![NEVER; classes as usize],
+            },
         );
         let truth = base(&val);
-        let score = |rows: &[Vec<f32>], d: &Decision| {
-            rows.iter().zip(&truth).fold((0, 0), |(h, w), (r, &b)| match d.hit(r) {
-                Some((cls, _)) => (h + 1, w + (cls != b) as usize),
-                None => (h, w),
-            })
+        let score = |rows: &[Vec<f32>], d: &Decision, enabled: bool| {
+            rows.iter()
+                .zip(&truth)
+                .fold((0, 0), |(h, w), (r, &b)| match d.hit(r).filter(|_| enabled) {
+                    Some((cls, _)) => (h + 1, w + (cls != b) as usize),
+                    None => (h, w),
+                })
         };
-        (round.serving_hits, round.serving_wrong) = score(&rows(&cache.head, &val), &cache.decision);
-        // Accuracy guard: a learned version that now disagrees beyond the target (with a
-        // one-sample slack) gives way to the plan's own cache.
+        (round.serving_hits, round.serving_wrong) = score(&rows(&cache.head, &val), &cache.decision, cache.enabled);
+        // A learned version that now disagrees beyond the target (with a one-sample slack) gives
+        // way to the plan's own cache.
         let over = round.serving_wrong as f64 > self.cfg.error_target * round.serving_hits as f64 + 1.0;
-        if over && self.version > 0 {
+        let learned = !self.original[c].1.eq(&cache.decision);
+        if over && learned {
             copy_params(&self.ee.cache_params(c), &self.original[c].0);
             self.ee.caches[c].decision = self.original[c].1.clone();
             round.reverted = true;
             let cache = &self.ee.caches[c];
-            (round.serving_hits, round.serving_wrong) = score(&rows(&cache.head, &val), &cache.decision);
+            (round.serving_hits, round.serving_wrong) = score(&rows(&cache.head, &val), &cache.decision, cache.enabled);
         }
-        (round.candidate_hits, round.candidate_wrong) = score(&rows(&head, &val), &decision);
+        (round.candidate_hits, round.candidate_wrong) = score(&rows(&head, &val), &decision, true);
         let allowed = (self.cfg.error_target * round.candidate_hits as f64).max(round.serving_wrong as f64);
         round.promoted = round.candidate_hits > round.serving_hits && round.candidate_wrong as f64 <= allowed;
         if round.promoted {
             copy_params(&self.ee.cache_params(c), &named(&vs));
             self.ee.caches[c].decision = decision;
+            self.ee.caches[c].enabled = true;
         }
         round
+    }
+}
+
+/// Serving and learning in one process, on one thread: `serve` answers like `EarlyExit::infer`,
+/// collects evidence, and runs a round (installing its promotions at once) when one is due.
+pub struct OnlineCaches {
+    pub learner: Learner,
+    complete_fraction: f64,
+    served: u64,
+    /// Rounds that promoted at least one cache.
+    pub version: u64,
+    pub rounds: Vec<Round>,
+    rng: StdRng,
+}
+
+impl OnlineCaches {
+    pub fn new(ee: EarlyExit, cfg: OnlineConfig) -> Self {
+        Self {
+            complete_fraction: cfg.complete_fraction,
+            rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed),
+            learner: Learner::new(ee, cfg),
+            served: 0,
+            version: 0,
+            rounds: Vec::new(),
+        }
+    }
+
+    /// Answers one normalised input `[1, C, H, W]`, collecting evidence and retraining when
+    /// enough has arrived.
+    pub fn serve(&mut self, x: &Tensor) -> Answer {
+        self.served += 1;
+        let uniform = self.rng.gen::<f64>() < self.complete_fraction;
+        let guard = tch::no_grad_guard();
+        let (ee, m) = (&self.learner.ee, &self.learner.ee.model);
+        let mut h = x.shallow_clone();
+        let mut acts = Vec::new();
+        let mut answer = None;
+        let mut next = 0;
+        for k in 0..m.num_stages() {
+            h = m.run_stage(k, &h);
+            while next < ee.caches.len() && ee.caches[next].stage == k {
+                acts.push(h.shallow_clone());
+                if answer.is_none() {
+                    if let (_, Some((class, confidence))) = EarlyExit::consult(&ee.caches[next], &h) {
+                        answer = Some(Answer {
+                            class,
+                            confidence,
+                            exit: Exit::Cache(next),
+                        });
+                    }
+                }
+                next += 1;
+            }
+            if answer.is_some() && !uniform {
+                break;
+            }
+        }
+        let answer = match answer {
+            // A plain hit leaves no evidence, so no round can be due.
+            Some(a) if !uniform => return a,
+            Some(a) => a,
+            None => {
+                let (class, confidence) = crate::outcomes::top1(&probs_row(&h));
+                Answer {
+                    class,
+                    confidence,
+                    exit: Exit::Base,
+                }
+            }
+        };
+        self.learner.add(acts, &h, uniform);
+        drop(guard);
+        self.learner.guard();
+        if self.learner.due() {
+            let mut round = self.learner.round();
+            round.at_request = self.served;
+            if round.layers.iter().any(|l| l.promoted) {
+                self.version += 1;
+            }
+            round.version = self.version;
+            self.rounds.push(round);
+        }
+        answer
     }
 }
 
@@ -355,21 +567,41 @@ fn copy_params(dst: &[(String, Tensor)], src: &[(String, Tensor)]) {
     });
 }
 
-/// Per-class thresholds on max-softmax for at most `target` disagreement among hits; a class with
-/// fewer than `min_samples` fitting samples never hits.
-fn fit_thresholds(rows: &[Vec<f32>], base: &[usize], classes: usize, target: f64, min_samples: usize) -> Decision {
+/// Per-class thresholds on max-softmax for at most `target` disagreement among hits. A class with
+/// fewer than `min_samples` fitting samples (one the traffic has not shown much of yet) gets the
+/// stricter of the threshold fitted on all classes pooled and its `fallback` threshold.
+fn fit_thresholds(
+    rows: &[Vec<f32>],
+    base: &[usize],
+    classes: usize,
+    target: f64,
+    min_samples: usize,
+    fallback: &Decision,
+) -> Decision {
     let mut per_class: Vec<Vec<(f32, bool)>> = vec![Vec::new(); classes];
     for (r, &b) in rows.iter().zip(base) {
         let (c, p) = crate::outcomes::top1(r);
         per_class[c].push((p, c != b));
     }
+    let mut pooled: Vec<(f32, bool)> = per_class.concat();
+    pooled.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let pooled = if pooled.len() < min_samples {
+        NEVER
+    } else {
+        threshold_for(&pooled, target)
+    };
+    let fallback = |c: usize| match fallback {
+        Decision::Threshold { thresholds } => thresholds[c],
+        Decision::Selector { .. } => NEVER,
+    };
     Decision::Threshold {
         thresholds: per_class
             .iter_mut()
-            .map(|v| {
+            .enumerate()
+            .map(|(c, v)| {
                 v.sort_by(|a, b| b.0.total_cmp(&a.0));
                 if v.len() < min_samples {
-                    2.0
+                    pooled.max(fallback(c))
                 } else {
                     threshold_for(v, target)
                 }

@@ -16,6 +16,25 @@ pub struct RuntimeCache {
     pub key: String,
     pub head: CacheHead,
     pub decision: Decision,
+    /// False: the cache never answers (the accuracy guard switched it off).
+    pub enabled: bool,
+}
+
+impl RuntimeCache {
+    /// `Some((class, probability))` if this cache answers the softmax row `row`.
+    pub fn hit(&self, row: &[f32]) -> Option<(usize, f32)> {
+        self.enabled.then(|| self.decision.hit(row)).flatten()
+    }
+}
+
+/// What a cache version carries for one cache: everything that learning may change.
+#[derive(Debug)]
+pub struct CacheState {
+    pub layer: String,
+    /// Named as in `EarlyExit::cache_params` (without the cache's key prefix).
+    pub params: Vec<(String, Tensor)>,
+    pub decision: Decision,
+    pub enabled: bool,
 }
 
 /// Where an answer came from.
@@ -78,6 +97,7 @@ impl EarlyExit {
                 key: c.key.clone(),
                 head,
                 decision: c.decision.clone(),
+                enabled: true,
             });
         }
         if !caches.is_empty() {
@@ -100,6 +120,70 @@ impl EarlyExit {
         v
     }
 
+    /// A copy of every cache's state.
+    pub fn states(&self) -> Vec<CacheState> {
+        (0..self.caches.len())
+            .map(|c| CacheState {
+                layer: self.caches[c].layer.clone(),
+                params: self.cache_params(c).into_iter().map(|(k, t)| (k, t.copy())).collect(),
+                decision: self.caches[c].decision.clone(),
+                enabled: self.caches[c].enabled,
+            })
+            .collect()
+    }
+
+    /// Installs `states` into the caches of the same layers (states of other layers are ignored).
+    /// Everything is checked before anything changes: parameter names and shapes, finite values,
+    /// a decision for this model's classes. Returns how many caches changed.
+    pub fn install(&mut self, states: &[CacheState]) -> Result<usize> {
+        let classes = self.model.spec().num_classes as usize;
+        let mut plan = Vec::new();
+        for s in states {
+            let Some(c) = self.caches.iter().position(|c| c.layer == s.layer) else {
+                continue;
+            };
+            let ours = self.cache_params(c);
+            let names = |v: &[(String, Tensor)]| v.iter().map(|(k, t)| (k.clone(), t.size())).collect::<Vec<_>>();
+            let mut theirs: Vec<(String, Tensor)> =
+                s.params.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+            theirs.sort_by(|a, b| a.0.cmp(&b.0));
+            if names(&ours) != names(&theirs) {
+                bail!(
+                    "cache '{}': parameters {:?} do not match the served cache's {:?}",
+                    s.layer,
+                    names(&theirs),
+                    names(&ours)
+                );
+            }
+            if let Some((k, _)) = theirs
+                .iter()
+                .find(|(_, t)| t.kind() != Kind::Float || !bool::try_from(t.isfinite().all()).unwrap_or(false))
+            {
+                bail!("cache '{}': parameter '{k}' is not finite float32", s.layer);
+            }
+            let fits = match &s.decision {
+                Decision::Threshold { thresholds } => thresholds.len() == classes,
+                Decision::Selector { weights, .. } => weights.len() == classes,
+            };
+            if !fits {
+                bail!("cache '{}': the decision is not for {classes} classes", s.layer);
+            }
+            plan.push((c, ours, theirs, s));
+        }
+        tch::no_grad(|| {
+            for (_, ours, theirs, _) in &plan {
+                for ((_, d), (_, t)) in ours.iter().zip(theirs) {
+                    d.shallow_clone().copy_(t);
+                }
+            }
+        });
+        for (c, _, _, s) in &plan {
+            self.caches[*c].decision = s.decision.clone();
+            self.caches[*c].enabled = s.enabled;
+        }
+        Ok(plan.len())
+    }
+
     /// The cache model and decision at `stage`, if the plan has one there.
     pub fn cache_at(&self, stage: usize) -> Option<&RuntimeCache> {
         self.caches.iter().find(|c| c.stage == stage)
@@ -109,7 +193,7 @@ impl EarlyExit {
     pub fn consult(c: &RuntimeCache, activation: &Tensor) -> (Vec<f32>, Option<(usize, f32)>) {
         let _g = tch::no_grad_guard();
         let row = probs_row(&c.head.forward_t(activation, false));
-        let hit = c.decision.hit(&row);
+        let hit = c.hit(&row);
         (row, hit)
     }
 
@@ -123,7 +207,7 @@ impl EarlyExit {
             while next < self.caches.len() && self.caches[next].stage == k {
                 let c = &self.caches[next];
                 let row = probs_row(&c.head.forward_t(&h, false));
-                if let Some((class, confidence)) = c.decision.hit(&row) {
+                if let Some((class, confidence)) = c.hit(&row) {
                     return Answer {
                         class,
                         confidence,

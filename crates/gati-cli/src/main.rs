@@ -23,12 +23,14 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Measure a plan in-process on the evaluation half: early exit vs the base model alone
     Evaluate(cmd::evaluate::Args),
-    /// Run one process role of a cluster (frontend, base, cache)
+    /// Run one process role of a cluster (frontend, base, cache, trainer)
     Serve(cmd::serve::Args),
     /// Start a whole local cluster from a plan and keep it running until Ctrl-C / SIGTERM
     Up(cmd::up::Args),
     /// Call a running frontend
     Client(cmd::client::Args),
+    /// Operator controls of online learning: versions, pin, rollback, pause
+    Admin(cmd::admin::Args),
     /// Closed- or open-loop load against a frontend, with latency and hit-rate figures
     Loadgen(cmd::loadgen::Args),
     /// Benchmark: base model alone vs gati over request streams, repeated and interleaved; report and plots
@@ -47,6 +49,7 @@ fn main() {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Client(a) => cmd::client::run(a),
+        Command::Admin(a) => cmd::admin::run(a),
         Command::Loadgen(a) => cmd::loadgen::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };

@@ -1,9 +1,12 @@
 //! The base worker: runs the base model stage by stage. Distributed mode: after each planned
 //! stage the activation is handed to a sender thread that streams it to the cache worker (the
 //! model never waits for the network); between stages a cancelled request stops. Inline mode: the
-//! plan's caches run here, between stages.
+//! plan's caches run here, between stages. With online learning on, every complete run leaves a
+//! sample (the activations at the planned stages and the logits) in a bounded buffer that the
+//! trainer drains; the request path only ever tries the buffer's lock.
 
 use crate::config::{Cluster, ServeMode};
+use crate::learning::{self, Collected, SampleRing};
 use crate::net::{self, user_err, Pool};
 use anyhow::Result;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -73,6 +76,10 @@ impl CacheLink {
 }
 
 struct Metrics {
+    samples: IntCounterVec,
+    samples_dropped: IntCounterVec,
+    sample_bytes: IntGauge,
+    serving_version: IntGauge,
     stage_seconds: HistogramVec,
     queue_depth: IntGauge,
     requests: IntCounterVec,
@@ -82,8 +89,21 @@ struct Metrics {
     in_flight: IntGauge,
 }
 
+/// A model replica and the cache version it serves (inline mode).
+struct Replica {
+    ee: EarlyExit,
+    version: String,
+}
+
 pub struct BaseWorker {
-    replicas: (Sender<EarlyExit>, Receiver<EarlyExit>),
+    replicas: (Sender<Replica>, Receiver<Replica>),
+    n_replicas: usize,
+    /// One install at a time (an install holds every replica).
+    installing: Mutex<()>,
+    planned: Vec<String>,
+    /// Online learning: stages sampled (in plan order) and the buffer the trainer drains.
+    sample_stages: Vec<usize>,
+    samples: Option<Mutex<SampleRing>>,
     inline: bool,
     links: BTreeMap<i32, CacheLink>,
     cancelled: Mutex<HashMap<String, Instant>>,
@@ -98,11 +118,22 @@ impl BaseWorker {
         if !inline {
             serving.caches.clear();
         }
+        let start = if inline {
+            learning::serving_at_start(cluster)?
+        } else {
+            None
+        };
         let (tx, rx) = bounded(replicas.max(1));
         for _ in 0..replicas.max(1) {
             let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
-            let ee = EarlyExit::from_plan(&serving, model, &plan.caches_path(&cluster.plan))?;
-            tx.send(ee).expect("fresh channel");
+            let mut ee = EarlyExit::from_plan(&serving, model, &plan.caches_path(&cluster.plan))?;
+            let mut version = "v0".to_string();
+            if let Some((v, states)) = &start {
+                learning::install_all(&mut ee, v, states)
+                    .map_err(|e| anyhow::anyhow!("serving {v} from {:?}: {}", cluster.state_dir(), e.message))?;
+                version = v.clone();
+            }
+            tx.send(Replica { ee, version }).expect("fresh channel");
         }
         let c = |name: &str, help: &str, labels: &[&str]| {
             let v = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
@@ -115,7 +146,27 @@ impl BaseWorker {
             &["stage"],
         )?;
         registry.register(Box::new(stage_seconds.clone()))?;
+        let g = |name: &str, help: &str| -> Result<IntGauge> {
+            let v = IntGauge::new(name, help)?;
+            registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
         let metrics = Metrics {
+            samples: c(
+                "gati_online_samples_total",
+                "Samples collected for online learning, by kind (uniform: sampled to complete; miss)",
+                &["kind"],
+            ),
+            samples_dropped: c(
+                "gati_online_samples_dropped_total",
+                "Samples lost: buffer busy, or evicted unread because the buffer was full",
+                &["reason"],
+            ),
+            sample_bytes: g("gati_online_buffer_bytes", "Memory held by collected samples")?,
+            serving_version: g(
+                "gati_serving_version",
+                "Cache version served (inline caches; 0 is the plan)",
+            )?,
             stage_seconds,
             queue_depth: IntGauge::new("gati_base_queue_depth", "Runs waiting for a model replica").expect("m"),
             requests: c("gati_base_requests_total", "Base runs by outcome", &["outcome"]),
@@ -148,8 +199,21 @@ impl BaseWorker {
                 }
             }
         }
+        if let Some((v, _)) = &start {
+            metrics
+                .serving_version
+                .set(gati_cache::versions::parse_name(v).unwrap_or(0) as i64);
+        }
         Ok(Self {
             replicas: (tx, rx),
+            n_replicas: replicas.max(1),
+            installing: Mutex::new(()),
+            planned: plan.caches.iter().map(|c| c.layer.clone()).collect(),
+            sample_stages: plan.caches.iter().map(|c| c.stage).collect(),
+            samples: cluster
+                .trainer
+                .as_ref()
+                .map(|t| Mutex::new(SampleRing::new(t.buffer_mb))),
             inline,
             links,
             cancelled: Mutex::new(HashMap::new()),
@@ -164,15 +228,15 @@ impl BaseWorker {
     fn run(&self, req: BaseRequest) -> thrift::Result<BaseResult> {
         let x = tensor_from_wire(&req.input).map_err(user_err)?;
         let t0 = Instant::now();
-        let ee = self.replicas.1.recv().map_err(|_| {
+        let replica = self.replicas.1.recv().map_err(|_| {
             user_err(Unavailable {
                 message: "no model replica".into(),
             })
         })?;
         self.metrics.in_flight.inc();
-        let result = self.run_stages(&ee, &x, &req);
+        let result = self.run_stages(&replica, &x, &req);
         self.metrics.in_flight.dec();
-        self.replicas.0.send(ee).expect("replica pool");
+        self.replicas.0.send(replica).expect("replica pool");
         self.cancelled.lock().expect("lock").remove(&req.request_id);
         let mut r = result?;
         r.compute_ms = thrift::OrderedFloat(t0.elapsed().as_secs_f64() * 1e3);
@@ -185,8 +249,9 @@ impl BaseWorker {
         Ok(r)
     }
 
-    fn run_stages(&self, ee: &EarlyExit, x: &Tensor, req: &BaseRequest) -> thrift::Result<BaseResult> {
+    fn run_stages(&self, replica: &Replica, x: &Tensor, req: &BaseRequest) -> thrift::Result<BaseResult> {
         let _g = tch::no_grad_guard();
+        let ee = &replica.ee;
         let m = &ee.model;
         let want = m.spec().input_shape;
         if x.size() != [1, want[0], want[1], want[2]] {
@@ -202,6 +267,9 @@ impl BaseWorker {
         }
         let mut h = x.shallow_clone();
         let mut cache_ms = 0.0;
+        let mut acts = Vec::new();
+        // Inline: a hit on a run sampled to complete (its answer, at its stage).
+        let mut answered: Option<(Vec<f32>, usize)> = None;
         for k in 0..m.num_stages() {
             if !req.complete_on_hit && self.is_cancelled(&req.request_id) {
                 self.metrics.cancelled.inc();
@@ -214,13 +282,21 @@ impl BaseWorker {
                 .with_label_values(&[m.stages()[k].name.as_str()])
                 .observe(t.elapsed().as_secs_f64());
             self.metrics.stages_run.inc();
+            if self.samples.is_some() && self.sample_stages.contains(&k) {
+                acts.push(h.shallow_clone());
+            }
             if self.inline {
-                if let Some(c) = ee.cache_at(k) {
+                if let (Some(c), None) = (ee.cache_at(k), &answered) {
                     let t = Instant::now();
                     let (row, hit) = EarlyExit::consult(c, &h);
                     cache_ms += t.elapsed().as_secs_f64() * 1e3;
                     if hit.is_some() {
-                        return Ok(result(req, true, Some(row), k + 1, Some(k as i32), cache_ms));
+                        if !req.complete_on_hit {
+                            let mut r = result(req, true, Some(row), k + 1, Some(k as i32), cache_ms);
+                            r.cache_version = Some(replica.version.clone());
+                            return Ok(r);
+                        }
+                        answered = Some((row, k));
                     }
                 }
             } else if req.stream_stages.contains(&(k as i32)) {
@@ -237,7 +313,98 @@ impl BaseWorker {
                 }
             }
         }
-        Ok(result(req, true, Some(probs_row(&h)), m.num_stages(), None, cache_ms))
+        self.collect(acts, &h, req.complete_on_hit);
+        Ok(match answered {
+            Some((row, k)) => {
+                let mut r = result(req, true, Some(row), m.num_stages(), Some(k as i32), cache_ms);
+                r.cache_version = Some(replica.version.clone());
+                r
+            }
+            None => result(req, true, Some(probs_row(&h)), m.num_stages(), None, cache_ms),
+        })
+    }
+
+    /// Keeps a complete run's sample for the trainer, if the buffer is free right now.
+    fn collect(&self, acts: Vec<Tensor>, logits: &Tensor, uniform: bool) {
+        let Some(ring) = &self.samples else { return };
+        let sample = Collected {
+            acts,
+            logits: Vec::<f32>::try_from(logits.flatten(0, -1)).expect("f32 logits"),
+            uniform,
+        };
+        match ring.try_lock() {
+            Ok(mut r) => {
+                let evicted = r.push(sample);
+                self.metrics.sample_bytes.set(r.bytes() as i64);
+                drop(r);
+                let kind = if uniform { "uniform" } else { "miss" };
+                self.metrics.samples.with_label_values(&[kind]).inc();
+                if evicted > 0 {
+                    self.metrics
+                        .samples_dropped
+                        .with_label_values(&["evicted"])
+                        .inc_by(evicted as u64);
+                }
+            }
+            Err(_) => self.metrics.samples_dropped.with_label_values(&["busy"]).inc(),
+        }
+    }
+
+    fn take_samples(&self, max: i32) -> SampleBatch {
+        let taken = match &self.samples {
+            Some(ring) => {
+                let mut r = ring.lock().expect("lock");
+                let t = r.take(max.max(0) as usize);
+                self.metrics.sample_bytes.set(r.bytes() as i64);
+                t
+            }
+            None => Vec::new(),
+        };
+        SampleBatch {
+            stages: self.sample_stages.iter().map(|&s| s as i32).collect(),
+            samples: taken.iter().map(Collected::to_wire).collect(),
+            dropped: ["busy", "evicted"]
+                .iter()
+                .map(|r| self.metrics.samples_dropped.with_label_values(&[r]).get() as i64)
+                .sum(),
+        }
+    }
+
+    /// Installs a version in every replica. A replica in use finishes its request first, so no
+    /// request sees a half-installed version; requests arriving meanwhile wait for the replica.
+    fn install(&self, v: CacheVersion) -> thrift::Result<()> {
+        let states = learning::version_from_wire(&v, &self.planned).map_err(user_err)?;
+        if !self.inline {
+            return Ok(());
+        }
+        let _one = self.installing.lock().expect("lock");
+        let mut all: Vec<Replica> = (0..self.n_replicas)
+            .map(|_| self.replicas.1.recv().expect("replica pool"))
+            .collect();
+        let mut outcome = Ok(());
+        for r in &mut all {
+            if let Err(e) = learning::install_all(&mut r.ee, &v.version, &states) {
+                outcome = Err(user_err(e));
+                break;
+            }
+            r.version = v.version.clone();
+        }
+        for r in all {
+            self.replicas.0.send(r).expect("replica pool");
+        }
+        if outcome.is_ok() {
+            self.metrics
+                .serving_version
+                .set(gati_cache::versions::parse_name(&v.version).unwrap_or(0) as i64);
+        }
+        outcome
+    }
+
+    fn serving_version(&self) -> String {
+        let r = self.replicas.1.recv().expect("replica pool");
+        let v = r.version.clone();
+        self.replicas.0.send(r).expect("replica pool");
+        v
     }
 }
 
@@ -257,6 +424,7 @@ fn result(
         compute_ms: thrift::OrderedFloat(0.0),
         exit_stage: exit,
         cache_ms: Some(thrift::OrderedFloat(cache_ms)),
+        cache_version: None,
     }
 }
 
@@ -285,5 +453,17 @@ impl BaseWorkerSyncHandler for Handler {
             .map(|l| (l.addr.clone(), l.up.load(std::sync::atomic::Ordering::Relaxed)))
             .collect();
         Ok(Health { ok: true, workers })
+    }
+
+    fn handle_take_samples(&self, max_samples: i32) -> thrift::Result<SampleBatch> {
+        Ok(self.0.take_samples(max_samples))
+    }
+
+    fn handle_install(&self, version: CacheVersion) -> thrift::Result<()> {
+        self.0.install(version)
+    }
+
+    fn handle_serving_version(&self) -> thrift::Result<String> {
+        Ok(self.0.serving_version())
     }
 }

@@ -1,7 +1,9 @@
 //! A cache worker: evaluates the cache models of its layers on streamed activations and reports
-//! hit or miss to the selector named in each activation.
+//! hit or miss to the selector named in each activation. With online learning on, the trainer
+//! installs new cache versions here by RPC, between lookups.
 
 use crate::config::Cluster;
+use crate::learning;
 use crate::net::{self, user_err, Pool};
 use anyhow::{bail, Result};
 use gati_cache::plan::Plan;
@@ -9,7 +11,7 @@ use gati_cache::runtime::EarlyExit;
 use gati_core::BaseModel;
 use gati_rpc::convert::tensor_from_wire;
 use gati_rpc::*;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,12 +19,14 @@ use std::time::{Duration, Instant};
 type SelectorClient = SelectorSyncClient<net::In, net::Out>;
 
 pub struct CacheWorker {
-    caches: Mutex<EarlyExit>,
+    /// The caches and the version they are.
+    caches: Mutex<(EarlyExit, String)>,
+    planned: Vec<String>,
+    serving_version: IntGauge,
     shapes: HashMap<i32, Vec<i64>>,
     selectors: Mutex<HashMap<String, std::sync::Arc<Pool<SelectorClient>>>>,
     lookups: IntCounterVec,
     lookup_seconds: HistogramVec,
-    version: String,
     /// The only selector this worker reports to (an activation naming another is not answered).
     selector: String,
     token: Option<net::Token>,
@@ -53,7 +57,16 @@ impl CacheWorker {
             .enumerate()
             .map(|(k, s)| (k as i32, s.output_shape.clone()))
             .collect();
-        let ee = EarlyExit::with_layers(&plan, model, &plan.caches_path(&cluster.plan), Some(&me.layers))?;
+        let mut ee = EarlyExit::with_layers(&plan, model, &plan.caches_path(&cluster.plan), Some(&me.layers))?;
+        let mut version = "v0".to_string();
+        if let Some((v, states)) = learning::serving_at_start(cluster)? {
+            learning::install_all(&mut ee, &v, &states)
+                .map_err(|e| anyhow::anyhow!("serving {v} from {:?}: {}", cluster.state_dir(), e.message))?;
+            version = v;
+        }
+        let serving_version = IntGauge::new("gati_serving_version", "Cache version served (0 is the plan)")?;
+        registry.register(Box::new(serving_version.clone()))?;
+        serving_version.set(gati_cache::versions::parse_name(&version).unwrap_or(0) as i64);
         let lookups = IntCounterVec::new(
             Opts::new("gati_cache_lookups_total", "Cache lookups by layer and outcome"),
             &["layer", "outcome"],
@@ -67,11 +80,12 @@ impl CacheWorker {
         registry.register(Box::new(lookup_seconds.clone()))?;
         Ok(Self {
             lookup_seconds,
-            caches: Mutex::new(ee),
+            caches: Mutex::new((ee, version)),
+            planned: plan.caches.iter().map(|c| c.layer.clone()).collect(),
+            serving_version,
             shapes,
             selectors: Mutex::new(HashMap::new()),
             lookups,
-            version: "v0".into(),
             selector: cluster.selector.clone(),
             token: cluster.token.clone(),
             fault_delay: Duration::from_millis(me.fault_delay_ms),
@@ -89,7 +103,8 @@ impl CacheWorker {
                 message: format!("activation for stage {} has shape {:?}", a.stage, x.size()),
             }));
         }
-        let ee = self.caches.lock().expect("lock");
+        let guard = self.caches.lock().expect("lock");
+        let (ee, version) = (&guard.0, guard.1.clone());
         let Some(c) = ee.cache_at(a.stage as usize) else {
             return Err(user_err(InvalidInput {
                 message: format!("no cache for stage {} here", a.stage),
@@ -97,7 +112,7 @@ impl CacheWorker {
         };
         let (_, hit) = EarlyExit::consult(c, &x);
         let layer = c.layer.clone();
-        drop(ee);
+        drop(guard);
         let outcome = if hit.is_some() { "hit" } else { "miss" };
         self.lookups.with_label_values(&[layer.as_str(), outcome]).inc();
         self.lookup_seconds
@@ -111,8 +126,19 @@ impl CacheWorker {
             class_index: class,
             confidence: thrift::OrderedFloat(conf),
             compute_ms: thrift::OrderedFloat(t0.elapsed().as_secs_f64() * 1e3),
-            version: Some(self.version.clone()),
+            version: Some(version),
         })
+    }
+
+    /// Installs a version between two lookups.
+    fn install(&self, v: CacheVersion) -> thrift::Result<()> {
+        let states = learning::version_from_wire(&v, &self.planned).map_err(user_err)?;
+        let mut guard = self.caches.lock().expect("lock");
+        learning::install_all(&mut guard.0, &v.version, &states).map_err(user_err)?;
+        guard.1 = v.version.clone();
+        self.serving_version
+            .set(gati_cache::versions::parse_name(&v.version).unwrap_or(0) as i64);
+        Ok(())
     }
 
     fn selector(&self, addr: &str) -> Option<std::sync::Arc<Pool<SelectorClient>>> {
@@ -162,5 +188,13 @@ impl CacheWorkerSyncHandler for Handler {
             ok: true,
             workers: Default::default(),
         })
+    }
+
+    fn handle_install(&self, version: CacheVersion) -> thrift::Result<()> {
+        self.0.install(version)
+    }
+
+    fn handle_serving_version(&self) -> thrift::Result<String> {
+        Ok(self.0.caches.lock().expect("lock").1.clone())
     }
 }

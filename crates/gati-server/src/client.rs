@@ -33,7 +33,14 @@ pub fn describe(e: &thrift::Error) -> String {
                 }
             )*};
         }
-        named!(InvalidInput, ModelNotFound, Overloaded, Unavailable, DeadlineExceeded);
+        named!(
+            InvalidInput,
+            ModelNotFound,
+            Overloaded,
+            Unavailable,
+            DeadlineExceeded,
+            AdminError
+        );
     }
     e.to_string()
 }

@@ -40,6 +40,41 @@ pub struct CacheEndpoint {
     pub fault_delay_ms: u64,
 }
 
+/// Online learning: the trainer process and how it learns. Present: the base worker collects
+/// samples, workers serve the trainer's latest version, the trainer runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerEndpoint {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// Where versions are kept (default: `PLAN_DIR/online`).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Memory the base worker may hold in collected samples, in MB.
+    #[serde(default = "buffer_mb")]
+    pub buffer_mb: f64,
+    /// Samples kept per cache by the trainer (class-balanced).
+    #[serde(default = "evidence")]
+    pub evidence: usize,
+    /// New samples between training rounds.
+    #[serde(default = "retrain_every")]
+    pub retrain_every: usize,
+    /// SGD steps per cache per round.
+    #[serde(default = "steps")]
+    pub steps: usize,
+    /// Disagreement with the base model allowed among a cache's hits (default: the plan's budget).
+    #[serde(default)]
+    pub error_target: Option<f64>,
+    /// How often the trainer collects samples and checks the workers' versions.
+    #[serde(default = "poll_ms")]
+    pub poll_ms: u64,
+    /// Scheduling niceness of the trainer process (19: lowest priority).
+    #[serde(default = "nice")]
+    pub nice: i32,
+    /// Fault injection for tests: pause this long between the steps of writing a version.
+    #[serde(default)]
+    pub fault_write_delay_ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cluster {
     pub plan: PathBuf,
@@ -68,11 +103,32 @@ pub struct Cluster {
     /// accept only connections that present it. The public `Gati` service stays open.
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
+    /// Online learning (absent: the plan's caches, frozen).
+    #[serde(default)]
+    pub trainer: Option<TrainerEndpoint>,
     /// The token read from `auth_token_file` (by `load`).
     #[serde(skip)]
     pub token: Option<crate::net::Token>,
 }
 
+fn buffer_mb() -> f64 {
+    64.0
+}
+fn evidence() -> usize {
+    1500
+}
+fn retrain_every() -> usize {
+    200
+}
+fn steps() -> usize {
+    40
+}
+fn poll_ms() -> u64 {
+    200
+}
+fn nice() -> i32 {
+    10
+}
 fn one() -> usize {
     1
 }
@@ -125,7 +181,24 @@ impl Cluster {
         if self.mode == ServeMode::Distributed && self.caches.is_empty() {
             bail!("mode distributed needs at least one entry in caches");
         }
+        if let Some(t) = &self.trainer {
+            if self.mode == ServeMode::BaseOnly {
+                bail!("trainer: online learning needs caches (mode inline or distributed)");
+            }
+            if !(t.buffer_mb > 0.0) || t.retrain_every == 0 || t.evidence == 0 {
+                bail!("trainer: buffer_mb, evidence and retrain_every must be positive");
+            }
+            if t.error_target.is_some_and(|e| !(0.0..1.0).contains(&e)) {
+                bail!("trainer: error_target must be in [0, 1)");
+            }
+        }
         Ok(())
+    }
+
+    /// Where online learning keeps its versions.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        let t = self.trainer.as_ref()?;
+        Some(t.state_dir.clone().unwrap_or_else(|| self.plan.join("online")))
     }
 
     /// Cache-worker address serving each stage name.

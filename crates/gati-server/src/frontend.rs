@@ -39,6 +39,7 @@ struct Metrics {
     agreement: IntCounterVec,
     late_reports: IntCounter,
     worker_up: IntGaugeVec,
+    version_hits: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +77,11 @@ impl Metrics {
                 &["layer", "agree"],
             )?,
             late_reports: IntCounter::new("gati_late_reports_total", "Cache reports after the request settled")?,
+            version_hits: cv(
+                "gati_cache_version_hits_total",
+                "Requests answered by a cache, by the cache version that answered",
+                &["version"],
+            )?,
             worker_up: IntGaugeVec::new(
                 Opts::new(
                     "gati_worker_up",
@@ -266,7 +272,7 @@ impl Frontend {
                 match r.exit_stage {
                     Some(s) => {
                         let layer = self.layer_name(s);
-                        self.respond(id, scores, AnswerSource::CACHE, Some(layer), Some("v0".into()), timing)
+                        self.respond(id, scores, AnswerSource::CACHE, Some(layer), r.cache_version, timing)
                     }
                     None => self.respond(id, scores, AnswerSource::BASE, None, None, timing),
                 }
@@ -398,6 +404,10 @@ impl Frontend {
             let l = layer.clone().unwrap_or_default();
             self.metrics.requests.with_label_values(&["hit"]).inc();
             self.metrics.hits.with_label_values(&[&l]).inc();
+            self.metrics
+                .version_hits
+                .with_label_values(&[version.as_deref().unwrap_or("?")])
+                .inc();
             c.hits += 1;
             *c.hits_per_layer.entry(l).or_default() += 1;
         } else {

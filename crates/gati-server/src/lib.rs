@@ -5,15 +5,19 @@
 //!   to; answers with the first confident cache result or the base model's;
 //! - `base`: runs the base model stage by stage, streams planned activations to cache workers
 //!   without waiting, stops on cancel (or evaluates the caches itself in inline mode);
-//! - `cache`: evaluates one or more layers' cache models and reports hit/miss to the selector.
+//! - `cache`: evaluates one or more layers' cache models and reports hit/miss to the selector;
+//! - `trainer` (online learning): retrains the caches on samples the base worker collects and
+//!   installs new versions in the workers by RPC.
 
 pub mod base;
 pub mod cache;
 pub mod client;
 pub mod config;
 pub mod frontend;
+pub mod learning;
 pub mod metrics;
 pub mod net;
 pub mod roles;
+pub mod trainer;
 pub mod up;
 pub mod wire;

@@ -2,7 +2,7 @@
 
 use crate::config::{apply_placement, Cluster};
 use crate::net::{self, Limits};
-use crate::{base, cache, frontend};
+use crate::{base, cache, frontend, trainer};
 use anyhow::Result;
 use gati_rpc::*;
 use prometheus::Registry;
@@ -13,6 +13,7 @@ pub enum Role {
     Frontend,
     Base,
     Cache(usize),
+    Trainer,
 }
 
 /// Limits of an internal service (base, cache, selector): the cluster's token applies.
@@ -69,6 +70,25 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             net::serve(
                 listener,
                 Arc::new(CacheWorkerSyncProcessor::new(cache::Handler(worker))),
+                limits(cluster),
+            );
+        }
+        Role::Trainer => {
+            let me = cluster
+                .trainer
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the cluster config has no trainer section"))?;
+            apply_placement(&me.endpoint)?;
+            trainer::set_nice(me.nice);
+            let (listener, addr) = net::bind(&me.endpoint.listen)?;
+            let t = Arc::new(trainer::Trainer::new(cluster, &registry)?);
+            start_metrics(&me.endpoint.metrics, &registry)?;
+            let l = t.clone();
+            std::thread::spawn(move || l.run());
+            eprintln!("trainer on {addr}");
+            net::serve(
+                listener,
+                Arc::new(TrainerSyncProcessor::new(trainer::Handler(t))),
                 limits(cluster),
             );
         }

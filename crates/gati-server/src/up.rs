@@ -1,7 +1,7 @@
 //! `gati up`: a whole local cluster from a plan — free loopback ports, one process per role,
 //! health-checked, restarted with backoff if one dies, all stopped together.
 
-use crate::config::{CacheEndpoint, Cluster, Endpoint, ServeMode};
+use crate::config::{CacheEndpoint, Cluster, Endpoint, ServeMode, TrainerEndpoint};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +24,18 @@ pub struct UpOptions {
     pub auth_token_file: Option<PathBuf>,
     /// Fault injection for tests: every cache lookup sleeps this long.
     pub fault_cache_delay_ms: u64,
+    /// Online learning (a trainer process); None: the plan's caches, frozen.
+    pub online: Option<OnlineOptions>,
+}
+
+pub struct OnlineOptions {
+    pub state_dir: Option<PathBuf>,
+    pub retrain_every: usize,
+    pub steps: usize,
+    pub buffer_mb: f64,
+    pub poll_ms: u64,
+    /// Fault injection for tests: pause between the steps of writing a version.
+    pub fault_write_delay_ms: u64,
 }
 
 fn free_port() -> Result<u16> {
@@ -79,6 +91,22 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         max_in_flight: o.max_in_flight,
         default_deadline_ms: 5000,
         auth_token_file: o.auth_token_file.clone(),
+        trainer: match &o.online {
+            None => None,
+            Some(l) => Some(TrainerEndpoint {
+                // The trainer shares the cache workers' core, at low priority.
+                endpoint: endpoint(free_port()?, 1, cpus(1), o.metrics)?,
+                state_dir: l.state_dir.clone().map(std::path::absolute).transpose()?,
+                buffer_mb: l.buffer_mb,
+                evidence: 1500,
+                retrain_every: l.retrain_every,
+                steps: l.steps,
+                error_target: None,
+                poll_ms: l.poll_ms,
+                nice: 10,
+                fault_write_delay_ms: l.fault_write_delay_ms,
+            }),
+        },
         token: None,
     };
     c.check()?;
@@ -113,6 +141,9 @@ impl Supervisor {
                 "--config".into(),
                 cfg.clone(),
             ]);
+        }
+        if cluster.trainer.is_some() {
+            roles.push(vec!["serve".into(), "trainer".into(), "--config".into(), cfg.clone()]);
         }
         roles.push(vec!["serve".into(), "frontend".into(), "--config".into(), cfg]);
         let mut s = Self {

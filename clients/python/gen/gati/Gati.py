@@ -602,11 +602,11 @@ class infer_batch_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.requests = []
-                    (_etype70, _size67) = iprot.readListBegin()
-                    for _i71 in range(_size67):
-                        _elem72 = InferRequest()
-                        _elem72.read(iprot)
-                        self.requests.append(_elem72)
+                    (_etype137, _size134) = iprot.readListBegin()
+                    for _i138 in range(_size134):
+                        _elem139 = InferRequest()
+                        _elem139.read(iprot)
+                        self.requests.append(_elem139)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -623,8 +623,8 @@ class infer_batch_args(object):
         if self.requests is not None:
             oprot.writeFieldBegin('requests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.requests))
-            for iter73 in self.requests:
-                iter73.write(oprot)
+            for iter140 in self.requests:
+                iter140.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -683,11 +683,11 @@ class infer_batch_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype77, _size74) = iprot.readListBegin()
-                    for _i78 in range(_size74):
-                        _elem79 = InferResponse()
-                        _elem79.read(iprot)
-                        self.success.append(_elem79)
+                    (_etype144, _size141) = iprot.readListBegin()
+                    for _i145 in range(_size141):
+                        _elem146 = InferResponse()
+                        _elem146.read(iprot)
+                        self.success.append(_elem146)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -729,8 +729,8 @@ class infer_batch_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter80 in self.success:
-                iter80.write(oprot)
+            for iter147 in self.success:
+                iter147.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.invalid is not None:
@@ -846,11 +846,11 @@ class models_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype84, _size81) = iprot.readListBegin()
-                    for _i85 in range(_size81):
-                        _elem86 = ModelInfo()
-                        _elem86.read(iprot)
-                        self.success.append(_elem86)
+                    (_etype151, _size148) = iprot.readListBegin()
+                    for _i152 in range(_size148):
+                        _elem153 = ModelInfo()
+                        _elem153.read(iprot)
+                        self.success.append(_elem153)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -867,8 +867,8 @@ class models_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter87 in self.success:
-                iter87.write(oprot)
+            for iter154 in self.success:
+                iter154.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

@@ -1,1 +1,1 @@
-__all__ = ['ttypes', 'constants', 'Gati', 'BaseWorker', 'CacheWorker', 'Selector']
+__all__ = ['ttypes', 'constants', 'Gati', 'BaseWorker', 'CacheWorker', 'Selector', 'Trainer']

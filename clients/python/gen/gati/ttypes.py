@@ -1531,11 +1531,12 @@ class BaseResult(object):
      - compute_ms
      - exit_stage
      - cache_ms
+     - cache_version
 
     """
 
 
-    def __init__(self, request_id=None, completed=None, probs=None, stages_run=None, compute_ms=None, exit_stage=None, cache_ms=None,):
+    def __init__(self, request_id=None, completed=None, probs=None, stages_run=None, compute_ms=None, exit_stage=None, cache_ms=None, cache_version=None,):
         self.request_id = request_id
         self.completed = completed
         self.probs = probs
@@ -1543,6 +1544,7 @@ class BaseResult(object):
         self.compute_ms = compute_ms
         self.exit_stage = exit_stage
         self.cache_ms = cache_ms
+        self.cache_version = cache_version
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1593,6 +1595,11 @@ class BaseResult(object):
                     self.cache_ms = iprot.readDouble()
                 else:
                     iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.STRING:
+                    self.cache_version = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1634,6 +1641,10 @@ class BaseResult(object):
             oprot.writeFieldBegin('cache_ms', TType.DOUBLE, 7)
             oprot.writeDouble(self.cache_ms)
             oprot.writeFieldEnd()
+        if self.cache_version is not None:
+            oprot.writeFieldBegin('cache_version', TType.STRING, 8)
+            oprot.writeString(self.cache_version.encode('utf-8') if sys.version_info[0] == 2 else self.cache_version)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -1646,6 +1657,400 @@ class BaseResult(object):
             raise TProtocolException(message='Required field stages_run is unset!')
         if self.compute_ms is None:
             raise TProtocolException(message='Required field compute_ms is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class Sample(object):
+    """
+    Attributes:
+     - activations
+     - logits
+     - uniform
+
+    """
+
+
+    def __init__(self, activations=None, logits=None, uniform=None,):
+        self.activations = activations
+        self.logits = logits
+        self.uniform = uniform
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.LIST:
+                    self.activations = []
+                    (_etype70, _size67) = iprot.readListBegin()
+                    for _i71 in range(_size67):
+                        _elem72 = TensorData()
+                        _elem72.read(iprot)
+                        self.activations.append(_elem72)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.LIST:
+                    self.logits = []
+                    (_etype76, _size73) = iprot.readListBegin()
+                    for _i77 in range(_size73):
+                        _elem78 = iprot.readDouble()
+                        self.logits.append(_elem78)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.BOOL:
+                    self.uniform = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('Sample')
+        if self.activations is not None:
+            oprot.writeFieldBegin('activations', TType.LIST, 1)
+            oprot.writeListBegin(TType.STRUCT, len(self.activations))
+            for iter79 in self.activations:
+                iter79.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.logits is not None:
+            oprot.writeFieldBegin('logits', TType.LIST, 2)
+            oprot.writeListBegin(TType.DOUBLE, len(self.logits))
+            for iter80 in self.logits:
+                oprot.writeDouble(iter80)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.uniform is not None:
+            oprot.writeFieldBegin('uniform', TType.BOOL, 3)
+            oprot.writeBool(self.uniform)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.activations is None:
+            raise TProtocolException(message='Required field activations is unset!')
+        if self.logits is None:
+            raise TProtocolException(message='Required field logits is unset!')
+        if self.uniform is None:
+            raise TProtocolException(message='Required field uniform is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class SampleBatch(object):
+    """
+    Attributes:
+     - stages
+     - samples
+     - dropped
+
+    """
+
+
+    def __init__(self, stages=None, samples=None, dropped=None,):
+        self.stages = stages
+        self.samples = samples
+        self.dropped = dropped
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.LIST:
+                    self.stages = []
+                    (_etype84, _size81) = iprot.readListBegin()
+                    for _i85 in range(_size81):
+                        _elem86 = iprot.readI32()
+                        self.stages.append(_elem86)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.LIST:
+                    self.samples = []
+                    (_etype90, _size87) = iprot.readListBegin()
+                    for _i91 in range(_size87):
+                        _elem92 = Sample()
+                        _elem92.read(iprot)
+                        self.samples.append(_elem92)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.I64:
+                    self.dropped = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('SampleBatch')
+        if self.stages is not None:
+            oprot.writeFieldBegin('stages', TType.LIST, 1)
+            oprot.writeListBegin(TType.I32, len(self.stages))
+            for iter93 in self.stages:
+                oprot.writeI32(iter93)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.samples is not None:
+            oprot.writeFieldBegin('samples', TType.LIST, 2)
+            oprot.writeListBegin(TType.STRUCT, len(self.samples))
+            for iter94 in self.samples:
+                iter94.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.dropped is not None:
+            oprot.writeFieldBegin('dropped', TType.I64, 3)
+            oprot.writeI64(self.dropped)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.stages is None:
+            raise TProtocolException(message='Required field stages is unset!')
+        if self.samples is None:
+            raise TProtocolException(message='Required field samples is unset!')
+        if self.dropped is None:
+            raise TProtocolException(message='Required field dropped is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class CacheUpdate(object):
+    """
+    Attributes:
+     - layer
+     - params
+     - decision_json
+     - enabled
+
+    """
+
+
+    def __init__(self, layer=None, params=None, decision_json=None, enabled=None,):
+        self.layer = layer
+        self.params = params
+        self.decision_json = decision_json
+        self.enabled = enabled
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.layer = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.MAP:
+                    self.params = {}
+                    (_ktype96, _vtype97, _size95) = iprot.readMapBegin()
+                    for _i99 in range(_size95):
+                        _key100 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val101 = TensorData()
+                        _val101.read(iprot)
+                        self.params[_key100] = _val101
+                    iprot.readMapEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRING:
+                    self.decision_json = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.BOOL:
+                    self.enabled = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('CacheUpdate')
+        if self.layer is not None:
+            oprot.writeFieldBegin('layer', TType.STRING, 1)
+            oprot.writeString(self.layer.encode('utf-8') if sys.version_info[0] == 2 else self.layer)
+            oprot.writeFieldEnd()
+        if self.params is not None:
+            oprot.writeFieldBegin('params', TType.MAP, 2)
+            oprot.writeMapBegin(TType.STRING, TType.STRUCT, len(self.params))
+            for kiter102, viter103 in self.params.items():
+                oprot.writeString(kiter102.encode('utf-8') if sys.version_info[0] == 2 else kiter102)
+                viter103.write(oprot)
+            oprot.writeMapEnd()
+            oprot.writeFieldEnd()
+        if self.decision_json is not None:
+            oprot.writeFieldBegin('decision_json', TType.STRING, 3)
+            oprot.writeString(self.decision_json.encode('utf-8') if sys.version_info[0] == 2 else self.decision_json)
+            oprot.writeFieldEnd()
+        if self.enabled is not None:
+            oprot.writeFieldBegin('enabled', TType.BOOL, 4)
+            oprot.writeBool(self.enabled)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.layer is None:
+            raise TProtocolException(message='Required field layer is unset!')
+        if self.params is None:
+            raise TProtocolException(message='Required field params is unset!')
+        if self.decision_json is None:
+            raise TProtocolException(message='Required field decision_json is unset!')
+        if self.enabled is None:
+            raise TProtocolException(message='Required field enabled is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class CacheVersion(object):
+    """
+    Attributes:
+     - version
+     - caches
+
+    """
+
+
+    def __init__(self, version=None, caches=None,):
+        self.version = version
+        self.caches = caches
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.version = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.LIST:
+                    self.caches = []
+                    (_etype107, _size104) = iprot.readListBegin()
+                    for _i108 in range(_size104):
+                        _elem109 = CacheUpdate()
+                        _elem109.read(iprot)
+                        self.caches.append(_elem109)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('CacheVersion')
+        if self.version is not None:
+            oprot.writeFieldBegin('version', TType.STRING, 1)
+            oprot.writeString(self.version.encode('utf-8') if sys.version_info[0] == 2 else self.version)
+            oprot.writeFieldEnd()
+        if self.caches is not None:
+            oprot.writeFieldBegin('caches', TType.LIST, 2)
+            oprot.writeListBegin(TType.STRUCT, len(self.caches))
+            for iter110 in self.caches:
+                iter110.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.version is None:
+            raise TProtocolException(message='Required field version is unset!')
+        if self.caches is None:
+            raise TProtocolException(message='Required field caches is unset!')
         return
 
     def __repr__(self):
@@ -1892,6 +2297,315 @@ class CacheResult(object):
 
     def __ne__(self, other):
         return not (self == other)
+
+
+class VersionInfo(object):
+    """
+    Attributes:
+     - version
+     - created_unix
+     - note
+     - disabled_layers
+
+    """
+
+
+    def __init__(self, version=None, created_unix=None, note=None, disabled_layers=None,):
+        self.version = version
+        self.created_unix = created_unix
+        self.note = note
+        self.disabled_layers = disabled_layers
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.version = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.I64:
+                    self.created_unix = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRING:
+                    self.note = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.LIST:
+                    self.disabled_layers = []
+                    (_etype114, _size111) = iprot.readListBegin()
+                    for _i115 in range(_size111):
+                        _elem116 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.disabled_layers.append(_elem116)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('VersionInfo')
+        if self.version is not None:
+            oprot.writeFieldBegin('version', TType.STRING, 1)
+            oprot.writeString(self.version.encode('utf-8') if sys.version_info[0] == 2 else self.version)
+            oprot.writeFieldEnd()
+        if self.created_unix is not None:
+            oprot.writeFieldBegin('created_unix', TType.I64, 2)
+            oprot.writeI64(self.created_unix)
+            oprot.writeFieldEnd()
+        if self.note is not None:
+            oprot.writeFieldBegin('note', TType.STRING, 3)
+            oprot.writeString(self.note.encode('utf-8') if sys.version_info[0] == 2 else self.note)
+            oprot.writeFieldEnd()
+        if self.disabled_layers is not None:
+            oprot.writeFieldBegin('disabled_layers', TType.LIST, 4)
+            oprot.writeListBegin(TType.STRING, len(self.disabled_layers))
+            for iter117 in self.disabled_layers:
+                oprot.writeString(iter117.encode('utf-8') if sys.version_info[0] == 2 else iter117)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.version is None:
+            raise TProtocolException(message='Required field version is unset!')
+        if self.created_unix is None:
+            raise TProtocolException(message='Required field created_unix is unset!')
+        if self.note is None:
+            raise TProtocolException(message='Required field note is unset!')
+        if self.disabled_layers is None:
+            raise TProtocolException(message='Required field disabled_layers is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class Versions(object):
+    """
+    Attributes:
+     - serving
+     - pinned
+     - paused
+     - versions
+     - workers
+
+    """
+
+
+    def __init__(self, serving=None, pinned=None, paused=None, versions=None, workers=None,):
+        self.serving = serving
+        self.pinned = pinned
+        self.paused = paused
+        self.versions = versions
+        self.workers = workers
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.serving = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.pinned = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.BOOL:
+                    self.paused = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.LIST:
+                    self.versions = []
+                    (_etype121, _size118) = iprot.readListBegin()
+                    for _i122 in range(_size118):
+                        _elem123 = VersionInfo()
+                        _elem123.read(iprot)
+                        self.versions.append(_elem123)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.MAP:
+                    self.workers = {}
+                    (_ktype125, _vtype126, _size124) = iprot.readMapBegin()
+                    for _i128 in range(_size124):
+                        _key129 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val130 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.workers[_key129] = _val130
+                    iprot.readMapEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('Versions')
+        if self.serving is not None:
+            oprot.writeFieldBegin('serving', TType.STRING, 1)
+            oprot.writeString(self.serving.encode('utf-8') if sys.version_info[0] == 2 else self.serving)
+            oprot.writeFieldEnd()
+        if self.pinned is not None:
+            oprot.writeFieldBegin('pinned', TType.STRING, 2)
+            oprot.writeString(self.pinned.encode('utf-8') if sys.version_info[0] == 2 else self.pinned)
+            oprot.writeFieldEnd()
+        if self.paused is not None:
+            oprot.writeFieldBegin('paused', TType.BOOL, 3)
+            oprot.writeBool(self.paused)
+            oprot.writeFieldEnd()
+        if self.versions is not None:
+            oprot.writeFieldBegin('versions', TType.LIST, 4)
+            oprot.writeListBegin(TType.STRUCT, len(self.versions))
+            for iter131 in self.versions:
+                iter131.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.workers is not None:
+            oprot.writeFieldBegin('workers', TType.MAP, 5)
+            oprot.writeMapBegin(TType.STRING, TType.STRING, len(self.workers))
+            for kiter132, viter133 in self.workers.items():
+                oprot.writeString(kiter132.encode('utf-8') if sys.version_info[0] == 2 else kiter132)
+                oprot.writeString(viter133.encode('utf-8') if sys.version_info[0] == 2 else viter133)
+            oprot.writeMapEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.serving is None:
+            raise TProtocolException(message='Required field serving is unset!')
+        if self.paused is None:
+            raise TProtocolException(message='Required field paused is unset!')
+        if self.versions is None:
+            raise TProtocolException(message='Required field versions is unset!')
+        if self.workers is None:
+            raise TProtocolException(message='Required field workers is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class AdminError(TException):
+    """
+    Attributes:
+     - message
+
+    """
+
+
+    def __init__(self, message=None,):
+        super(AdminError, self).__setattr__('message', message)
+
+    def __setattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __delattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __hash__(self):
+        return hash(self.__class__) ^ hash((self.message, ))
+
+    @classmethod
+    def read(cls, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and cls.thrift_spec is not None:
+            return iprot._fast_decode(None, iprot, [cls, cls.thrift_spec])
+        iprot.readStructBegin()
+        message = None
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    message = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+        return cls(
+            message=message,
+        )
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('AdminError')
+        if self.message is not None:
+            oprot.writeFieldBegin('message', TType.STRING, 1)
+            oprot.writeString(self.message.encode('utf-8') if sys.version_info[0] == 2 else self.message)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.message is None:
+            raise TProtocolException(message='Required field message is unset!')
+        return
+
+    def __str__(self):
+        return repr(self)
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
 all_structs.append(TensorData)
 TensorData.thrift_spec = (
     None,  # 0
@@ -2013,6 +2727,35 @@ BaseResult.thrift_spec = (
     (5, TType.DOUBLE, 'compute_ms', None, None, ),  # 5
     (6, TType.I32, 'exit_stage', None, None, ),  # 6
     (7, TType.DOUBLE, 'cache_ms', None, None, ),  # 7
+    (8, TType.STRING, 'cache_version', 'UTF8', None, ),  # 8
+)
+all_structs.append(Sample)
+Sample.thrift_spec = (
+    None,  # 0
+    (1, TType.LIST, 'activations', (TType.STRUCT, [TensorData, None], False), None, ),  # 1
+    (2, TType.LIST, 'logits', (TType.DOUBLE, None, False), None, ),  # 2
+    (3, TType.BOOL, 'uniform', None, None, ),  # 3
+)
+all_structs.append(SampleBatch)
+SampleBatch.thrift_spec = (
+    None,  # 0
+    (1, TType.LIST, 'stages', (TType.I32, None, False), None, ),  # 1
+    (2, TType.LIST, 'samples', (TType.STRUCT, [Sample, None], False), None, ),  # 2
+    (3, TType.I64, 'dropped', None, None, ),  # 3
+)
+all_structs.append(CacheUpdate)
+CacheUpdate.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'layer', 'UTF8', None, ),  # 1
+    (2, TType.MAP, 'params', (TType.STRING, 'UTF8', TType.STRUCT, [TensorData, None], False), None, ),  # 2
+    (3, TType.STRING, 'decision_json', 'UTF8', None, ),  # 3
+    (4, TType.BOOL, 'enabled', None, None, ),  # 4
+)
+all_structs.append(CacheVersion)
+CacheVersion.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'version', 'UTF8', None, ),  # 1
+    (2, TType.LIST, 'caches', (TType.STRUCT, [CacheUpdate, None], False), None, ),  # 2
 )
 all_structs.append(Activation)
 Activation.thrift_spec = (
@@ -2032,6 +2775,28 @@ CacheResult.thrift_spec = (
     (5, TType.DOUBLE, 'confidence', None, None, ),  # 5
     (6, TType.DOUBLE, 'compute_ms', None, None, ),  # 6
     (7, TType.STRING, 'version', 'UTF8', None, ),  # 7
+)
+all_structs.append(VersionInfo)
+VersionInfo.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'version', 'UTF8', None, ),  # 1
+    (2, TType.I64, 'created_unix', None, None, ),  # 2
+    (3, TType.STRING, 'note', 'UTF8', None, ),  # 3
+    (4, TType.LIST, 'disabled_layers', (TType.STRING, 'UTF8', False), None, ),  # 4
+)
+all_structs.append(Versions)
+Versions.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'serving', 'UTF8', None, ),  # 1
+    (2, TType.STRING, 'pinned', 'UTF8', None, ),  # 2
+    (3, TType.BOOL, 'paused', None, None, ),  # 3
+    (4, TType.LIST, 'versions', (TType.STRUCT, [VersionInfo, None], False), None, ),  # 4
+    (5, TType.MAP, 'workers', (TType.STRING, 'UTF8', TType.STRING, 'UTF8', False), None, ),  # 5
+)
+all_structs.append(AdminError)
+AdminError.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'message', 'UTF8', None, ),  # 1
 )
 fix_spec(all_structs)
 del all_structs

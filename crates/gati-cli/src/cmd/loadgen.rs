@@ -34,6 +34,15 @@ pub struct Args {
     rate: Option<f64>,
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Stop after this many requests instead of --duration
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Report hit rate, latency and agreement per window of this many consecutive requests
+    #[arg(long)]
+    window: Option<usize>,
+    /// Write every answered request (request index, ms, class, layer, version) as JSON lines here
+    #[arg(long)]
+    records: Option<PathBuf>,
     /// A plan directory: its base model answers the same images in-process, for agreement figures
     #[arg(long)]
     plan: Option<PathBuf>,
@@ -65,6 +74,20 @@ struct Report {
     hit_rate_per_layer: BTreeMap<String, f64>,
     top1: f64,
     /// Fraction of answers equal to the base model's (needs --plan).
+    agreement: Option<f64>,
+    /// Hits per cache version.
+    hits_per_version: BTreeMap<String, usize>,
+    /// Per --window consecutive requests.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    timeline: Vec<Window>,
+}
+
+#[derive(Serialize)]
+struct Window {
+    first_request: usize,
+    requests: usize,
+    hit_rate: f64,
+    mean_ms: f64,
     agreement: Option<f64>,
 }
 
@@ -116,7 +139,10 @@ pub fn run(a: Args) -> Result<()> {
         &info.name,
         sent.wire.clone(),
         pace,
-        Until::Duration(Duration::from_secs_f64(a.duration)),
+        match a.requests {
+            Some(n) => Until::Requests(n),
+            None => Until::Duration(Duration::from_secs_f64(a.duration)),
+        },
         a.seed,
     );
     let elapsed = load.elapsed_s;
@@ -124,6 +150,38 @@ pub fn run(a: Args) -> Result<()> {
     let n = recs.len().max(1) as f64;
     let m = labels.len();
     let per_layer = hit_rate_per_layer(recs);
+    let agrees = |r: &gati_bench::load::Record| base_pred.as_ref().map(|b| r.class == b[image_of[r.req % m]]);
+    let mut ordered: Vec<&gati_bench::load::Record> = recs.iter().collect();
+    ordered.sort_by_key(|r| r.req);
+    let timeline = match a.window {
+        Some(w) if w > 0 => ordered
+            .chunks(w)
+            .map(|c| Window {
+                first_request: c[0].req,
+                requests: c.len(),
+                hit_rate: c.iter().filter(|r| r.layer.is_some()).count() as f64 / c.len() as f64,
+                mean_ms: c.iter().map(|r| r.ms).sum::<f64>() / c.len() as f64,
+                agreement: base_pred
+                    .as_ref()
+                    .map(|_| c.iter().filter(|r| agrees(r) == Some(true)).count() as f64 / c.len() as f64),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut hits_per_version = BTreeMap::new();
+    for r in recs.iter().filter(|r| r.layer.is_some()) {
+        *hits_per_version
+            .entry(r.version.clone().unwrap_or_else(|| "?".into()))
+            .or_insert(0) += 1;
+    }
+    if let Some(path) = &a.records {
+        let mut out = String::new();
+        for r in &ordered {
+            out += &serde_json::to_string(r)?;
+            out.push('\n');
+        }
+        std::fs::write(path, out).map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    }
     let report = Report {
         endpoint: a.endpoint,
         model: info.name,
@@ -139,7 +197,11 @@ pub fn run(a: Args) -> Result<()> {
         hit_rate_per_layer: per_layer,
         top1: 100.0 * recs.iter().filter(|r| r.class == labels[r.req % m]).count() as f64 / n,
         // Noisy recurrences are compared with the base model's answer on the clean image.
-        agreement: base_pred.map(|b| recs.iter().filter(|r| r.class == b[image_of[r.req % m]]).count() as f64 / n),
+        agreement: base_pred
+            .as_ref()
+            .map(|_| recs.iter().filter(|r| agrees(r) == Some(true)).count() as f64 / n),
+        hits_per_version,
+        timeline,
     };
     if a.json {
         return super::print_json(&report);

@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod bench;
 pub mod client;
 mod data_args;

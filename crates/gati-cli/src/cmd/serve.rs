@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// frontend, base or cache
+    /// frontend, base, cache or trainer
     role: String,
     /// Cluster description (CLUSTER.json; see docs/architecture.md)
     #[arg(long)]
@@ -21,7 +21,8 @@ pub fn run(a: Args) -> Result<()> {
         "frontend" => Role::Frontend,
         "base" => Role::Base,
         "cache" => Role::Cache(a.index),
-        other => anyhow::bail!("unknown role '{other}' (frontend, base, cache)"),
+        "trainer" => Role::Trainer,
+        other => anyhow::bail!("unknown role '{other}' (frontend, base, cache, trainer)"),
     };
     roles::run(role, &cluster)
 }

@@ -1,6 +1,6 @@
 use anyhow::{bail, Result};
 use gati_server::config::ServeMode;
-use gati_server::up::{local_cluster, wait_healthy, Supervisor, UpOptions};
+use gati_server::up::{local_cluster, wait_healthy, OnlineOptions, Supervisor, UpOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,9 +23,29 @@ pub struct Args {
     base_threads: usize,
     #[arg(long, default_value_t = 1)]
     cache_threads: usize,
-    /// Fraction of hits whose base run completes anyway (agreement measurement)
-    #[arg(long, default_value_t = 0.05)]
-    complete_fraction: f64,
+    /// Fraction of requests whose base run completes even after a hit (agreement measurement and,
+    /// with --online, the uniform samples validation needs) [default: 0.05, 0.2 with --online]
+    #[arg(long)]
+    complete_fraction: Option<f64>,
+    /// Online learning: a trainer process retrains the caches on served traffic and hot-swaps
+    /// validated versions into the workers
+    #[arg(long)]
+    online: bool,
+    /// Where online learning keeps its versions (default: PLAN/online)
+    #[arg(long, requires = "online")]
+    state_dir: Option<PathBuf>,
+    /// New samples between training rounds
+    #[arg(long, default_value_t = 200, requires = "online")]
+    retrain_every: usize,
+    /// SGD steps per cache per round
+    #[arg(long, default_value_t = 40, requires = "online")]
+    train_steps: usize,
+    /// Memory the base worker may hold in collected samples (MB)
+    #[arg(long, default_value_t = 64.0, requires = "online")]
+    sample_buffer_mb: f64,
+    /// Fault injection (tests): the trainer pauses this long between writing a version's weights and its index
+    #[arg(long, default_value_t = 0, hide = true)]
+    fault_write_delay_ms: u64,
     /// Pin the base worker to CPU 0 and cache workers to CPU 1
     #[arg(long)]
     pin: bool,
@@ -68,12 +88,20 @@ pub fn run(a: Args) -> Result<()> {
         cache_workers: a.cache_workers,
         base_threads: a.base_threads,
         cache_threads: a.cache_threads,
-        complete_on_hit_fraction: a.complete_fraction,
+        complete_on_hit_fraction: a.complete_fraction.unwrap_or(if a.online { 0.2 } else { 0.05 }),
         pin: a.pin,
         metrics: a.metrics,
         max_in_flight: a.max_in_flight,
         auth_token_file: a.token_file.clone().map(std::path::absolute).transpose()?,
         fault_cache_delay_ms: a.fault_cache_delay_ms,
+        online: a.online.then(|| OnlineOptions {
+            state_dir: a.state_dir.clone(),
+            retrain_every: a.retrain_every,
+            steps: a.train_steps,
+            buffer_mb: a.sample_buffer_mb,
+            poll_ms: 200,
+            fault_write_delay_ms: a.fault_write_delay_ms,
+        }),
     };
     let cluster = local_cluster(&opts)?;
     let tmp = tempfile::tempdir()?;
@@ -91,10 +119,13 @@ pub fn run(a: Args) -> Result<()> {
             "mode": cluster.mode,
             "config": config,
             "pids": sup.pids(),
+            "trainer": cluster.trainer.as_ref().map(|t| t.endpoint.listen.clone()),
+            "state_dir": cluster.state_dir(),
             "metrics": {
                 "frontend": cluster.frontend.metrics,
                 "base": cluster.base.metrics,
                 "caches": cluster.caches.iter().map(|c| c.endpoint.metrics.clone()).collect::<Vec<_>>(),
+                "trainer": cluster.trainer.as_ref().and_then(|t| t.endpoint.metrics.clone()),
             },
         }))?;
     } else {

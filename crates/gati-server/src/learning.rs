@@ -1,0 +1,159 @@
+//! What the serving roles share for online learning: the sample buffer of the base worker, cache
+//! versions on the wire, and the version a worker serves when it starts.
+
+use crate::config::Cluster;
+use anyhow::{bail, Result};
+use gati_cache::runtime::{CacheState, EarlyExit};
+use gati_cache::versions::{self, VersionStore};
+use gati_rpc::convert::{tensor_from_wire, tensor_to_wire};
+use gati_rpc::{CacheUpdate, CacheVersion, InvalidInput, Sample};
+use std::collections::VecDeque;
+use tch::Tensor;
+
+/// One complete run, as kept by the base worker until the trainer takes it.
+pub struct Collected {
+    pub acts: Vec<Tensor>,
+    pub logits: Vec<f32>,
+    pub uniform: bool,
+}
+
+impl Collected {
+    fn bytes(&self) -> usize {
+        4 * (self.acts.iter().map(|t| t.numel()).sum::<usize>() + self.logits.len())
+    }
+
+    pub fn to_wire(&self) -> Sample {
+        Sample {
+            activations: self.acts.iter().map(tensor_to_wire).collect(),
+            logits: self.logits.iter().map(|&v| thrift::OrderedFloat(v as f64)).collect(),
+            uniform: self.uniform,
+        }
+    }
+}
+
+/// The newest samples within a memory cap; the oldest are evicted first.
+pub struct SampleRing {
+    cap_bytes: usize,
+    bytes: usize,
+    items: VecDeque<Collected>,
+}
+
+impl SampleRing {
+    pub fn new(cap_mb: f64) -> Self {
+        Self {
+            cap_bytes: (cap_mb * 1048576.0) as usize,
+            bytes: 0,
+            items: VecDeque::new(),
+        }
+    }
+
+    /// Adds a sample; returns how many old ones were evicted to make room.
+    pub fn push(&mut self, s: Collected) -> usize {
+        self.bytes += s.bytes();
+        self.items.push_back(s);
+        let mut evicted = 0;
+        while self.bytes > self.cap_bytes && self.items.len() > 1 {
+            let old = self.items.pop_front().expect("non-empty");
+            self.bytes -= old.bytes();
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Removes and returns up to `max` samples, newest first.
+    pub fn take(&mut self, max: usize) -> Vec<Collected> {
+        let n = max.min(self.items.len());
+        let taken = self.items.split_off(self.items.len() - n);
+        self.bytes -= taken.iter().map(Collected::bytes).sum::<usize>();
+        taken.into_iter().rev().collect()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+fn invalid(message: String) -> InvalidInput {
+    InvalidInput { message }
+}
+
+pub fn version_to_wire(version: &str, states: &[CacheState]) -> CacheVersion {
+    CacheVersion {
+        version: version.to_string(),
+        caches: states
+            .iter()
+            .map(|s| CacheUpdate {
+                layer: s.layer.clone(),
+                params: s.params.iter().map(|(k, t)| (k.clone(), tensor_to_wire(t))).collect(),
+                decision_json: serde_json::to_string(&s.decision).expect("decision serialises"),
+                enabled: s.enabled,
+            })
+            .collect(),
+    }
+}
+
+/// A checked version from the wire: a version name, known layers only, tensors and decisions
+/// that decode (shapes are checked against the served caches by `EarlyExit::install`).
+pub fn version_from_wire(v: &CacheVersion, planned: &[String]) -> Result<Vec<CacheState>, InvalidInput> {
+    versions::parse_name(&v.version).map_err(|e| invalid(format!("version: {e:#}")))?;
+    v.caches
+        .iter()
+        .map(|u| {
+            if !planned.contains(&u.layer) {
+                return Err(invalid(format!(
+                    "version {}: layer '{}' has no cache in the plan",
+                    v.version, u.layer
+                )));
+            }
+            let params = u
+                .params
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), tensor_from_wire(t)?)))
+                .collect::<Result<Vec<_>, InvalidInput>>()?;
+            let decision = serde_json::from_str(&u.decision_json)
+                .map_err(|e| invalid(format!("version {}: layer '{}': decision: {e}", v.version, u.layer)))?;
+            Ok(CacheState {
+                layer: u.layer.clone(),
+                params,
+                decision,
+                enabled: u.enabled,
+            })
+        })
+        .collect()
+}
+
+/// Installs `states` into `ee`, requiring one for each of its caches.
+pub fn install_all(ee: &mut EarlyExit, version: &str, states: &[CacheState]) -> Result<(), InvalidInput> {
+    for c in &ee.caches {
+        if !states.iter().any(|s| s.layer == c.layer) {
+            return Err(invalid(format!(
+                "version {version} has no cache for layer '{}'",
+                c.layer
+            )));
+        }
+    }
+    ee.install(states)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("version {version}: {e:#}")))
+}
+
+/// With online learning on: the version its state folder says to serve, and its caches' states
+/// (None for version 0, the plan, or without online learning).
+pub fn serving_at_start(cluster: &Cluster) -> Result<Option<(String, Vec<CacheState>)>> {
+    let Some(dir) = cluster.state_dir() else {
+        return Ok(None);
+    };
+    if !dir.join("versions.json").exists() {
+        return Ok(None);
+    }
+    let store = VersionStore::open(&cluster.plan, &dir)?;
+    let idx = store.index()?;
+    if idx.serving == 0 {
+        return Ok(None);
+    }
+    let states = store.states(&idx, idx.serving)?;
+    if states.is_empty() {
+        bail!("version {} has no caches", idx.serving);
+    }
+    Ok(Some((versions::name(idx.serving), states)))
+}
