@@ -61,7 +61,8 @@ pub struct TrainerEndpoint {
     /// SGD steps per cache per round.
     #[serde(default = "steps")]
     pub steps: usize,
-    /// Disagreement with the base model allowed among a cache's hits (default: the plan's budget).
+    /// Disagreement with the base model allowed among a learned cache's hits (default: half the
+    /// plan's budget).
     #[serde(default)]
     pub error_target: Option<f64>,
     /// How often the trainer collects samples and checks the workers' versions.
@@ -185,7 +186,7 @@ impl Cluster {
             if self.mode == ServeMode::BaseOnly {
                 bail!("trainer: online learning needs caches (mode inline or distributed)");
             }
-            if !(t.buffer_mb > 0.0) || t.retrain_every == 0 || t.evidence == 0 {
+            if t.buffer_mb.is_nan() || t.buffer_mb <= 0.0 || t.retrain_every == 0 || t.evidence == 0 {
                 bail!("trainer: buffer_mb, evidence and retrain_every must be positive");
             }
             if t.error_target.is_some_and(|e| !(0.0..1.0).contains(&e)) {

@@ -168,7 +168,9 @@ impl Trainer {
             .max(1);
         let max_take = (cluster.max_frame_bytes as i64 / 2 / sample_bytes).clamp(1, 512) as i32;
         let ee = EarlyExit::from_plan(&plan, model, &plan.caches_path(&cluster.plan))?;
-        let error_target = settings.error_target.unwrap_or(plan.budget);
+        // Thresholds fitted on a few dozen recent samples per class are optimistic: fit them to
+        // half the budget by default.
+        let error_target = settings.error_target.unwrap_or(plan.budget / 2.0);
         let cfg = OnlineConfig {
             buffer: settings.evidence,
             retrain_every: settings.retrain_every,

@@ -33,6 +33,8 @@ pub struct OnlineOptions {
     pub retrain_every: usize,
     pub steps: usize,
     pub buffer_mb: f64,
+    /// Disagreement allowed among a learned cache's hits (None: half the plan's budget).
+    pub error_target: Option<f64>,
     pub poll_ms: u64,
     /// Fault injection for tests: pause between the steps of writing a version.
     pub fault_write_delay_ms: u64,
@@ -101,7 +103,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
                 evidence: 1500,
                 retrain_every: l.retrain_every,
                 steps: l.steps,
-                error_target: None,
+                error_target: l.error_target,
                 poll_ms: l.poll_ms,
                 nice: 10,
                 fault_write_delay_ms: l.fault_write_delay_ms,

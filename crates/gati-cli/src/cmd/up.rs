@@ -40,6 +40,9 @@ pub struct Args {
     /// SGD steps per cache per round
     #[arg(long, default_value_t = 40, requires = "online")]
     train_steps: usize,
+    /// Disagreement allowed among a learned cache's hits [default: half the plan's budget]
+    #[arg(long, requires = "online")]
+    error_target: Option<f64>,
     /// Memory the base worker may hold in collected samples (MB)
     #[arg(long, default_value_t = 64.0, requires = "online")]
     sample_buffer_mb: f64,
@@ -99,6 +102,7 @@ pub fn run(a: Args) -> Result<()> {
             retrain_every: a.retrain_every,
             steps: a.train_steps,
             buffer_mb: a.sample_buffer_mb,
+            error_target: a.error_target,
             poll_ms: 200,
             fault_write_delay_ms: a.fault_write_delay_ms,
         }),
