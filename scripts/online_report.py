@@ -1,29 +1,49 @@
-"""Table and hit-rate-over-time plot (plain SVG) from scripts/bench-online.sh's JSON files."""
+"""Table (medians over repeats) and hit-rate-over-time plot (plain SVG, first repeat) from
+scripts/bench-online.sh's JSON files."""
 import glob
 import json
 import os
+import statistics
 import sys
 
 out, svg_path = sys.argv[1], sys.argv[2]
-runs = {}
+reps = {}
 for f in glob.glob(os.path.join(out, "*.json")):
-    config, stream = os.path.basename(f)[:-5].split("-", 1)
-    runs[(stream, config)] = json.load(open(f))
-streams = sorted({s for s, _ in runs})
-print("| stream | caches | hit rate | mean ms | speed-up vs base | p99 ms (vs base) | fidelity loss | trainer CPU s | failed |")
+    name, rep = os.path.basename(f)[:-5].rsplit("-r", 1)
+    config, stream = name.split("-", 1)
+    reps.setdefault((stream, config), {})[int(rep)] = json.load(open(f))
+runs = {k: v[min(v)] for k, v in reps.items()}
+streams = sorted({s for s, _ in reps})
+med = statistics.median
+
+
+def spread(xs, fmt):
+    return f"{fmt.format(med(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+
+
+print("Medians over repeats (min–max); speed-up and p99 ratio per repeat against base-only of the same repeat.\n")
+print("| stream | caches | hit rate | mean ms | speed-up vs base | p99 vs base | fidelity loss | trainer CPU s | failed |")
 print("|---|---|---|---|---|---|---|---|---|")
 for s in streams:
-    base = runs.get((s, "base"))
+    base = reps.get((s, "base"), {})
     for c in ("static", "online"):
-        r = runs.get((s, c))
-        if not r or not base:
+        r = reps.get((s, c), {})
+        common = sorted(set(r) & set(base))
+        if not common:
             continue
-        lat, bl = r["latency_ms"], base["latency_ms"]
-        print(f"| {s} | {c} | {100 * r['hit_rate']:.1f}% | {lat['mean']:.2f} | {bl['mean'] / lat['mean']:.2f}x "
-              f"| {lat['p99']:.2f} ({lat['p99'] / bl['p99']:.2f}x) | {100 * (1 - r['agreement']):.2f}% "
-              f"| {r.get('trainer_cpu_s', 0):.1f} | {sum(r['errors'].values())} |")
+        hit = [100 * r[i]["hit_rate"] for i in common]
+        mean = [r[i]["latency_ms"]["mean"] for i in common]
+        sp = [base[i]["latency_ms"]["mean"] / r[i]["latency_ms"]["mean"] for i in common]
+        p99 = [r[i]["latency_ms"]["p99"] / base[i]["latency_ms"]["p99"] for i in common]
+        loss = [100 * (1 - r[i]["agreement"]) for i in common]
+        cpu = [r[i].get("trainer_cpu_s", 0) for i in common]
+        failed = sum(sum(r[i]["errors"].values()) for i in common)
+        print(f"| {s} | {c} | {spread(hit, '{:.1f}%')} | {spread(mean, '{:.2f}')} | {spread(sp, '{:.2f}x')} "
+              f"| {spread(p99, '{:.2f}x')} | {spread(loss, '{:.2f}%')} | {med(cpu):.1f} | {failed} |")
     if base:
-        print(f"| {s} | base only | - | {base['latency_ms']['mean']:.2f} | 1.00x | {base['latency_ms']['p99']:.2f} | 0 | - | {sum(base['errors'].values())} |")
+        mean = [b["latency_ms"]["mean"] for b in base.values()]
+        print(f"| {s} | base only | - | {spread(mean, '{:.2f}')} | 1.00x | 1.00x | 0 | - "
+              f"| {sum(sum(b['errors'].values()) for b in base.values())} |")
 
 # One panel per stream: hit rate per window, static vs online.
 W, H, PAD = 460, 220, 40

@@ -295,6 +295,19 @@ impl Trainer {
             for l in &promoted {
                 self.metrics.promotions.with_label_values(&[l]).inc();
             }
+            if std::env::var_os("GATI_TRAINER_VERBOSE").is_some() {
+                let detail: Vec<String> = round
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{} on {}: serving {}/{} wrong, candidate {}/{}",
+                            l.layer, l.validation, l.serving_hits, l.serving_wrong, l.candidate_hits, l.candidate_wrong
+                        )
+                    })
+                    .collect();
+                eprintln!("trainer: round at sample {}: {}", round.at_request, detail.join("; "));
+            }
             if !promoted.is_empty() || !reverted.is_empty() {
                 let mut note = Vec::new();
                 if !promoted.is_empty() {

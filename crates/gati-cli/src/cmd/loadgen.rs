@@ -77,6 +77,9 @@ struct Report {
     agreement: Option<f64>,
     /// Hits per cache version.
     hits_per_version: BTreeMap<String, usize>,
+    /// Of each version's hits, the fraction equal to the base model's answer (needs --plan).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    agreement_per_version: BTreeMap<String, f64>,
     /// Per --window consecutive requests.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     timeline: Vec<Window>,
@@ -169,11 +172,19 @@ pub fn run(a: Args) -> Result<()> {
         _ => Vec::new(),
     };
     let mut hits_per_version = BTreeMap::new();
+    let mut agreeing = BTreeMap::<String, usize>::new();
     for r in recs.iter().filter(|r| r.layer.is_some()) {
-        *hits_per_version
-            .entry(r.version.clone().unwrap_or_else(|| "?".into()))
-            .or_insert(0) += 1;
+        let v = r.version.clone().unwrap_or_else(|| "?".into());
+        *agreeing.entry(v.clone()).or_insert(0) += (agrees(r) == Some(true)) as usize;
+        *hits_per_version.entry(v).or_insert(0) += 1;
     }
+    let agreement_per_version = match base_pred {
+        Some(_) => agreeing
+            .iter()
+            .map(|(v, &a)| (v.clone(), a as f64 / hits_per_version[v] as f64))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     if let Some(path) = &a.records {
         let mut out = String::new();
         for r in &ordered {
@@ -201,6 +212,7 @@ pub fn run(a: Args) -> Result<()> {
             .as_ref()
             .map(|_| recs.iter().filter(|r| agrees(r) == Some(true)).count() as f64 / n),
         hits_per_version,
+        agreement_per_version,
         timeline,
     };
     if a.json {
