@@ -6,6 +6,7 @@
 //! to complete) or the base result. The channel is removed on every path.
 
 use crate::config::{Cluster, ServeMode};
+use crate::metrics::registered;
 use crate::net::{self, user_err, Pool};
 use anyhow::Result;
 use crossbeam_channel::{bounded, Sender};
@@ -44,11 +45,7 @@ struct Metrics {
 
 impl Metrics {
     fn new(r: &Registry) -> Result<Self> {
-        let cv = |n: &str, h: &str, l: &[&str]| -> Result<IntCounterVec> {
-            let v = IntCounterVec::new(Opts::new(n, h), l)?;
-            r.register(Box::new(v.clone()))?;
-            Ok(v)
-        };
+        let cv = |n: &str, h: &str, l: &[&str]| registered(r, IntCounterVec::new(Opts::new(n, h), l)?);
         let m = Self {
             requests: cv(
                 "gati_requests_total",

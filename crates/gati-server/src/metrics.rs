@@ -1,6 +1,13 @@
 //! Prometheus metrics over HTTP (`/metrics`, `/health`), one registry per process.
 
+use prometheus::core::Collector;
 use prometheus::{Encoder, Registry, TextEncoder};
+
+/// Registers `metric` in `registry` and hands it back.
+pub fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> anyhow::Result<M> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
 
 /// Serves `registry` at `addr` on a background thread; `/health` answers `ok`.
 pub fn serve(addr: &str, registry: Registry) -> anyhow::Result<String> {

@@ -7,6 +7,7 @@
 
 use crate::config::{Cluster, ServeMode, TrainerEndpoint};
 use crate::learning::version_to_wire;
+use crate::metrics::registered;
 use crate::net::{self, user_err, Pool};
 use anyhow::{Context, Result};
 use gati_cache::online::{Learner, OnlineConfig};
@@ -75,16 +76,8 @@ struct Metrics {
 
 impl Metrics {
     fn new(r: &Registry) -> Result<Self> {
-        let cv = |n: &str, h: &str, l: &[&str]| -> Result<IntCounterVec> {
-            let v = IntCounterVec::new(Opts::new(n, h), l)?;
-            r.register(Box::new(v.clone()))?;
-            Ok(v)
-        };
-        let gv = |n: &str, h: &str, l: &[&str]| -> Result<GaugeVec> {
-            let v = GaugeVec::new(Opts::new(n, h), l)?;
-            r.register(Box::new(v.clone()))?;
-            Ok(v)
-        };
+        let cv = |n: &str, h: &str, l: &[&str]| registered(r, IntCounterVec::new(Opts::new(n, h), l)?);
+        let gv = |n: &str, h: &str, l: &[&str]| registered(r, GaugeVec::new(Opts::new(n, h), l)?);
         let m = Self {
             rounds: IntCounter::new("gati_online_rounds_total", "Training rounds run")?,
             round_seconds: Histogram::with_opts(
