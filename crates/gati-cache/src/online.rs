@@ -181,15 +181,6 @@ impl Learner {
         }
     }
 
-    pub fn config(&self) -> &OnlineConfig {
-        &self.cfg
-    }
-
-    /// Samples taken so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
-
     /// One complete run: the activation at every cache's layer (`[1, C, H, W]`, in plan order),
     /// the base model's logits `[1, classes]`, and whether it was sampled uniformly.
     pub fn add(&mut self, acts: Vec<Tensor>, logits: &Tensor, uniform: bool) {
@@ -224,7 +215,7 @@ impl Learner {
             }
             ring.push_back(Evidence {
                 act,
-                logits: logits.copy(),
+                logits: logits.shallow_clone(),
                 class,
                 uniform,
             });
@@ -299,13 +290,10 @@ impl Learner {
         if ev.is_empty() {
             return None;
         }
-        let rows: Vec<Vec<f32>> = tch::no_grad(|| {
-            let x = Tensor::cat(&ev.iter().map(|e| &e.act).collect::<Vec<_>>(), 0);
-            let p = cache.head.forward_t(&x, false).softmax(-1, Kind::Float);
-            (0..ev.len() as i64)
-                .map(|i| Vec::<f32>::try_from(p.get(i)).expect("row"))
-                .collect()
-        });
+        let rows = softmax_rows(
+            &cache.head,
+            &Tensor::cat(&ev.iter().map(|e| &e.act).collect::<Vec<_>>(), 0),
+        );
         let base: Vec<usize> = ev.iter().map(|e| e.class as usize).collect();
         let refit = fit_thresholds(
             &rows,
@@ -406,19 +394,8 @@ impl Learner {
             opt.backward_step(&loss);
         }
         // Thresholds on A, verdict on B.
-        let rows = |h: &CacheHead, idx: &[usize]| -> Vec<Vec<f32>> {
-            tch::no_grad(|| {
-                let p = h.forward_t(&stack(idx, |e| &e.act), false).softmax(-1, Kind::Float);
-                (0..idx.len() as i64)
-                    .map(|i| Vec::<f32>::try_from(p.get(i)).expect("row"))
-                    .collect()
-            })
-        };
-        let base = |idx: &[usize]| -> Vec<usize> {
-            idx.iter()
-                .map(|&i| ev[i].logits.argmax(-1, false).int64_value(&[0]) as usize)
-                .collect()
-        };
+        let rows = |h: &CacheHead, idx: &[usize]| softmax_rows(h, &stack(idx, |e| &e.act));
+        let base = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| ev[i].class as usize).collect() };
         let decision = fit_thresholds(
             &rows(&head, &fit),
             &base(&fit),
@@ -545,6 +522,16 @@ impl OnlineCaches {
         }
         answer
     }
+}
+
+/// Softmax rows of `head` on a batch of activations.
+fn softmax_rows(head: &CacheHead, x: &Tensor) -> Vec<Vec<f32>> {
+    tch::no_grad(|| {
+        let p = head.forward_t(x, false).softmax(-1, Kind::Float);
+        (0..p.size()[0])
+            .map(|i| Vec::<f32>::try_from(p.get(i)).expect("row"))
+            .collect()
+    })
 }
 
 fn named(vs: &nn::VarStore) -> Vec<(String, Tensor)> {

@@ -6,7 +6,8 @@
 //! trainer drains; the request path only ever tries the buffer's lock.
 
 use crate::config::{Cluster, ServeMode};
-use crate::learning::{self, Collected, SampleRing};
+use crate::learning::{self, Collected, SampleRing, StartVersion};
+use crate::metrics::registered;
 use crate::net::{self, user_err, Pool};
 use anyhow::Result;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -119,20 +120,16 @@ impl BaseWorker {
             serving.caches.clear();
         }
         let start = if inline {
-            learning::serving_at_start(cluster)?
+            StartVersion::read(cluster)?
         } else {
-            None
+            StartVersion::plan()
         };
         let (tx, rx) = bounded(replicas.max(1));
         for _ in 0..replicas.max(1) {
             let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
             let mut ee = EarlyExit::from_plan(&serving, model, &plan.caches_path(&cluster.plan))?;
-            let mut version = "v0".to_string();
-            if let Some((v, states)) = &start {
-                learning::install_all(&mut ee, v, states)
-                    .map_err(|e| anyhow::anyhow!("serving {v} from {:?}: {}", cluster.state_dir(), e.message))?;
-                version = v.clone();
-            }
+            start.install(&mut ee)?;
+            let version = start.name.clone();
             tx.send(Replica { ee, version }).expect("fresh channel");
         }
         let c = |name: &str, help: &str, labels: &[&str]| {
@@ -146,11 +143,7 @@ impl BaseWorker {
             &["stage"],
         )?;
         registry.register(Box::new(stage_seconds.clone()))?;
-        let g = |name: &str, help: &str| -> Result<IntGauge> {
-            let v = IntGauge::new(name, help)?;
-            registry.register(Box::new(v.clone()))?;
-            Ok(v)
-        };
+        let g = |name: &str, help: &str| registered(registry, IntGauge::new(name, help)?);
         let metrics = Metrics {
             samples: c(
                 "gati_online_samples_total",
@@ -199,11 +192,7 @@ impl BaseWorker {
                 }
             }
         }
-        if let Some((v, _)) = &start {
-            metrics
-                .serving_version
-                .set(gati_cache::versions::parse_name(v).unwrap_or(0) as i64);
-        }
+        metrics.serving_version.set(learning::version_number(&start.name));
         Ok(Self {
             replicas: (tx, rx),
             n_replicas: replicas.max(1),
@@ -393,9 +382,7 @@ impl BaseWorker {
             self.replicas.0.send(r).expect("replica pool");
         }
         if outcome.is_ok() {
-            self.metrics
-                .serving_version
-                .set(gati_cache::versions::parse_name(&v.version).unwrap_or(0) as i64);
+            self.metrics.serving_version.set(learning::version_number(&v.version));
         }
         outcome
     }

@@ -4,6 +4,7 @@
 
 use crate::config::Cluster;
 use crate::learning;
+use crate::metrics::registered;
 use crate::net::{self, user_err, Pool};
 use anyhow::{bail, Result};
 use gati_cache::plan::Plan;
@@ -58,15 +59,14 @@ impl CacheWorker {
             .map(|(k, s)| (k as i32, s.output_shape.clone()))
             .collect();
         let mut ee = EarlyExit::with_layers(&plan, model, &plan.caches_path(&cluster.plan), Some(&me.layers))?;
-        let mut version = "v0".to_string();
-        if let Some((v, states)) = learning::serving_at_start(cluster)? {
-            learning::install_all(&mut ee, &v, &states)
-                .map_err(|e| anyhow::anyhow!("serving {v} from {:?}: {}", cluster.state_dir(), e.message))?;
-            version = v;
-        }
-        let serving_version = IntGauge::new("gati_serving_version", "Cache version served (0 is the plan)")?;
-        registry.register(Box::new(serving_version.clone()))?;
-        serving_version.set(gati_cache::versions::parse_name(&version).unwrap_or(0) as i64);
+        let start = learning::StartVersion::read(cluster)?;
+        start.install(&mut ee)?;
+        let version = start.name;
+        let serving_version = registered(
+            registry,
+            IntGauge::new("gati_serving_version", "Cache version served (0 is the plan)")?,
+        )?;
+        serving_version.set(learning::version_number(&version));
         let lookups = IntCounterVec::new(
             Opts::new("gati_cache_lookups_total", "Cache lookups by layer and outcome"),
             &["layer", "outcome"],
@@ -136,8 +136,7 @@ impl CacheWorker {
         let mut guard = self.caches.lock().expect("lock");
         learning::install_all(&mut guard.0, &v.version, &states).map_err(user_err)?;
         guard.1 = v.version.clone();
-        self.serving_version
-            .set(gati_cache::versions::parse_name(&v.version).unwrap_or(0) as i64);
+        self.serving_version.set(learning::version_number(&v.version));
         Ok(())
     }
 

@@ -137,23 +137,59 @@ pub fn install_all(ee: &mut EarlyExit, version: &str, states: &[CacheState]) -> 
         .map_err(|e| invalid(format!("version {version}: {e:#}")))
 }
 
-/// With online learning on: the version its state folder says to serve, and its caches' states
-/// (None for version 0, the plan, or without online learning).
-pub fn serving_at_start(cluster: &Cluster) -> Result<Option<(String, Vec<CacheState>)>> {
-    let Some(dir) = cluster.state_dir() else {
-        return Ok(None);
-    };
-    if !dir.join("versions.json").exists() {
-        return Ok(None);
+/// The version a worker serves when it starts: with online learning on, the one its state folder
+/// says to serve; otherwise (or when that is version 0) the plan's own caches.
+pub struct StartVersion {
+    pub name: String,
+    /// Empty for version 0 (the caches loaded from the plan already are it).
+    states: Vec<CacheState>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl StartVersion {
+    /// The plan's own caches (version 0).
+    pub fn plan() -> Self {
+        Self {
+            name: versions::name(0),
+            states: Vec::new(),
+            dir: None,
+        }
     }
-    let store = VersionStore::open(&cluster.plan, &dir)?;
-    let idx = store.index()?;
-    if idx.serving == 0 {
-        return Ok(None);
+
+    pub fn read(cluster: &Cluster) -> Result<Self> {
+        let Some(dir) = cluster.state_dir() else {
+            return Ok(Self::plan());
+        };
+        if !dir.join("versions.json").exists() {
+            return Ok(Self::plan());
+        }
+        let store = VersionStore::open(&cluster.plan, &dir)?;
+        let idx = store.index()?;
+        if idx.serving == 0 {
+            return Ok(Self::plan());
+        }
+        let states = store.states(&idx, idx.serving)?;
+        if states.is_empty() {
+            bail!("version {} has no caches", idx.serving);
+        }
+        Ok(Self {
+            name: versions::name(idx.serving),
+            states,
+            dir: Some(dir),
+        })
     }
-    let states = store.states(&idx, idx.serving)?;
-    if states.is_empty() {
-        bail!("version {} has no caches", idx.serving);
+
+    /// Installs this version into freshly loaded plan caches.
+    pub fn install(&self, ee: &mut EarlyExit) -> Result<()> {
+        if self.states.is_empty() {
+            return Ok(());
+        }
+        install_all(ee, &self.name, &self.states)
+            .map_err(|e| anyhow::anyhow!("serving {} from {:?}: {}", self.name, self.dir, e.message))
     }
-    Ok(Some((versions::name(idx.serving), states)))
+}
+
+/// A version name as a number, for the `gati_serving_version` gauge.
+pub fn version_number(name: &str) -> i64 {
+    versions::parse_name(name).unwrap_or(0) as i64
 }

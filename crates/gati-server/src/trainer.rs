@@ -12,7 +12,7 @@ use crate::net::{self, user_err, Pool};
 use anyhow::{Context, Result};
 use gati_cache::online::{Learner, OnlineConfig};
 use gati_cache::plan::Plan;
-use gati_cache::runtime::EarlyExit;
+use gati_cache::runtime::{CacheState, EarlyExit};
 use gati_cache::versions::{self, VersionIndex, VersionStore};
 use gati_core::BaseModel;
 use gati_rpc::convert::tensor_from_wire;
@@ -322,12 +322,12 @@ impl Trainer {
         let states = st.learner.ee.states();
         let id = self.store.add(&mut st.index, &states, note)?;
         self.metrics.serving.set(id as i64);
-        self.install_everywhere(&versions::name(id), st);
+        self.install_everywhere(&versions::name(id), &states);
         Ok(())
     }
 
-    fn install_everywhere(&self, version: &str, st: &State) {
-        let wire = version_to_wire(version, &st.learner.ee.states());
+    fn install_everywhere(&self, version: &str, states: &[CacheState]) {
+        let wire = version_to_wire(version, states);
         for w in &self.workers {
             self.install_on(w, &wire);
         }
@@ -411,7 +411,7 @@ impl Trainer {
         st.index.serving = id;
         self.store.save_index(&st.index).map_err(admin_err)?;
         self.metrics.serving.set(id as i64);
-        self.install_everywhere(&versions::name(id), &st);
+        self.install_everywhere(&versions::name(id), &states);
         Ok(self.describe(&st))
     }
 
