@@ -116,7 +116,8 @@ struct BaseRequest {
   3: required list<i32> stream_stages,
   // host:port of the Selector that cache workers report to.
   4: required string selector,
-  // Run to the end even after a cancel (to record agreement on hits).
+  // Sampled to check the caches against the base model: distributed, run to the end even after a
+  // cancel (agreement on hits); inline, a hit still answers at once and leaves a partial sample.
   5: required bool complete_on_hit,
 }
 
@@ -138,13 +139,14 @@ struct BaseResult {
 
 // ---- online learning ----
 
-// What one complete base run leaves for the trainer: the activation at every planned cache stage
-// (in the order of SampleBatch.stages) and the base model's logits.
+// What one base run leaves for the trainer: the activation at every planned cache stage (in the
+// order of SampleBatch.stages) and the base model's logits. An inline hit sampled to complete
+// stops at its cache: activations up to that stage and no logits; the trainer runs the rest.
 struct Sample {
   1: required list<TensorData> activations,
   2: required list<double> logits,
-  // The run completed because it was sampled uniformly (complete_on_hit), not because every cache
-  // missed: only these estimate how the caches do on the live traffic.
+  // Sampled uniformly (complete_on_hit), not a run every cache missed: only these estimate how
+  // the caches do on the live traffic.
   3: required bool uniform,
 }
 

@@ -21,6 +21,10 @@ pub const ERROR_TARGETS: [f64; 20] = [
 /// Threshold that never fires (probabilities and scores are at most 1).
 pub(crate) const NEVER: f32 = 2.0;
 
+/// A learned version's threshold for a class it has not seen enough of to certify: that class is
+/// left to the plan's own cache (its head and threshold), as if the version had not been learned.
+pub const PLAN_DECIDES: f32 = 3.0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecisionKind {
@@ -64,6 +68,42 @@ impl Decision {
             } => selector_score(weights, *bias, row) >= *threshold,
         };
         fires.then_some((c, p))
+    }
+
+    /// Class `c` is left to the plan's cache.
+    pub fn plan_decides(&self, c: usize) -> bool {
+        matches!(self, Decision::Threshold { thresholds } if thresholds[c] == PLAN_DECIDES)
+    }
+
+    /// Some class is left to the plan's cache.
+    pub fn delegates(&self) -> bool {
+        matches!(self, Decision::Threshold { thresholds } if thresholds.contains(&PLAN_DECIDES))
+    }
+}
+
+/// What a cache with decision `d` answers for softmax row `row`, where the plan's own cache has
+/// decision `plan_decision` and softmax row `plan_row()` on the same activation. The plan itself
+/// (`d == plan_decision`) answers as usual. A learned version answers a class only if the plan's
+/// cache ranks it first too: a head sharpened on recent classes is confidently wrong on classes it
+/// has not seen lately, where the plan's head still tells them apart. On a class it leaves to the
+/// plan, the plan answers (with its own row, returned when it did).
+pub fn decide(
+    d: &Decision,
+    row: &[f32],
+    plan_decision: &Decision,
+    plan_row: impl FnOnce() -> Vec<f32>,
+) -> (Option<Vec<f32>>, Option<(usize, f32)>) {
+    if d == plan_decision {
+        return (None, d.hit(row));
+    }
+    let prow = plan_row();
+    let plan_top = top1(&prow).0;
+    if let Some(hit) = d.hit(row).filter(|&(c, _)| c == plan_top) {
+        return (None, Some(hit));
+    }
+    match plan_decision.hit(&prow) {
+        Some((c, p)) if d.plan_decides(c) => (Some(prow), Some((c, p))),
+        _ => (None, None),
     }
 }
 

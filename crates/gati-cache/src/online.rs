@@ -2,13 +2,17 @@
 //!
 //! Every request that runs the base model to the end leaves evidence: the activation at each
 //! planned cache layer and the base model's logits. Misses always run to the end (biased: every
-//! cache declined them); a random `complete_fraction` of *all* requests also runs to the end even
-//! after a hit (uniform: an unbiased sample of the traffic). Every `retrain_every` pieces of
-//! evidence, each cache is fine-tuned by distillation on the recent evidence, its per-class
-//! thresholds are re-fitted on half of the recent uniform samples, and it is compared with the
-//! serving version on the other half: it replaces it only with more hits and no more than
-//! `error_target` disagreement among them. Each promotion bumps the version. A learned version that
-//! later fails validation (the traffic moved on) is replaced by the plan's own cache.
+//! cache declined them); a random `complete_fraction` of *all* requests is also checked against the
+//! base model after a hit (uniform: an unbiased sample of the traffic). Every `retrain_every` pieces
+//! of evidence, each cache is fine-tuned by distillation on a class-balanced buffer of evidence; its
+//! per-class thresholds are fitted on half of the most recent uniform samples (never trained on)
+//! and it is judged on the other half against the serving version: it replaces it only if it
+//! dominates it there (more hits, no more disagreements). Each promotion bumps the version.
+//!
+//! A learned version answers a class only where the plan's own cache ranks it first as well (a head
+//! sharpened on the recent classes is confidently wrong on the next ones), and leaves the classes
+//! it has not seen enough of to the plan's cache (`PLAN_DECIDES`). The plan stands as a candidate
+//! in every round: a learned version that fails validation, or that the plan dominates, gives way.
 //!
 //! `Learner` holds the evidence and the serving version and runs the rounds; the trainer process
 //! (gati-server) feeds it samples collected by the base worker and installs its promotions by RPC.
@@ -19,7 +23,7 @@
 //! interval lies wholly below `1 - guard_error` gets raised thresholds, and if that is not enough,
 //! is switched off until a retrained version passes validation.
 
-use crate::decision::{threshold_for, Decision, NEVER};
+use crate::decision::{decide, threshold_for, Decision, NEVER, PLAN_DECIDES};
 use crate::heads::CacheHead;
 use crate::runtime::{probs_row, Answer, CacheState, EarlyExit, Exit};
 use crate::train::distillation_loss;
@@ -50,6 +54,8 @@ pub struct OnlineConfig {
     pub guard_error: f64,
     /// Per-class thresholds need this many validation samples of the class; fewer: never hit.
     pub min_class_samples: usize,
+    /// Recent uniform samples kept per cache for threshold fitting and validation.
+    pub recent: usize,
     /// Uniform samples per layer behind the live agreement estimate (most recent hits).
     pub guard_window: usize,
     /// The guard acts only on at least this many hits in its window.
@@ -69,6 +75,7 @@ impl Default for OnlineConfig {
             error_target: 0.01,
             guard_error: 0.01,
             min_class_samples: 15,
+            recent: 400,
             guard_window: 200,
             guard_min_hits: 20,
             seed: 0,
@@ -77,11 +84,12 @@ impl Default for OnlineConfig {
 }
 
 struct Evidence {
+    /// Which complete run (in arrival order).
+    seq: u64,
     act: Tensor,
     logits: Tensor,
     /// The base model's class.
     class: i64,
-    uniform: bool,
 }
 
 /// One round of retraining: what each cache scored on the held-out uniform samples.
@@ -146,10 +154,9 @@ pub struct Learner {
     /// The serving version's caches: what candidates are judged against, and what is installed.
     pub ee: EarlyExit,
     cfg: OnlineConfig,
-    /// The plan's own caches (parameters and decision), restored when a learned version fails
-    /// validation.
-    original: Vec<(Vec<(String, Tensor)>, Decision)>,
     evidence: Vec<VecDeque<Evidence>>,
+    /// Per cache: the most recent uniform samples (validation and threshold fitting).
+    recent: Vec<VecDeque<Evidence>>,
     /// Per cache: did each of its recent hits on a uniform sample agree with the base model?
     live: Vec<VecDeque<bool>>,
     /// Per cache: the guard already raised its thresholds (next time it switches it off).
@@ -162,18 +169,12 @@ pub struct Learner {
 impl Learner {
     pub fn new(ee: EarlyExit, cfg: OnlineConfig) -> Self {
         let n = ee.caches.len();
-        let original = (0..n)
-            .map(|c| {
-                let params = ee.cache_params(c).into_iter().map(|(k, t)| (k, t.copy())).collect();
-                (params, ee.caches[c].decision.clone())
-            })
-            .collect();
         Self {
-            original,
             rng: StdRng::seed_from_u64(cfg.seed),
             ee,
             cfg,
             evidence: (0..n).map(|_| VecDeque::new()).collect(),
+            recent: (0..n).map(|_| VecDeque::new()).collect(),
             live: (0..n).map(|_| VecDeque::new()).collect(),
             struck: vec![false; n],
             since: 0,
@@ -204,21 +205,30 @@ impl Learner {
 
     /// Keeps the evidence class-balanced: a class at its share of the buffer loses its oldest
     /// piece. A working set then sharpens the caches on its classes without making them forget
-    /// the others (and answer them confidently wrong after the next shift).
+    /// the others (and answer them confidently wrong after the next shift). Uniform samples are
+    /// also kept in arrival order, the most recent ones.
     fn keep(&mut self, acts: Vec<Tensor>, logits: &Tensor, class: i64, uniform: bool) {
         let per_class = (self.cfg.buffer / self.ee.model.spec().num_classes as usize).max(1);
+        let seq = self.seen;
         for (c, act) in acts.into_iter().enumerate() {
+            let piece = || Evidence {
+                seq,
+                act: act.shallow_clone(),
+                logits: logits.shallow_clone(),
+                class,
+            };
+            if uniform {
+                self.recent[c].push_back(piece());
+                if self.recent[c].len() > self.cfg.recent {
+                    self.recent[c].pop_front();
+                }
+            }
             let ring = &mut self.evidence[c];
             if ring.iter().filter(|e| e.class == class).count() >= per_class {
                 let oldest = ring.iter().position(|e| e.class == class).expect("counted");
                 ring.remove(oldest);
             }
-            ring.push_back(Evidence {
-                act,
-                logits: logits.shallow_clone(),
-                class,
-                uniform,
-            });
+            ring.push_back(piece());
         }
         self.since += 1;
     }
@@ -279,14 +289,14 @@ impl Learner {
         acted
     }
 
-    /// Cache `c`'s thresholds re-fitted on every uniform sample in its evidence, each at least
+    /// Cache `c`'s thresholds re-fitted on its recent uniform samples, each at least
     /// the serving one (None for a selector decision).
     fn raised_thresholds(&self, c: usize) -> Option<Decision> {
         let cache = &self.ee.caches[c];
         let Decision::Threshold { thresholds } = &cache.decision else {
             return None;
         };
-        let ev: Vec<&Evidence> = self.evidence[c].iter().filter(|e| e.uniform).collect();
+        let ev: Vec<&Evidence> = self.recent[c].iter().collect();
         if ev.is_empty() {
             return None;
         }
@@ -339,15 +349,19 @@ impl Learner {
 
     fn retrain_cache(&mut self, c: usize) -> LayerRound {
         let cache = &self.ee.caches[c];
-        let ev = &self.evidence[c];
-        // Uniform samples alternate between fitting thresholds (A) and validation (B); the rest,
-        // and A, train.
-        let uniform: Vec<usize> = (0..ev.len()).filter(|&i| ev[i].uniform).collect();
-        let fit: Vec<usize> = uniform.iter().copied().step_by(2).collect();
-        let val: Vec<usize> = uniform.iter().copied().skip(1).step_by(2).collect();
-        let mut held_out = vec![false; ev.len()];
-        val.iter().for_each(|&i| held_out[i] = true);
-        let train: Vec<usize> = (0..ev.len()).filter(|&i| !held_out[i]).collect();
+        // The recent uniform samples (the traffic as it is now) alternate between fitting
+        // thresholds (A) and validation (B); the class-balanced evidence without them trains.
+        // Thresholds fitted on samples the candidate trained on would be optimistic, and errors
+        // judged on every class alike would hide those on the classes being served.
+        let recent = &self.recent[c];
+        let held: std::collections::HashSet<u64> = recent.iter().map(|e| e.seq).collect();
+        let ev: Vec<&Evidence> = recent
+            .iter()
+            .chain(self.evidence[c].iter().filter(|e| !held.contains(&e.seq)))
+            .collect();
+        let fit: Vec<usize> = (0..recent.len()).step_by(2).collect();
+        let val: Vec<usize> = (1..recent.len()).step_by(2).collect();
+        let train: Vec<usize> = (recent.len()..ev.len()).collect();
         let mut round = LayerRound {
             layer: cache.layer.clone(),
             validation: val.len(),
@@ -362,7 +376,7 @@ impl Learner {
             return round;
         }
         let stack = |idx: &[usize], f: fn(&Evidence) -> &Tensor| {
-            Tensor::cat(&idx.iter().map(|&i| f(&ev[i])).collect::<Vec<_>>(), 0)
+            Tensor::cat(&idx.iter().map(|&i| f(ev[i])).collect::<Vec<_>>(), 0)
         };
         let shape = &self.ee.model.stages()[cache.stage].output_shape;
         let classes = self.ee.model.spec().num_classes;
@@ -402,36 +416,47 @@ impl Learner {
             classes as usize,
             self.cfg.error_target,
             self.cfg.min_class_samples,
-            // A class the traffic has barely shown: the candidate does not answer it (a cache
-            // sharpened on other classes is confidently wrong on it).
+            // A class the traffic has barely shown: the candidate leaves it to the plan's cache (a
+            // cache sharpened on other classes is confidently wrong on it; the plan's is as good as
+            // it was statically).
             &Decision::Threshold {
-                thresholds: vec![NEVER; classes as usize],
+                thresholds: vec![PLAN_DECIDES; classes as usize],
             },
         );
         let truth = base(&val);
+        let plan_decision = cache.plan_decision.clone();
+        let plan_rows = rows(&cache.plan_head, &val);
         let score = |rows: &[Vec<f32>], d: &Decision, enabled: bool| {
+            if !enabled {
+                return (0, 0);
+            }
             rows.iter()
+                .zip(&plan_rows)
                 .zip(&truth)
-                .fold((0, 0), |(h, w), (r, &b)| match d.hit(r).filter(|_| enabled) {
-                    Some((cls, _)) => (h + 1, w + (cls != b) as usize),
-                    None => (h, w),
+                .fold((0, 0), |(h, w), ((r, p), &b)| {
+                    match decide(d, r, &plan_decision, || p.clone()).1 {
+                        Some((cls, _)) => (h + 1, w + (cls != b) as usize),
+                        None => (h, w),
+                    }
                 })
         };
         (round.serving_hits, round.serving_wrong) = score(&rows(&cache.head, &val), &cache.decision, cache.enabled);
-        // A learned version that now disagrees beyond the target (with a one-sample slack) gives
-        // way to the plan's own cache.
+        // The plan's own cache stands as a candidate too: a learned version that disagrees beyond
+        // the target (with a one-sample slack), or that the plan dominates, gives way to it.
+        let (plan_hits, plan_wrong) = score(&plan_rows, &plan_decision, true);
         let over = round.serving_wrong as f64 > self.cfg.error_target * round.serving_hits as f64 + 1.0;
-        let learned = !self.original[c].1.eq(&cache.decision);
-        if over && learned {
-            copy_params(&self.ee.cache_params(c), &self.original[c].0);
-            self.ee.caches[c].decision = self.original[c].1.clone();
+        let plan_better = plan_hits > round.serving_hits && plan_wrong <= round.serving_wrong;
+        let learned = cache.decision != plan_decision;
+        if learned && cache.enabled && (over || plan_better) {
+            copy_params(&self.ee.cache_params(c), &self.ee.plan_params(c));
+            self.ee.caches[c].decision = plan_decision.clone();
             round.reverted = true;
-            let cache = &self.ee.caches[c];
-            (round.serving_hits, round.serving_wrong) = score(&rows(&cache.head, &val), &cache.decision, cache.enabled);
+            (round.serving_hits, round.serving_wrong) = (plan_hits, plan_wrong);
         }
         (round.candidate_hits, round.candidate_wrong) = score(&rows(&head, &val), &decision, true);
-        let allowed = (self.cfg.error_target * round.candidate_hits as f64).max(round.serving_wrong as f64);
-        round.promoted = round.candidate_hits > round.serving_hits && round.candidate_wrong as f64 <= allowed;
+        // Dominance on the same held-out samples: more hits, no more disagreements. (A target rate
+        // on a few dozen samples is no evidence at a 1% budget; a paired comparison is.)
+        round.promoted = round.candidate_hits > round.serving_hits && round.candidate_wrong <= round.serving_wrong;
         if round.promoted {
             copy_params(&self.ee.cache_params(c), &named(&vs));
             self.ee.caches[c].decision = decision;

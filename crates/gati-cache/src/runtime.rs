@@ -1,7 +1,7 @@
 //! Serving a plan in-process: the base model runs stage by stage, and after each planned stage
 //! its cache decides whether to answer; on a hit the remaining stages are skipped.
 
-use crate::decision::Decision;
+use crate::decision::{decide, Decision};
 use crate::heads::CacheHead;
 use crate::plan::Plan;
 use anyhow::{bail, Result};
@@ -18,12 +18,26 @@ pub struct RuntimeCache {
     pub decision: Decision,
     /// False: the cache never answers (the accuracy guard switched it off).
     pub enabled: bool,
+    /// The plan's own head and decision, kept apart from what learning changes: a learned version
+    /// leaves the classes it has not certified to it (`PLAN_DECIDES`).
+    pub plan_head: CacheHead,
+    pub plan_decision: Decision,
 }
 
 impl RuntimeCache {
-    /// `Some((class, probability))` if this cache answers the softmax row `row`.
-    pub fn hit(&self, row: &[f32]) -> Option<(usize, f32)> {
-        self.enabled.then(|| self.decision.hit(row)).flatten()
+    /// The softmax row this cache answers with on `activation`, and `Some((class, probability))`
+    /// on a hit: its own, or the plan's cache's on a class it leaves to the plan.
+    pub fn answer(&self, activation: &Tensor) -> (Vec<f32>, Option<(usize, f32)>) {
+        let _g = tch::no_grad_guard();
+        let row = probs_row(&self.head.forward_t(activation, false));
+        if !self.enabled {
+            return (row, None);
+        }
+        let plan_row = || probs_row(&self.plan_head.forward_t(activation, false));
+        match decide(&self.decision, &row, &self.plan_decision, plan_row) {
+            (Some(prow), hit) => (prow, hit),
+            (None, hit) => (row, hit),
+        }
     }
 }
 
@@ -55,7 +69,8 @@ pub struct Answer {
 pub struct EarlyExit {
     pub model: BaseModel,
     pub caches: Vec<RuntimeCache>,
-    _vs: nn::VarStore,
+    vs: nn::VarStore,
+    plan_vs: nn::VarStore,
 }
 
 impl EarlyExit {
@@ -74,6 +89,7 @@ impl EarlyExit {
 
     pub fn with_layers(plan: &Plan, model: BaseModel, weights: &Path, layers: Option<&[String]>) -> Result<Self> {
         let mut vs = nn::VarStore::new(model.device());
+        let mut plan_vs = nn::VarStore::new(model.device());
         let classes = model.spec().num_classes;
         let mut caches = Vec::new();
         for c in plan
@@ -90,28 +106,46 @@ impl EarlyExit {
                 );
             };
             let s = &info.output_shape;
-            let head = CacheHead::new(&(vs.root() / c.key.as_str()), c.variant, [s[1], s[2], s[3]], classes);
+            let head = |vs: &nn::VarStore| {
+                CacheHead::new(&(vs.root() / c.key.as_str()), c.variant, [s[1], s[2], s[3]], classes)
+            };
             caches.push(RuntimeCache {
                 layer: c.layer.clone(),
                 stage: c.stage,
                 key: c.key.clone(),
-                head,
+                head: head(&vs),
                 decision: c.decision.clone(),
                 enabled: true,
+                plan_head: head(&plan_vs),
+                plan_decision: c.decision.clone(),
             });
         }
         if !caches.is_empty() {
             gati_core::weights::load_subset(&mut vs, weights)?;
+            gati_core::weights::load_subset(&mut plan_vs, weights)?;
         }
-        Ok(Self { model, caches, _vs: vs })
+        Ok(Self {
+            model,
+            caches,
+            vs,
+            plan_vs,
+        })
     }
 
     /// Cache `c`'s parameters, named without its prefix; they share storage with the serving
     /// model, so writing into them (under `no_grad`) changes what it answers.
     pub fn cache_params(&self, c: usize) -> Vec<(String, Tensor)> {
+        self.params_in(&self.vs, c)
+    }
+
+    /// The plan's own parameters of cache `c` (version 0; never written).
+    pub fn plan_params(&self, c: usize) -> Vec<(String, Tensor)> {
+        self.params_in(&self.plan_vs, c)
+    }
+
+    fn params_in(&self, vs: &nn::VarStore, c: usize) -> Vec<(String, Tensor)> {
         let prefix = format!("{}.", self.caches[c].key);
-        let mut v: Vec<(String, Tensor)> = self
-            ._vs
+        let mut v: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
             .filter_map(|(k, t)| Some((k.strip_prefix(&prefix)?.to_string(), t)))
@@ -128,6 +162,18 @@ impl EarlyExit {
                 params: self.cache_params(c).into_iter().map(|(k, t)| (k, t.copy())).collect(),
                 decision: self.caches[c].decision.clone(),
                 enabled: self.caches[c].enabled,
+            })
+            .collect()
+    }
+
+    /// A copy of the plan's own caches (version 0).
+    pub fn plan_states(&self) -> Vec<CacheState> {
+        (0..self.caches.len())
+            .map(|c| CacheState {
+                layer: self.caches[c].layer.clone(),
+                params: self.plan_params(c).into_iter().map(|(k, t)| (k, t.copy())).collect(),
+                decision: self.caches[c].plan_decision.clone(),
+                enabled: true,
             })
             .collect()
     }
@@ -191,10 +237,7 @@ impl EarlyExit {
 
     /// Softmax of a cache's logits on one activation, and its decision.
     pub fn consult(c: &RuntimeCache, activation: &Tensor) -> (Vec<f32>, Option<(usize, f32)>) {
-        let _g = tch::no_grad_guard();
-        let row = probs_row(&c.head.forward_t(activation, false));
-        let hit = c.hit(&row);
-        (row, hit)
+        c.answer(activation)
     }
 
     /// Answers one normalised input `[1, C, H, W]`, exiting at the first confident cache.
@@ -205,9 +248,7 @@ impl EarlyExit {
         for k in 0..self.model.num_stages() {
             h = self.model.run_stage(k, &h);
             while next < self.caches.len() && self.caches[next].stage == k {
-                let c = &self.caches[next];
-                let row = probs_row(&c.head.forward_t(&h, false));
-                if let Some((class, confidence)) = c.hit(&row) {
+                if let (_, Some((class, confidence))) = self.caches[next].answer(&h) {
                     return Answer {
                         class,
                         confidence,

@@ -82,8 +82,9 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
     };
     let state = tempfile::tempdir().unwrap();
     // Learned thresholds at 2% disagreement among hits: the plan's own caches already use most
-    // of its 5% budget on this stream.
-    let c = online(state.path(), &["--error-target", "0.02"]);
+    // of its 5% budget on this stream. Half the requests sampled: a sampled hit still answers at
+    // once (the trainer completes it), and learning needs the validation samples.
+    let c = online(state.path(), &["--error-target", "0.02", "--complete-fraction", "0.5"]);
     let learned = loadgen(&c.endpoint(), &stream);
     let (s, o) = (hit_rates(&frozen), hit_rates(&learned));
     eprintln!("hit rate per 100 requests\n  static {s:.2?}\n  online {o:.2?}");
@@ -110,12 +111,13 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
         rounds = now;
     }
     eprintln!(
-        "RESULT static: hit rate {:.3} loss {:.4}; online: hit rate {:.3} loss {:.4}; hits per version {}; {samples} samples ({lost} lost), {rounds} rounds",
+        "RESULT static: hit rate {:.3} loss {:.4}; online: hit rate {:.3} loss {:.4}; hits per version {}, agreement {}; {samples} samples ({lost} lost), {rounds} rounds",
         frozen["hit_rate"].as_f64().unwrap(),
         loss(&frozen),
         learned["hit_rate"].as_f64().unwrap(),
         loss(&learned),
-        learned["hits_per_version"]
+        learned["hits_per_version"],
+        learned["agreement_per_version"]
     );
     assert_eq!(
         learned["errors"],
@@ -123,7 +125,7 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
         "failed requests while learning"
     );
     assert_eq!(learned["requests"].as_u64(), Some(3000));
-    // Misses and the 20% sampled to complete are collected, none lost (64 MB holds them all).
+    // Misses and the hits sampled to complete are collected, none lost (64 MB holds them all).
     assert!(
         (0.2 * 3000.0..=3000.0).contains(&samples),
         "{samples} samples collected"
@@ -326,4 +328,34 @@ fn trainer_pid(c: &Cluster) -> i32 {
                 .unwrap_or(false)
         })
         .expect("a trainer process")
+}
+
+/// What the trainer does with an inline hit sampled to complete (activations up to the cache that
+/// answered, no logits): it runs the rest of the base model and gets the activations at the later
+/// caches and the logits that a complete run would have left.
+#[test]
+fn the_trainer_completes_a_sampled_hit_like_a_complete_run() {
+    use gati_cache::runtime::EarlyExit;
+    let (_, ee) = EarlyExit::load(plan_dir()).unwrap();
+    assert!(ee.caches.len() >= 2, "the test plan has two caches");
+    let x = tch::Tensor::randn([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let act = |k: usize| tch::no_grad(|| ee.model.forward_range(0, k + 1, &x));
+    let full: Vec<tch::Tensor> = ee.caches.iter().map(|c| act(c.stage)).collect();
+    let logits = tch::no_grad(|| ee.model.forward(&x));
+    let (acts, completed) = gati_server::learning::complete_sample(&ee, vec![act(ee.caches[0].stage)], &[]).unwrap();
+    assert_eq!(acts.len(), full.len());
+    for (a, b) in acts.iter().zip(&full) {
+        assert!(a.allclose(b, 1e-5, 1e-5, false));
+    }
+    assert!(completed.allclose(&logits, 1e-4, 1e-4, false));
+    // A complete sample passes as sent; malformed ones are refused, not run.
+    let l: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
+    assert_eq!(
+        gati_server::learning::complete_sample(&ee, full, &l).unwrap().0.len(),
+        2
+    );
+    assert!(gati_server::learning::complete_sample(&ee, vec![], &[]).is_err());
+    let wrong = tch::Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let err = gati_server::learning::complete_sample(&ee, vec![wrong], &[]).unwrap_err();
+    assert!(format!("{err:#}").contains("partial sample"), "{err:#}");
 }

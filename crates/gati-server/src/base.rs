@@ -257,8 +257,6 @@ impl BaseWorker {
         let mut h = x.shallow_clone();
         let mut cache_ms = 0.0;
         let mut acts = Vec::new();
-        // Inline: a hit on a run sampled to complete (its answer, at its stage).
-        let mut answered: Option<(Vec<f32>, usize)> = None;
         for k in 0..m.num_stages() {
             if !req.complete_on_hit && self.is_cancelled(&req.request_id) {
                 self.metrics.cancelled.inc();
@@ -275,17 +273,19 @@ impl BaseWorker {
                 acts.push(h.shallow_clone());
             }
             if self.inline {
-                if let (Some(c), None) = (ee.cache_at(k), &answered) {
+                if let Some(c) = ee.cache_at(k) {
                     let t = Instant::now();
                     let (row, hit) = EarlyExit::consult(c, &h);
                     cache_ms += t.elapsed().as_secs_f64() * 1e3;
                     if hit.is_some() {
-                        if !req.complete_on_hit {
-                            let mut r = result(req, true, Some(row), k + 1, Some(k as i32), cache_ms);
-                            r.cache_version = Some(replica.version.clone());
-                            return Ok(r);
+                        // A hit sampled to complete is answered now all the same: the trainer
+                        // runs the rest of the model on its own cores.
+                        if req.complete_on_hit {
+                            self.collect(acts, None, true);
                         }
-                        answered = Some((row, k));
+                        let mut r = result(req, true, Some(row), k + 1, Some(k as i32), cache_ms);
+                        r.cache_version = Some(replica.version.clone());
+                        return Ok(r);
                     }
                 }
             } else if req.stream_stages.contains(&(k as i32)) {
@@ -302,23 +302,19 @@ impl BaseWorker {
                 }
             }
         }
-        self.collect(acts, &h, req.complete_on_hit);
-        Ok(match answered {
-            Some((row, k)) => {
-                let mut r = result(req, true, Some(row), m.num_stages(), Some(k as i32), cache_ms);
-                r.cache_version = Some(replica.version.clone());
-                r
-            }
-            None => result(req, true, Some(probs_row(&h)), m.num_stages(), None, cache_ms),
-        })
+        self.collect(acts, Some(&h), req.complete_on_hit);
+        Ok(result(req, true, Some(probs_row(&h)), m.num_stages(), None, cache_ms))
     }
 
-    /// Keeps a complete run's sample for the trainer, if the buffer is free right now.
-    fn collect(&self, acts: Vec<Tensor>, logits: &Tensor, uniform: bool) {
+    /// Keeps a run's sample for the trainer, if the buffer is free right now: a complete run with
+    /// its logits, or an inline hit sampled to complete (without: the trainer completes it).
+    fn collect(&self, acts: Vec<Tensor>, logits: Option<&Tensor>, uniform: bool) {
         let Some(ring) = &self.samples else { return };
         let sample = Collected {
             acts,
-            logits: Vec::<f32>::try_from(logits.flatten(0, -1)).expect("f32 logits"),
+            logits: logits.map_or_else(Vec::new, |l| {
+                Vec::<f32>::try_from(l.flatten(0, -1)).expect("f32 logits")
+            }),
             uniform,
         };
         match ring.try_lock() {

@@ -31,6 +31,50 @@ impl Collected {
     }
 }
 
+/// A sample with its activation at every cache's stage and the base model's logits `[1, classes]`:
+/// as sent, or, for an inline hit that stopped at its cache (no logits), with the rest of the base
+/// model run from its last activation.
+pub fn complete_sample(ee: &EarlyExit, mut acts: Vec<Tensor>, logits: &[f32]) -> Result<(Vec<Tensor>, Tensor)> {
+    let stages: Vec<usize> = ee.caches.iter().map(|c| c.stage).collect();
+    let m = &ee.model;
+    if !logits.is_empty() {
+        if acts.len() != stages.len() || logits.len() as i64 != m.spec().num_classes {
+            bail!(
+                "sample with {} activations and {} logits, expected {} and {}",
+                acts.len(),
+                logits.len(),
+                stages.len(),
+                m.spec().num_classes
+            );
+        }
+        return Ok((acts, Tensor::from_slice(logits).view([1, -1])));
+    }
+    let Some(last) = acts.last() else {
+        bail!("sample with neither activations nor logits");
+    };
+    if acts.len() > stages.len() {
+        bail!("sample with {} activations for {} caches", acts.len(), stages.len());
+    }
+    let from = stages[acts.len() - 1];
+    if last.size() != m.stages()[from].output_shape || last.kind() != tch::Kind::Float {
+        bail!(
+            "partial sample ends with a {:?} {:?} activation; stage {from} outputs {:?} float",
+            last.kind(),
+            last.size(),
+            m.stages()[from].output_shape
+        );
+    }
+    let _g = tch::no_grad_guard();
+    let mut h = last.shallow_clone();
+    for k in from + 1..m.num_stages() {
+        h = m.run_stage(k, &h);
+        if stages[acts.len()..].contains(&k) {
+            acts.push(h.shallow_clone());
+        }
+    }
+    Ok((acts, h))
+}
+
 /// The newest samples within a memory cap; the oldest are evicted first.
 pub struct SampleRing {
     cap_bytes: usize,

@@ -6,7 +6,7 @@
 //! `Trainer` service (versions, pin, rollback, pause).
 
 use crate::config::{Cluster, ServeMode, TrainerEndpoint};
-use crate::learning::version_to_wire;
+use crate::learning::{self, version_to_wire};
 use crate::metrics::registered;
 use crate::net::{self, user_err, Pool};
 use anyhow::{Context, Result};
@@ -152,7 +152,8 @@ impl Trainer {
         store.write_delay = Duration::from_millis(settings.fault_write_delay_ms);
         let index = store.index()?;
         let plan = Plan::load(&cluster.plan)?;
-        let model = BaseModel::new(&plan.model, tch::Device::Cpu)?;
+        // The base model's weights too: the trainer completes inline hits sampled to complete.
+        let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
         let sample_bytes: i64 = plan
             .caches
             .iter()
@@ -251,9 +252,8 @@ impl Trainer {
                 .collect::<Result<Vec<Tensor>, _>>()
                 .map_err(|e| anyhow::anyhow!("sample: {}", e.message))?;
             let logits: Vec<f32> = s.logits.iter().map(|v| v.0 as f32).collect();
-            anyhow::ensure!(acts.len() == stages.len(), "sample with {} activations", acts.len());
-            st.learner
-                .add(acts, &Tensor::from_slice(&logits).view([1, -1]), s.uniform);
+            let (acts, logits) = learning::complete_sample(&st.learner.ee, acts, &logits)?;
+            st.learner.add(acts, &logits, s.uniform);
             self.metrics.samples.inc();
         }
         if st.index.pinned.is_some() {
