@@ -23,8 +23,9 @@ pub struct Args {
     base_threads: usize,
     #[arg(long, default_value_t = 1)]
     cache_threads: usize,
-    /// Fraction of requests whose base run completes even after a hit (agreement measurement and,
-    /// with --online, the uniform samples validation needs) [default: 0.05, 0.2 with --online]
+    /// Fraction of requests checked against the base model even after a hit: distributed, the base
+    /// run completes (agreement metrics); with --online, the uniform samples validation needs (an
+    /// inline hit still answers at once, the trainer completes it) [default: 0.05, 0.2 with --online]
     #[arg(long)]
     complete_fraction: Option<f64>,
     /// Online learning: a trainer process retrains the caches on served traffic and hot-swaps
