@@ -84,7 +84,18 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
     // Learned thresholds at 2% disagreement among hits: the plan's own caches already use most
     // of its 5% budget on this stream. Half the requests sampled: a sampled hit still answers at
     // once (the trainer completes it), and learning needs the validation samples.
-    let c = online(state.path(), &["--error-target", "0.02", "--complete-fraction", "0.5"]);
+    // A buffer that holds the whole stream: on a loaded machine the niced trainer lags behind.
+    let c = online(
+        state.path(),
+        &[
+            "--error-target",
+            "0.02",
+            "--complete-fraction",
+            "0.5",
+            "--sample-buffer-mb",
+            "256",
+        ],
+    );
     let learned = loadgen(&c.endpoint(), &stream);
     let (s, o) = (hit_rates(&frozen), hit_rates(&learned));
     eprintln!("hit rate per 100 requests\n  static {s:.2?}\n  online {o:.2?}");
@@ -125,7 +136,7 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
         "failed requests while learning"
     );
     assert_eq!(learned["requests"].as_u64(), Some(3000));
-    // Misses and the hits sampled to complete are collected, none lost (64 MB holds them all).
+    // Misses and the hits sampled to complete are collected, none lost.
     assert!(
         (0.2 * 3000.0..=3000.0).contains(&samples),
         "{samples} samples collected"
