@@ -190,7 +190,7 @@ fn versions_hot_swap_under_load_without_a_failed_request() {
             "--concurrency",
             "2",
             "--duration",
-            "6",
+            "12",
             "--stream",
             "iid",
             "--endpoint",
@@ -201,15 +201,27 @@ fn versions_hot_swap_under_load_without_a_failed_request() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Each version answers a few dozen requests before the next swap (polling the frontend's
+    // hits per version: on a loaded machine the load generator takes a while to start).
+    let fm = c.info["metrics"]["frontend"].as_str().unwrap().to_string();
+    let hits = |v: &str| common::metric(&fm, &format!("gati_cache_version_hits_total{{version=\"{v}\"}}"));
+    let wait_for = |v: &str, n: f64| {
+        let start = Instant::now();
+        while hits(v) < n && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&v1, 30.0);
     let pinned = admin(&c, &["pin", "v0"]);
     assert_eq!(pinned["serving"], "v0");
     assert_eq!(pinned["pinned"], "v0");
     assert!(pinned["workers"].as_object().unwrap().values().all(|v| v == "v0"));
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for("v0", 30.0);
+    let before = hits(&v1);
     let back = admin(&c, &["pin", &v1]);
     assert_eq!(back["serving"], v1.as_str());
     assert!(back["workers"].as_object().unwrap().values().all(|v| v == v1.as_str()));
+    wait_for(&v1, before + 30.0);
     let out = load.wait_with_output().unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
