@@ -59,7 +59,9 @@ fn hit_rates(report: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// A working set of two classes that changes every 500 requests, served with online learning and
+/// A working set of two classes that changes every 500 requests (6,000 requests: on fewer, which
+/// versions happen to serve around the shifts moves the loss by more than the margin the frozen
+/// plan leaves under the bound), served with online learning and
 /// with the same caches frozen: the trainer receives the samples and runs its rounds, versions it
 /// makes are swapped in under load without a failed request, and fidelity loss over the whole
 /// stream stays within the plan's budget + 0.5 pp.
@@ -70,9 +72,9 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
         "--stream",
         "working-set:2:500",
         "--stream-length",
-        "3000",
+        "6000",
         "--requests",
-        "3000",
+        "6000",
         "--window",
         "100",
     ];
@@ -121,8 +123,9 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
         }
         rounds = now;
     }
+    let completed = common::metric(&trainer_metrics, "gati_online_samples_completed_total");
     eprintln!(
-        "RESULT static: hit rate {:.3} loss {:.4}; online: hit rate {:.3} loss {:.4}; hits per version {}, agreement {}; {samples} samples ({lost} lost), {rounds} rounds",
+        "RESULT static: hit rate {:.3} loss {:.4}; online: hit rate {:.3} loss {:.4}; hits per version {}, agreement {}; {samples} samples ({lost} lost, {completed} completed by the trainer), {rounds} rounds",
         frozen["hit_rate"].as_f64().unwrap(),
         loss(&frozen),
         learned["hit_rate"].as_f64().unwrap(),
@@ -135,28 +138,36 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
         serde_json::json!({}),
         "failed requests while learning"
     );
-    assert_eq!(learned["requests"].as_u64(), Some(3000));
+    assert_eq!(learned["requests"].as_u64(), Some(6000));
     // Misses and the hits sampled to complete are collected, none lost.
     assert!(
-        (0.2 * 3000.0..=3000.0).contains(&samples),
+        (0.2 * 6000.0..=6000.0).contains(&samples),
         "{samples} samples collected"
     );
     assert!(lost <= 0.01 * samples, "{lost} samples lost");
+    // Sampled hits answered at their cache reach the trainer, which runs the rest of the model.
+    assert!(completed >= 100.0, "{completed} sampled hits completed by the trainer");
     assert!(rounds >= 3.0, "{rounds} training rounds");
     assert!(
         loss(&learned) <= budget + 0.005,
         "online fidelity loss {:.4}",
         loss(&learned)
     );
-    // Every version that answered is one the trainer listed.
+    // Every version that answered is one the trainer listed, or an older one it has since pruned
+    // (it keeps the plan and the 16 newest).
     let listed: Vec<String> = admin(&c, &["versions"])["versions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v["version"].as_str().unwrap().to_string())
         .collect();
+    let number = |v: &str| v.trim_start_matches('v').parse::<u64>().unwrap();
+    let oldest_learned = listed.iter().map(|v| number(v)).filter(|&n| n > 0).min().unwrap_or(0);
     for v in learned["hits_per_version"].as_object().unwrap().keys() {
-        assert!(listed.contains(v), "{v} answered but is not listed in {listed:?}");
+        assert!(
+            listed.contains(v) || number(v) < oldest_learned,
+            "{v} answered but is not listed in {listed:?}"
+        );
     }
 }
 

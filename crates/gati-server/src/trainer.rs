@@ -67,6 +67,7 @@ struct Metrics {
     promotions: IntCounterVec,
     guard_actions: IntCounterVec,
     samples: IntCounter,
+    completed: IntCounter,
     serving: IntGauge,
     agreement: GaugeVec,
     enabled: GaugeVec,
@@ -95,6 +96,10 @@ impl Metrics {
                 &["layer", "action"],
             )?,
             samples: IntCounter::new("gati_online_samples_received_total", "Samples taken from the base worker")?,
+            completed: IntCounter::new(
+                "gati_online_samples_completed_total",
+                "Sampled inline hits whose base run the trainer completed",
+            )?,
             serving: IntGauge::new("gati_online_serving_version", "The version the workers are told to serve")?,
             agreement: gv(
                 "gati_online_layer_agreement",
@@ -119,6 +124,7 @@ impl Metrics {
         r.register(Box::new(m.rounds.clone()))?;
         r.register(Box::new(m.round_seconds.clone()))?;
         r.register(Box::new(m.samples.clone()))?;
+        r.register(Box::new(m.completed.clone()))?;
         r.register(Box::new(m.serving.clone()))?;
         r.register(Box::new(m.samples_lost.clone()))?;
         Ok(m)
@@ -252,8 +258,12 @@ impl Trainer {
                 .collect::<Result<Vec<Tensor>, _>>()
                 .map_err(|e| anyhow::anyhow!("sample: {}", e.message))?;
             let logits: Vec<f32> = s.logits.iter().map(|v| v.0 as f32).collect();
+            let partial = logits.is_empty();
             let (acts, logits) = learning::complete_sample(&st.learner.ee, acts, &logits)?;
             st.learner.add(acts, &logits, s.uniform);
+            if partial {
+                self.metrics.completed.inc();
+            }
             self.metrics.samples.inc();
         }
         if st.index.pinned.is_some() {
