@@ -52,7 +52,8 @@ pub struct OnlineConfig {
     /// `error_target`; the plan's own caches are calibrated to the budget over all requests, so
     /// their hits may disagree up to budget / hit rate).
     pub guard_error: f64,
-    /// Per-class thresholds need this many validation samples of the class; fewer: never hit.
+    /// Per-class thresholds need this many fitting samples of the class; with fewer, a learned
+    /// version leaves the class to the plan's cache.
     pub min_class_samples: usize,
     /// Recent uniform samples kept per cache for threshold fitting and validation.
     pub recent: usize,
