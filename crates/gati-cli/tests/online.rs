@@ -39,6 +39,10 @@ fn admin(cluster: &Cluster, args: &[&str]) -> Value {
 }
 
 fn online(state: &Path, extra: &[&str]) -> Cluster {
+    online_in("inline", state, extra)
+}
+
+fn online_in(mode: &str, state: &Path, extra: &[&str]) -> Cluster {
     let mut args = vec![
         "--online",
         "--retrain-every",
@@ -47,7 +51,7 @@ fn online(state: &Path, extra: &[&str]) -> Cluster {
         state.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    Cluster::up_with("inline", &args)
+    Cluster::up_with(mode, &args)
 }
 
 fn hit_rates(report: &Value) -> Vec<f64> {
@@ -176,6 +180,17 @@ fn online_learning_serves_a_shifting_working_set_within_budget() {
 /// answered, switch with every pin, and no request fails.
 #[test]
 fn versions_hot_swap_under_load_without_a_failed_request() {
+    hot_swap_under_load("inline");
+}
+
+/// The same with the caches in their own worker processes: the trainer installs each version in
+/// both cache workers by RPC.
+#[test]
+fn versions_hot_swap_in_the_cache_workers_under_load_without_a_failed_request() {
+    hot_swap_under_load("distributed");
+}
+
+fn hot_swap_under_load(mode: &str) {
     use gati_cache::versions::VersionStore;
     let state = tempfile::tempdir().unwrap();
     // A version whose caches answer more often: every threshold lowered a little.
@@ -191,7 +206,7 @@ fn versions_hot_swap_under_load_without_a_failed_request() {
     let mut idx = store.index().unwrap();
     idx.paused = true; // the trainer must not publish versions of its own meanwhile
     store.save_index(&idx).unwrap();
-    let c = online(state.path(), &[]);
+    let c = online_in(mode, state.path(), &[]);
     assert_eq!(admin(&c, &["versions"])["serving"], v1.as_str());
     let records = state.path().join("swap.jsonl");
     let load = gati()
@@ -256,7 +271,7 @@ fn versions_hot_swap_under_load_without_a_failed_request() {
         }
     }
     eprintln!(
-        "RESULT hot swap under load: {} requests, 0 failed, answering versions in order {runs:?}",
+        "RESULT hot swap under load ({mode}): {} requests, 0 failed, answering versions in order {runs:?}",
         report["requests"]
     );
     assert!(
