@@ -260,16 +260,11 @@ fn training_is_reproducible_for_a_seed() {
     }
 }
 
-/// A working set of two classes at a time, changing every 600 requests, where the plan's caches
-/// frozen exceed the 2% budget: caches that keep learning from served traffic answer at least as
-/// often, also late in each window, and bring the fidelity loss within the budget + 0.5 pp.
-#[test]
-fn online_caches_answer_a_shifting_working_set_as_often_and_more_faithfully() {
-    use gati_cache::online::{OnlineCaches, OnlineConfig};
-    use gati_core::workload::Stream;
+/// The test's caches planned inline at `budget` and saved to a folder, the evaluation half of the
+/// first 1,000 test images and the base model's answers on it.
+fn planned_at(budget: f64) -> (tempfile::TempDir, BaseModel, data::Dataset, Vec<i64>) {
     let (c, w) = &trained();
     let (model, _) = resnet20();
-    let budget = 0.02;
     let req = PlanRequest {
         mode: Mode::Inline,
         budget,
@@ -296,11 +291,84 @@ fn online_caches_answer_a_shifting_working_set_as_often_and_more_faithfully() {
             .map(|c| (&c.layer, c.variant.name(), c.expected_hit_rate))
             .collect::<Vec<_>>()
     );
-
     let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
     let (_, ei) = split::calibration_evaluation(&test.labels);
     let eval = test.subset(&ei);
     let base = gati_core::eval::argmax(&gati_core::eval::predict(&model, &eval, 250));
+    (dir, model, eval, base)
+}
+
+/// The accuracy guard alone (no retraining): a cache made to answer every request disagrees with
+/// the base model far beyond its target; from the uniform samples the guard raises its
+/// thresholds, and switches it off if that is not enough, within a few dozen of its hits. The
+/// same cache under a budget it holds is left alone.
+#[test]
+fn the_accuracy_guard_reins_in_a_cache_that_answers_wrongly() {
+    use gati_cache::decision::Decision;
+    use gati_cache::online::{OnlineCaches, OnlineConfig};
+    let (dir, model, eval, base) = planned_at(0.02);
+    let serve = |guard_error: f64| {
+        let mut ee = EarlyExit::load(dir.path()).unwrap().1;
+        let classes = model.spec().num_classes as usize;
+        ee.caches[0].decision = Decision::Threshold {
+            thresholds: vec![0.0; classes],
+        };
+        let mut online = OnlineCaches::new(
+            ee,
+            OnlineConfig {
+                complete_fraction: 1.0,
+                retrain_every: usize::MAX,
+                error_target: 0.02,
+                guard_error,
+                ..Default::default()
+            },
+        );
+        // Disagreements over all 300 requests and over the last 100.
+        let mut wrong = [0usize; 2];
+        for (i, &b) in base.iter().enumerate().take(300) {
+            let a = online.serve(&model.preprocess(&eval.pixel_range(i, i + 1)));
+            if a.class as i64 != b {
+                wrong[0] += 1;
+                wrong[1] += (i >= 200) as usize;
+            }
+        }
+        let cache = &online.learner.ee.caches[0];
+        let raised = cache.decision
+            != Decision::Threshold {
+                thresholds: vec![0.0; classes],
+            };
+        (raised, cache.enabled, wrong)
+    };
+    let (raised, enabled, guarded) = serve(0.02);
+    // A target the cache meets (its hits disagree far less than half the time): no action.
+    let (control_raised, control_enabled, unguarded) = serve(0.5);
+    eprintln!(
+        "guard at 2%: thresholds raised {raised}, enabled {enabled}, wrong in 300 / last 100: {guarded:?}; at 50%: {unguarded:?}"
+    );
+    assert!(raised || !enabled, "the guard did not act");
+    assert!(
+        !control_raised && control_enabled,
+        "the guard acted on a cache within its target"
+    );
+    assert!(
+        unguarded[0] >= 10,
+        "the cache answering everything is rarely wrong: {unguarded:?}"
+    );
+    assert!(
+        2 * guarded[0] <= unguarded[0] && 2 * guarded[1] <= unguarded[1].max(1),
+        "guarded {guarded:?} vs unguarded {unguarded:?} disagreements"
+    );
+}
+
+/// A working set of two classes at a time, changing every 600 requests, where the plan's caches
+/// frozen exceed the 2% budget: caches that keep learning from served traffic answer at least as
+/// often, also late in each window, and bring the fidelity loss within the budget + 0.5 pp.
+#[test]
+fn online_caches_answer_a_shifting_working_set_as_often_and_more_faithfully() {
+    use gati_cache::online::{OnlineCaches, OnlineConfig};
+    use gati_core::workload::Stream;
+    let budget = 0.02;
+    let (dir, model, eval, base) = planned_at(budget);
     let window = 600;
     let reqs = Stream::WorkingSet { k: 2, every: window }.generate(&eval.labels, 3000, 11);
     let xs: Vec<Tensor> = reqs
