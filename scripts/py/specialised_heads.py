@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cifar_resnet import load  # noqa: E402
+from thresholds import thresholds  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,20 +55,6 @@ def activations(model, x, keep):
                     acts[b].append(h.clone())
             logits.append(model.linear(F.avg_pool2d(h, h.size(3)).flatten(1)))
     return {b: torch.cat(v) for b, v in acts.items()}, torch.cat(logits)
-
-
-def thresholds(conf, pred, base, target, min_samples=15):
-    out = torch.full((10,), 2.0)
-    for k in range(10):
-        m = pred == k
-        if m.sum() < min_samples:
-            continue
-        c, order = conf[m].sort(descending=True)
-        rate = (pred[m] != base[m]).float()[order].cumsum(0) / torch.arange(1, len(c) + 1)
-        ok = (rate <= target).nonzero()
-        if len(ok):
-            out[k] = c[ok.max()]
-    return out
 
 
 def main():
@@ -107,8 +94,9 @@ def main():
                     opt.step()
             head.eval()
             with torch.no_grad():
-                conf, pred = F.softmax(head(At[b]), 1).max(1)
-            th = thresholds(conf[fit], pred[fit], base[fit], a.target)
+                p = F.softmax(head(At[b]), 1)
+            conf, pred = p.max(1)
+            th = thresholds(p[fit], base[fit], [a.target], 10)[0]
             hit = (conf >= th[pred]) & ~fit
             n = (~fit).sum().item()
             row = {"classes": [x, y], "block": b, "fidelity": (pred[~fit] == base[~fit]).float().mean().item(),
