@@ -301,7 +301,7 @@ fn planned_at(budget: f64) -> (tempfile::TempDir, BaseModel, data::Dataset, Vec<
 /// The accuracy guard alone (no retraining): a cache made to answer every request disagrees with
 /// the base model far beyond its target; from the uniform samples the guard raises its
 /// thresholds, and switches it off if that is not enough, within a few dozen of its hits. The
-/// same cache under a budget it holds is left alone.
+/// same cache under a per-hit target it meets is left alone.
 #[test]
 fn the_accuracy_guard_reins_in_a_cache_that_answers_wrongly() {
     use gati_cache::decision::Decision;
@@ -309,10 +309,10 @@ fn the_accuracy_guard_reins_in_a_cache_that_answers_wrongly() {
     let (dir, model, eval, base) = planned_at(0.02);
     let serve = |guard_error: f64| {
         let mut ee = EarlyExit::load(dir.path()).unwrap().1;
-        let classes = model.spec().num_classes as usize;
-        ee.caches[0].decision = Decision::Threshold {
-            thresholds: vec![0.0; classes],
+        let answer_all = Decision::Threshold {
+            thresholds: vec![0.0; model.spec().num_classes as usize],
         };
+        ee.caches[0].decision = answer_all.clone();
         let mut online = OnlineCaches::new(
             ee,
             OnlineConfig {
@@ -333,11 +333,7 @@ fn the_accuracy_guard_reins_in_a_cache_that_answers_wrongly() {
             }
         }
         let cache = &online.learner.ee.caches[0];
-        let raised = cache.decision
-            != Decision::Threshold {
-                thresholds: vec![0.0; classes],
-            };
-        (raised, cache.enabled, wrong)
+        (cache.decision != answer_all, cache.enabled, wrong)
     };
     let (raised, enabled, guarded) = serve(0.02);
     // A target the cache meets (its hits disagree far less than half the time): no action.
