@@ -94,13 +94,29 @@ exception Overloaded { 1: required string message }
 exception Unavailable { 1: required string message }
 exception DeadlineExceeded { 1: required string message }
 
+// One request's outcome in `infer_each`: its response, or the error it alone raised.
+union InferOutcome {
+  1: InferResponse response,
+  2: InvalidInput invalid,
+  3: ModelNotFound not_found,
+  4: Overloaded overloaded,
+  5: Unavailable unavailable,
+  6: DeadlineExceeded deadline,
+}
+
 service Gati {
   InferResponse infer(1: InferRequest request)
     throws (1: InvalidInput invalid, 2: ModelNotFound not_found, 3: Overloaded overloaded,
             4: Unavailable unavailable, 5: DeadlineExceeded deadline),
+  // All or nothing: every request is checked before any runs (the first bad one is the error; an
+  // InvalidInput names its position, "requests[i]: ..."); then they run as one batch (inline and
+  // base-only: one batched base run, each sample leaving at its own exit; distributed: one by one).
   list<InferResponse> infer_batch(1: list<InferRequest> requests)
     throws (1: InvalidInput invalid, 2: ModelNotFound not_found, 3: Overloaded overloaded,
             4: Unavailable unavailable, 5: DeadlineExceeded deadline),
+  // One outcome per request, in order: a bad item fails alone, the others run as one batch. The
+  // whole call counts once against the in-flight limit (every item is Overloaded past it).
+  list<InferOutcome> infer_each(1: list<InferRequest> requests),
   list<ModelInfo> models(),
   Health health(),
   Stats stats(),
@@ -171,8 +187,18 @@ struct CacheVersion {
   2: required list<CacheUpdate> caches,
 }
 
+// One request's outcome in a batched base run.
+union BaseOutcome {
+  1: BaseResult result,
+  2: InvalidInput invalid,
+  3: Unavailable unavailable,
+}
+
 service BaseWorker {
   BaseResult run(1: BaseRequest request) throws (1: InvalidInput invalid, 2: Unavailable unavailable),
+  // The requests as one batch: inline, a request a cache answers leaves the batch at that stage and
+  // the rest go on together. One outcome per request, in order; a malformed request fails alone.
+  list<BaseOutcome> run_batch(1: list<BaseRequest> requests),
   // Stop the request's remaining stages (a cache answered).
   oneway void cancel(1: string request_id),
   Health health(),

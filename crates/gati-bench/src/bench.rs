@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use gati_cache::candidates::Candidates;
 use gati_cache::plan::{make_plan, Plan, PlanRequest};
 use gati_cache::runtime::EarlyExit;
+use gati_core::names::Named;
 use gati_core::workload::Stream;
 use gati_server::config::ServeMode;
 use serde::Serialize;
@@ -107,9 +108,9 @@ pub fn run(o: &Options) -> Result<Report> {
         Err(e) => report.plot_error = Some(format!("{e:#}")),
     }
     report.seconds = started.elapsed().as_secs_f64();
-    gati_cache::plan::write_json_atomic(&report, &o.out.join("report.json"))?;
+    gati_core::files::write_json_atomic(&report, &o.out.join("report.json"))?;
     let md = o.out.join("report.md");
-    gati_core::weights::write_bytes_atomic(&md, report::markdown(&report).as_bytes())?;
+    gati_core::files::write_bytes_atomic(&md, report::markdown(&report).as_bytes())?;
     Ok(report)
 }
 

@@ -7,8 +7,10 @@
 //! - `measure`: the configurations and one run of each;
 //! - `report`: figures, medians over repeats, markdown;
 //! - `plot`: SVG/PNG charts;
-//! - `bench`: the whole benchmark.
+//! - `bench`: the whole benchmark;
+//! - `batching`: throughput and latency by batch size, in-process and through the batcher.
 
+pub mod batching;
 pub mod bench;
 pub mod inputs;
 pub mod load;

@@ -12,17 +12,31 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Named on the command line (`--configs base-1,...`) by the `value` names; in report.json and
+/// records.jsonl by `key` (the report's older names, kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Config {
     /// The base model alone, in-process, batch 1, one libtorch thread.
+    #[value(name = "base-1")]
     BaseInProcess1,
     /// The base model alone, in-process, batch 1, a thread per core.
+    #[value(name = "base-all")]
     BaseInProcessAll,
     /// The plan's early exit in-process (inline caches), at the plan's thread count.
+    #[value(name = "gati-in-process")]
     GatiInProcess,
+    #[value(name = "thrift-base")]
     ThriftBaseOnly,
+    #[value(name = "thrift-inline")]
     ThriftInline,
+    #[value(name = "thrift-distributed")]
     ThriftDistributed,
+}
+
+impl gati_core::names::Named for Config {
+    fn what() -> &'static str {
+        "configuration"
+    }
 }
 
 impl Config {
@@ -184,6 +198,23 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     pub fn start(exe: &Path, plan: &Path, mode: ServeMode, pin: bool, cache_workers: usize) -> Result<Self> {
+        Self::start_with(exe, plan, mode, pin, cache_workers, 1, 2.0)
+    }
+
+    /// With the frontend's dynamic batcher on (batches of up to `max_batch`).
+    pub fn start_batching(exe: &Path, plan: &Path, mode: ServeMode, max_batch: usize, delay_ms: f64) -> Result<Self> {
+        Self::start_with(exe, plan, mode, false, 1, max_batch, delay_ms)
+    }
+
+    fn start_with(
+        exe: &Path,
+        plan: &Path,
+        mode: ServeMode,
+        pin: bool,
+        cache_workers: usize,
+        max_batch: usize,
+        max_batch_delay_ms: f64,
+    ) -> Result<Self> {
         let opts = UpOptions {
             plan: plan.to_path_buf(),
             mode,
@@ -198,6 +229,11 @@ impl LocalCluster {
             auth_token_file: None,
             fault_cache_delay_ms: 0,
             online: None,
+            max_batch,
+            max_batch_delay_ms,
+            idle_timeout_ms: 300_000,
+            frame_timeout_ms: 10_000,
+            fault_panic_request: None,
         };
         let cluster = local_cluster(&opts)?;
         let dir = tempfile::tempdir()?;

@@ -25,20 +25,16 @@ pub(crate) const NEVER: f32 = 2.0;
 /// left to the plan's own cache (its head and threshold), as if the version had not been learned.
 pub const PLAN_DECIDES: f32 = 3.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecisionKind {
     Threshold,
     Selector,
 }
 
-impl DecisionKind {
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "threshold" => Ok(Self::Threshold),
-            "selector" => Ok(Self::Selector),
-            other => anyhow::bail!("unknown decision '{other}' (threshold, selector)"),
-        }
+impl gati_core::names::Named for DecisionKind {
+    fn what() -> &'static str {
+        "decision"
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::candidates::Candidates;
 use crate::runtime::{EarlyExit, Exit};
 use gati_core::data::Dataset;
+use gati_core::names::Named;
 use gati_core::stats::LatencyStats;
 use serde::Serialize;
 use std::time::Instant;
@@ -91,7 +92,7 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
             .zip(&hits)
             .map(|(c, &h)| LayerHits {
                 layer: c.layer.clone(),
-                variant: c.head.variant.name().to_string(),
+                variant: c.head.variant.name(),
                 hit_rate: h as f64 / n,
             })
             .collect(),

@@ -4,11 +4,15 @@
 //! the spatial layout and cost a fraction: `gap` (global average pool + MLP) and `conv-pool`
 //! (1x1 conv + BN + ReLU + 4x4 adaptive pool + linear).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use gati_core::names::Named;
+use gati_core::BaseModel;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::ModuleT, Tensor};
+use std::path::Path;
+use std::time::Instant;
+use tch::{nn, nn::ModuleT, Kind, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// Linear(D, 1024) – ReLU – Linear(1024, K).
@@ -31,27 +35,13 @@ pub const ALL_VARIANTS: [Variant; 5] = [
     Variant::ConvPool,
 ];
 
+impl Named for Variant {
+    fn what() -> &'static str {
+        "cache variant"
+    }
+}
+
 impl Variant {
-    pub fn name(self) -> &'static str {
-        match self {
-            Variant::Fc => "fc",
-            Variant::Pool => "pool",
-            Variant::Conv => "conv",
-            Variant::Gap => "gap",
-            Variant::ConvPool => "conv-pool",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        match ALL_VARIANTS.iter().find(|v| v.name() == s) {
-            Some(v) => Ok(*v),
-            None => bail!(
-                "unknown cache variant '{s}' (known: {})",
-                ALL_VARIANTS.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
-            ),
-        }
-    }
-
     /// Parses a comma-separated list, or `all`.
     pub fn parse_list(s: &str) -> Result<Vec<Self>> {
         if s == "all" {
@@ -197,4 +187,102 @@ impl CacheHead {
 /// Key prefix of a head's variables: `<layer with '.' → '_'>/<variant>`.
 pub fn head_key(layer: &str, variant: Variant) -> String {
     format!("{}__{}", layer.replace('.', "_"), variant.name().replace('-', "_"))
+}
+
+#[derive(Debug)]
+pub struct HeadEntry {
+    pub layer: String,
+    pub stage: usize,
+    pub variant: Variant,
+    pub key: String,
+    pub params: i64,
+    pub head: CacheHead,
+}
+
+/// All candidate heads of one base model.
+pub struct HeadBank {
+    pub vs: nn::VarStore,
+    pub heads: Vec<HeadEntry>,
+}
+
+impl HeadBank {
+    /// Fresh heads for every `variant` at every stage in `stages` (ascending).
+    pub fn new(model: &BaseModel, stages: &[usize], variants: &[Variant]) -> Result<Self> {
+        let vs = nn::VarStore::new(model.device());
+        let classes = model.spec().num_classes;
+        let mut heads = Vec::new();
+        for &s in stages {
+            let info = model.stages().get(s).with_context(|| format!("no stage {s}"))?;
+            let shape = &info.output_shape;
+            if shape.len() != 4 {
+                bail!(
+                    "stage {} has output shape {:?}; caches attach to 4-d activations",
+                    info.name,
+                    shape
+                );
+            }
+            for &v in variants {
+                let key = head_key(&info.name, v);
+                let before: i64 = param_count(&vs);
+                // One optimizer group per head, so each gets its own learning rate.
+                let path = vs.root().set_group(heads.len()) / key.as_str();
+                let head = CacheHead::new(&path, v, [shape[1], shape[2], shape[3]], classes);
+                let params = param_count(&vs) - before;
+                heads.push(HeadEntry {
+                    layer: info.name.clone(),
+                    stage: s,
+                    variant: v,
+                    key,
+                    params,
+                    head,
+                });
+            }
+        }
+        Ok(Self { vs, heads })
+    }
+
+    /// Distinct stages that carry heads, ascending.
+    pub fn stages(&self) -> Vec<usize> {
+        let mut s: Vec<usize> = self.heads.iter().map(|h| h.stage).collect();
+        s.dedup();
+        s
+    }
+
+    /// Every head's parameters, by name.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.vs.variables().into_iter().collect()
+    }
+
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        gati_core::weights::load_into(&mut self.vs, path)
+    }
+
+    /// Median batch-1 latency of each head in ms (inference mode, current thread count).
+    pub fn measure_costs(&self, model: &BaseModel, runs: usize) -> Vec<f64> {
+        let _g = tch::no_grad_guard();
+        self.heads
+            .iter()
+            .map(|h| {
+                let shape = &model.stages()[h.stage].output_shape;
+                let x = Tensor::rand(shape.as_slice(), (Kind::Float, model.device()));
+                for _ in 0..5 {
+                    let _ = h.head.forward_t(&x, false).softmax(-1, Kind::Float);
+                }
+                let mut t: Vec<f64> = (0..runs)
+                    .map(|_| {
+                        let t0 = Instant::now();
+                        let _ = h.head.forward_t(&x, false).softmax(-1, Kind::Float);
+                        t0.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect();
+                t.sort_by(f64::total_cmp);
+                t[t.len() / 2]
+            })
+            .collect()
+    }
+}
+
+/// Trainable parameter count (BatchNorm running statistics excluded).
+pub fn param_count(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
 }

@@ -25,13 +25,13 @@
 
 use crate::decision::{decide, threshold_for, Decision, NEVER, PLAN_DECIDES};
 use crate::heads::CacheHead;
-use crate::runtime::{probs_row, Answer, CacheState, EarlyExit, Exit};
-use crate::train::distillation_loss;
+use crate::runtime::{Answer, CacheState, EarlyExit, Hooks};
+use crate::train::{distillation_loss, lr_scale, sgd};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::VecDeque;
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone)]
@@ -125,19 +125,31 @@ pub struct LiveAgreement {
     pub upper: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum GuardAction {
     RaisedThresholds,
     Disabled,
 }
 
-impl GuardAction {
-    pub fn name(self) -> &'static str {
-        match self {
-            GuardAction::RaisedThresholds => "raised-thresholds",
-            GuardAction::Disabled => "disabled",
-        }
+impl gati_core::names::Named for GuardAction {
+    fn what() -> &'static str {
+        "guard action"
     }
+}
+
+impl LiveAgreement {
+    /// The guard's trigger: enough hits, and agreement below `target` with 95% confidence (the
+    /// whole interval under it).
+    pub fn below(&self, target: f64, min_hits: usize) -> bool {
+        self.hits >= min_hits && self.upper < target
+    }
+}
+
+/// Dominance on the same held-out samples, `(hits, disagreements)` each: more hits and no more
+/// disagreements. What promotes a candidate and what makes the plan's cache replace a learned one.
+pub fn dominates(a: (usize, usize), b: (usize, usize)) -> bool {
+    a.0 > b.0 && a.1 <= b.1
 }
 
 /// The 95% Wilson score interval of `k` successes in `n`.
@@ -269,7 +281,7 @@ impl Learner {
         let live = self.live();
         let mut acted = Vec::new();
         for (c, l) in live.iter().enumerate() {
-            if !self.ee.caches[c].enabled || l.hits < self.cfg.guard_min_hits || l.upper >= target {
+            if !self.ee.caches[c].enabled || !l.below(target, self.cfg.guard_min_hits) {
                 continue;
             }
             let action = match self.raised_thresholds(c) {
@@ -387,16 +399,8 @@ impl Learner {
         copy_params(&named(&vs), &self.ee.cache_params(c));
         let x_train = stack(&train, |e| &e.act);
         let z_train = stack(&train, |e| &e.logits);
-        let ms = x_train.square().mean(Kind::Float).double_value(&[]).max(1e-6);
-        let lr = self.cfg.lr * (64.0 / (head.fan_in() as f64 * ms)).min(1.0);
-        let mut opt = nn::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            wd: 5e-4,
-            nesterov: true,
-        }
-        .build(&vs, lr)
-        .expect("optimizer");
+        let lr = self.cfg.lr * lr_scale(head.fan_in(), &x_train);
+        let mut opt = sgd(&vs, lr, 0.9, 5e-4);
         let n = train.len() as i64;
         for _ in 0..self.cfg.steps {
             // Our own generator, not libtorch's global one: rounds are reproducible whatever else runs.
@@ -446,7 +450,7 @@ impl Learner {
         // the target (with a one-sample slack), or that the plan dominates, gives way to it.
         let (plan_hits, plan_wrong) = score(&plan_rows, &plan_decision, true);
         let over = round.serving_wrong as f64 > self.cfg.error_target * round.serving_hits as f64 + 1.0;
-        let plan_better = plan_hits > round.serving_hits && plan_wrong <= round.serving_wrong;
+        let plan_better = dominates((plan_hits, plan_wrong), (round.serving_hits, round.serving_wrong));
         let learned = cache.decision != plan_decision;
         if learned && cache.enabled && (over || plan_better) {
             copy_params(&self.ee.cache_params(c), &self.ee.plan_params(c));
@@ -457,7 +461,10 @@ impl Learner {
         (round.candidate_hits, round.candidate_wrong) = score(&rows(&head, &val), &decision, true);
         // Dominance on the same held-out samples: more hits, no more disagreements. (A target rate
         // on a few dozen samples is no evidence at a 1% budget; a paired comparison is.)
-        round.promoted = round.candidate_hits > round.serving_hits && round.candidate_wrong <= round.serving_wrong;
+        round.promoted = dominates(
+            (round.candidate_hits, round.candidate_wrong),
+            (round.serving_hits, round.serving_wrong),
+        );
         if round.promoted {
             copy_params(&self.ee.cache_params(c), &named(&vs));
             self.ee.caches[c].decision = decision;
@@ -496,46 +503,19 @@ impl OnlineCaches {
     pub fn serve(&mut self, x: &Tensor) -> Answer {
         self.served += 1;
         let uniform = self.rng.gen::<f64>() < self.complete_fraction;
-        let guard = tch::no_grad_guard();
-        let (ee, m) = (&self.learner.ee, &self.learner.ee.model);
-        let mut h = x.shallow_clone();
-        let mut acts = Vec::new();
-        let mut answer = None;
-        let mut next = 0;
-        for k in 0..m.num_stages() {
-            h = m.run_stage(k, &h);
-            while next < ee.caches.len() && ee.caches[next].stage == k {
-                acts.push(h.shallow_clone());
-                if answer.is_none() {
-                    if let (_, Some((class, confidence))) = EarlyExit::consult(&ee.caches[next], &h) {
-                        answer = Some(Answer {
-                            class,
-                            confidence,
-                            exit: Exit::Cache(next),
-                        });
-                    }
-                }
-                next += 1;
-            }
-            if answer.is_some() && !uniform {
-                break;
-            }
-        }
-        let answer = match answer {
-            // A plain hit leaves no evidence, so no round can be due.
-            Some(a) if !uniform => return a,
-            Some(a) => a,
-            None => {
-                let (class, confidence) = crate::outcomes::top1(&probs_row(&h));
-                Answer {
-                    class,
-                    confidence,
-                    exit: Exit::Base,
-                }
-            }
+        let ee = &self.learner.ee;
+        let mut hooks = Collecting {
+            stages: ee.caches.iter().map(|c| c.stage).collect(),
+            acts: Vec::new(),
+            uniform,
         };
-        self.learner.add(acts, &h, uniform);
-        drop(guard);
+        let walked = ee.walk(x, 0, &mut hooks).pop().expect("one sample");
+        let answer = walked.answer();
+        // A plain hit leaves no evidence, so no round can be due.
+        let Some(logits) = walked.logits else {
+            return answer;
+        };
+        self.learner.add(hooks.acts, &logits.unsqueeze(0), uniform);
         self.learner.guard();
         if self.learner.due() {
             let mut round = self.learner.round();
@@ -547,6 +527,26 @@ impl OnlineCaches {
             self.rounds.push(round);
         }
         answer
+    }
+}
+
+/// What online serving adds to the early-exit loop: the activation at every cache's stage, and a
+/// uniformly sampled request runs to the end after its hit (validation evidence).
+struct Collecting {
+    stages: Vec<usize>,
+    acts: Vec<Tensor>,
+    uniform: bool,
+}
+
+impl Hooks for Collecting {
+    fn after_stage(&mut self, k: usize, h: &Tensor, _rows: &[usize], _took: std::time::Duration) {
+        for _ in self.stages.iter().filter(|&&s| s == k) {
+            self.acts.push(h.shallow_clone());
+        }
+    }
+
+    fn run_on_after_hit(&mut self, _sample: usize, _cache: usize) -> bool {
+        self.uniform
     }
 }
 
@@ -620,5 +620,52 @@ fn fit_thresholds(
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_interval_matches_known_values() {
+        assert_eq!(wilson(0, 0), (0.0, 1.0));
+        let (lo, hi) = wilson(50, 100);
+        assert!((lo - 0.4038).abs() < 1e-3 && (hi - 0.5962).abs() < 1e-3, "{lo} {hi}");
+        let (lo, hi) = wilson(100, 100);
+        assert!((lo - 0.9630).abs() < 1e-3 && hi > 1.0 - 1e-9, "{lo} {hi}");
+        let (lo, hi) = wilson(0, 20);
+        assert!(lo == 0.0 && (hi - 0.1611).abs() < 1e-3, "{lo} {hi}");
+        // Narrower with more samples at the same rate.
+        let (a, b) = (wilson(9, 10), wilson(900, 1000));
+        assert!(b.1 - b.0 < a.1 - a.0);
+    }
+
+    #[test]
+    fn the_guard_acts_only_on_enough_hits_confidently_below_target() {
+        let live = |agree: usize, hits: usize| {
+            let (lower, upper) = wilson(agree, hits);
+            LiveAgreement {
+                hits,
+                agreement: agree as f64 / hits as f64,
+                lower,
+                upper,
+            }
+        };
+        // 90% agreement on 200 hits is confidently below 98%; on 10 hits it is not evidence.
+        assert!(live(180, 200).below(0.98, 20));
+        assert!(!live(9, 10).below(0.98, 20));
+        assert!(!live(9, 10).below(0.98, 5), "9 of 10 cannot exclude 98%");
+        // 97% on 200 hits: the interval still reaches 98%.
+        assert!(!live(194, 200).below(0.98, 20));
+    }
+
+    #[test]
+    fn dominance_needs_more_hits_and_no_more_disagreements() {
+        assert!(dominates((10, 1), (9, 1)));
+        assert!(dominates((10, 0), (9, 1)));
+        assert!(!dominates((10, 2), (9, 1)), "more hits bought with more disagreement");
+        assert!(!dominates((9, 0), (9, 1)), "equal hits do not promote");
+        assert!(!dominates((0, 0), (0, 0)));
     }
 }

@@ -2,7 +2,7 @@
 //! own prediction and the ground truth. Calibration, planning, the oracle and the paper table all
 //! work from these records.
 
-use crate::candidates::HeadBank;
+use crate::heads::HeadBank;
 use anyhow::{Context, Result};
 use gati_core::{data::Dataset, BaseModel};
 use std::collections::BTreeMap;

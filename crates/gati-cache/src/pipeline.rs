@@ -1,7 +1,8 @@
 //! Train-once candidate preparation: train every (layer, variant) head, record outcomes on both
 //! test halves, and keep it all on disk so later plans reuse it.
 
-use crate::candidates::{CandidateMeta, Candidates, HeadBank, HeadMeta};
+use crate::candidates::{CandidateMeta, Candidates, HeadMeta};
+use crate::heads::HeadBank;
 use crate::heads::Variant;
 use crate::outcomes::Outcomes;
 use crate::train::{self, TrainConfig};

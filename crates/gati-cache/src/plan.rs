@@ -6,6 +6,7 @@ use crate::decision::{self, Decision, DecisionKind};
 use crate::heads::Variant;
 use crate::planner::{Choice, HeadOption, Mode, Outcome, Problem};
 use anyhow::{Context, Result};
+use gati_core::files::write_json_atomic;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -204,9 +205,9 @@ impl Plan {
     pub fn save(&mut self, dir: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let previous = Plan::load(dir).ok().map(|p| p.caches_file);
-        self.caches_file = gati_core::weights::write_content_named(dir, "caches", tensors)?;
+        self.caches_file = gati_core::files::write_content_named(dir, "caches", tensors)?;
         write_json_atomic(self, &dir.join("plan.json"))?;
-        gati_core::weights::remove_stale(dir, "caches", &self.caches_file, previous.as_deref());
+        gati_core::files::remove_stale(dir, "caches", &self.caches_file, previous.as_deref());
         Ok(())
     }
 
@@ -214,7 +215,7 @@ impl Plan {
         let path = dir.join("plan.json");
         let bytes = std::fs::read(&path).with_context(|| format!("reading plan {}", path.display()))?;
         let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("parsing plan {}", path.display()))?;
-        gati_core::weights::file_in(dir, &plan.caches_file)
+        gati_core::files::file_in(dir, &plan.caches_file)
             .with_context(|| format!("plan {}: caches_file", path.display()))?;
         Ok(plan)
     }
@@ -223,9 +224,4 @@ impl Plan {
     pub fn caches_path(&self, dir: &Path) -> PathBuf {
         dir.join(&self.caches_file)
     }
-}
-
-/// Pretty JSON, written atomically (see `gati_core::weights::write_bytes_atomic`).
-pub fn write_json_atomic<T: Serialize>(value: &T, path: &Path) -> Result<()> {
-    gati_core::weights::write_bytes_atomic(path, &serde_json::to_vec_pretty(value)?)
 }

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Caches run in the base model's thread: their cost is on the critical path.
@@ -21,13 +21,9 @@ pub enum Mode {
     Distributed,
 }
 
-impl Mode {
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "inline" => Ok(Mode::Inline),
-            "distributed" => Ok(Mode::Distributed),
-            other => anyhow::bail!("unknown mode '{other}' (inline, distributed)"),
-        }
+impl gati_core::names::Named for Mode {
+    fn what() -> &'static str {
+        "mode"
     }
 }
 

@@ -24,20 +24,38 @@ pub struct RuntimeCache {
     pub plan_decision: Decision,
 }
 
+/// A cache's softmax row on one activation, and `Some((class, probability))` when it answers.
+pub type CacheAnswer = (Vec<f32>, Option<(usize, f32)>);
+
 impl RuntimeCache {
-    /// The softmax row this cache answers with on `activation`, and `Some((class, probability))`
-    /// on a hit: its own, or the plan's cache's on a class it leaves to the plan.
-    pub fn answer(&self, activation: &Tensor) -> (Vec<f32>, Option<(usize, f32)>) {
+    /// The softmax row this cache answers with on `activation` (`[1, C, H, W]`), and
+    /// `Some((class, probability))` on a hit.
+    pub fn answer(&self, activation: &Tensor) -> CacheAnswer {
+        self.answer_rows(activation).pop().expect("one row")
+    }
+
+    /// `answer` for every row of a batch of activations `[n, C, H, W]`, in one pass of the head:
+    /// each row's softmax and its hit, its own or the plan's cache's on a class it leaves to the
+    /// plan.
+    pub fn answer_rows(&self, activations: &Tensor) -> Vec<CacheAnswer> {
         let _g = tch::no_grad_guard();
-        let row = probs_row(&self.head.forward_t(activation, false));
+        let rows = probs_rows(&self.head.forward_t(activations, false));
         if !self.enabled {
-            return (row, None);
+            return rows.into_iter().map(|r| (r, None)).collect();
         }
-        let plan_row = || probs_row(&self.plan_head.forward_t(activation, false));
-        match decide(&self.decision, &row, &self.plan_decision, plan_row) {
-            (Some(prow), hit) => (prow, hit),
-            (None, hit) => (row, hit),
-        }
+        rows.into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let plan_row = || {
+                    let a = activations.narrow(0, i as i64, 1);
+                    probs_row(&self.plan_head.forward_t(&a, false))
+                };
+                match decide(&self.decision, &row, &self.plan_decision, plan_row) {
+                    (Some(prow), hit) => (prow, hit),
+                    (None, hit) => (row, hit),
+                }
+            })
+            .collect()
     }
 }
 
@@ -236,38 +254,207 @@ impl EarlyExit {
     }
 
     /// Softmax of a cache's logits on one activation, and its decision.
-    pub fn consult(c: &RuntimeCache, activation: &Tensor) -> (Vec<f32>, Option<(usize, f32)>) {
+    pub fn consult(c: &RuntimeCache, activation: &Tensor) -> CacheAnswer {
         c.answer(activation)
     }
 
     /// Answers one normalised input `[1, C, H, W]`, exiting at the first confident cache.
     pub fn infer(&self, x: &Tensor) -> Answer {
+        self.infer_batch(x).pop().expect("one answer")
+    }
+
+    /// Answers a batch `[B, C, H, W]` in one pass: each sample leaves at the first cache confident
+    /// about it, the rest go on as a smaller batch. Each answer is the one the sample gets alone.
+    pub fn infer_batch(&self, x: &Tensor) -> Vec<Answer> {
+        self.walk(x, 0, &mut NoHooks).iter().map(Walked::answer).collect()
+    }
+
+    /// The one early-exit loop. Runs the base model's stages from `from` on the batch `x` (the
+    /// input for `from == 0`, else the output of stage `from - 1`); after each stage, the cache
+    /// planned there answers for the samples still running that no cache has answered yet, and a
+    /// sample it answers leaves the batch unless `hooks` keep it running. `hooks` see every stage
+    /// and every hit and may stop samples; what serving, learning and sampling do differently
+    /// lives in them. Returns one `Walked` per sample, in input order.
+    pub fn walk(&self, x: &Tensor, from: usize, hooks: &mut impl Hooks) -> Vec<Walked> {
         let _g = tch::no_grad_guard();
+        let n = x.size()[0] as usize;
+        let mut out: Vec<Walked> = (0..n).map(|_| Walked::default()).collect();
+        // Samples still running (input indices), in the order of `h`'s rows.
+        let mut rows: Vec<usize> = (0..n).collect();
         let mut h = x.shallow_clone();
-        let mut next = 0;
-        for k in 0..self.model.num_stages() {
-            h = self.model.run_stage(k, &h);
-            while next < self.caches.len() && self.caches[next].stage == k {
-                if let (_, Some((class, confidence))) = self.caches[next].answer(&h) {
-                    return Answer {
-                        class,
-                        confidence,
-                        exit: Exit::Cache(next),
-                    };
+        let consult = hooks.consult_caches();
+        let m = &self.model;
+        for k in from..m.num_stages() {
+            let stopped = hooks.stop_before(k, &rows);
+            if !stopped.is_empty() {
+                for &r in &stopped {
+                    out[r].stopped_at = Some(k);
                 }
-                next += 1;
+                (h, rows) = keep_rows(&h, &rows, |r| !stopped.contains(&r));
+            }
+            if rows.is_empty() {
+                return out;
+            }
+            let t = std::time::Instant::now();
+            h = m.run_stage(k, &h);
+            hooks.after_stage(k, &h, &rows, t.elapsed());
+            for &r in &rows {
+                out[r].stages_run = k + 1;
+            }
+            for (c, cache) in self.caches.iter().enumerate().filter(|(_, c)| c.stage == k && consult) {
+                let asking: Vec<usize> = (0..rows.len()).filter(|&i| out[rows[i]].hit.is_none()).collect();
+                if asking.is_empty() {
+                    continue;
+                }
+                let t = std::time::Instant::now();
+                let acts = if asking.len() == rows.len() {
+                    h.shallow_clone()
+                } else {
+                    h.index_select(
+                        0,
+                        &Tensor::from_slice(&asking.iter().map(|&i| i as i64).collect::<Vec<_>>()),
+                    )
+                };
+                let answers = cache.answer_rows(&acts);
+                let ms = t.elapsed().as_secs_f64() * 1e3 / asking.len() as f64;
+                let mut leaving = Vec::new();
+                for (&i, (probs, hit)) in asking.iter().zip(answers) {
+                    let r = rows[i];
+                    out[r].cache_ms += ms;
+                    if let Some((class, confidence)) = hit {
+                        out[r].hit = Some(Hit {
+                            cache: c,
+                            stage: k,
+                            probs,
+                            class,
+                            confidence,
+                        });
+                        if !hooks.run_on_after_hit(r, c) {
+                            leaving.push(r);
+                        }
+                    }
+                }
+                if !leaving.is_empty() {
+                    (h, rows) = keep_rows(&h, &rows, |r| !leaving.contains(&r));
+                    if rows.is_empty() {
+                        return out;
+                    }
+                }
             }
         }
-        let row = probs_row(&h);
-        let (class, confidence) = crate::outcomes::top1(&row);
-        Answer {
-            class,
-            confidence,
-            exit: Exit::Base,
+        let logits = h.to_kind(Kind::Float);
+        for (i, &r) in rows.iter().enumerate() {
+            out[r].logits = Some(logits.get(i as i64));
+        }
+        out
+    }
+}
+
+/// What a walk did with one sample.
+#[derive(Debug, Default)]
+pub struct Walked {
+    /// The first cache that answered it.
+    pub hit: Option<Hit>,
+    /// The base model's logits `[classes]`, when it ran to the end.
+    pub logits: Option<Tensor>,
+    /// Stages it went through (`from` counted as 0 stages run before).
+    pub stages_run: usize,
+    /// A hook stopped it before this stage.
+    pub stopped_at: Option<usize>,
+    /// Its share of the time spent in cache models, in milliseconds.
+    pub cache_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Position of the cache in the plan.
+    pub cache: usize,
+    pub stage: usize,
+    /// The softmax row it answered with.
+    pub probs: Vec<f32>,
+    pub class: usize,
+    pub confidence: f32,
+}
+
+impl Walked {
+    /// The sample's answer: its first hit, else the base model's (a stopped sample has none;
+    /// asking is a bug).
+    pub fn answer(&self) -> Answer {
+        match &self.hit {
+            Some(h) => Answer {
+                class: h.class,
+                confidence: h.confidence,
+                exit: Exit::Cache(h.cache),
+            },
+            None => {
+                let logits = self.logits.as_ref().expect("a sample that ran to the end");
+                let (class, confidence) = crate::outcomes::top1(&probs_row(logits));
+                Answer {
+                    class,
+                    confidence,
+                    exit: Exit::Base,
+                }
+            }
+        }
+    }
+
+    /// The softmax row answered with: the hit's, or the base model's.
+    pub fn probs(&self) -> Option<Vec<f32>> {
+        match &self.hit {
+            Some(h) => Some(h.probs.clone()),
+            None => self.logits.as_ref().map(probs_row),
         }
     }
 }
 
+/// What serving, learning and sampling add to the one early-exit loop (`EarlyExit::walk`).
+/// Sample indices are positions in the walk's input batch; `rows` lists the samples still
+/// running, in the order of the activation's rows.
+pub trait Hooks {
+    /// False: run the stages only, no cache answers (completing a sample).
+    fn consult_caches(&self) -> bool {
+        true
+    }
+    /// Before stage `k`: the samples among `rows` to stop here (a cancelled request).
+    fn stop_before(&mut self, _k: usize, _rows: &[usize]) -> Vec<usize> {
+        Vec::new()
+    }
+    /// After stage `k` ran on `rows`, with its output `h` and how long it took.
+    fn after_stage(&mut self, _k: usize, _h: &Tensor, _rows: &[usize], _took: std::time::Duration) {}
+    /// Cache `cache` answered `sample`: true keeps it running to the end (it is not consulted
+    /// again), false lets it leave the batch.
+    fn run_on_after_hit(&mut self, _sample: usize, _cache: usize) -> bool {
+        false
+    }
+}
+
+/// Plain early exit.
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
+/// The rows of `h` (and their sample indices) whose sample passes `keep`.
+fn keep_rows(h: &Tensor, rows: &[usize], keep: impl Fn(usize) -> bool) -> (Tensor, Vec<usize>) {
+    let (idx, kept): (Vec<i64>, Vec<usize>) = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, &r)| keep(r))
+        .map(|(i, &r)| (i as i64, r))
+        .unzip();
+    if kept.is_empty() {
+        return (h.narrow(0, 0, 0), kept);
+    }
+    (h.index_select(0, &Tensor::from_slice(&idx)), kept)
+}
+
 pub fn probs_row(logits: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(logits.softmax(-1, Kind::Float).flatten(0, -1)).expect("f32 row")
+}
+
+/// Softmax of each row of `logits` `[n, classes]`.
+pub fn probs_rows(logits: &Tensor) -> Vec<Vec<f32>> {
+    let p = logits.softmax(-1, Kind::Float);
+    (0..p.size()[0])
+        .map(|i| Vec::<f32>::try_from(p.get(i)).expect("f32 row"))
+        .collect()
 }

@@ -5,7 +5,7 @@
 //! heads (their parameters are disjoint, so each head gets exactly its own gradient). Ground-truth
 //! labels are never used.
 
-use crate::candidates::HeadBank;
+use crate::heads::HeadBank;
 use gati_core::{data::Dataset, BaseModel};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -66,13 +66,7 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
     let start = std::time::Instant::now();
     tch::manual_seed(cfg.seed as i64);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let sgd = nn::Sgd {
-        momentum: cfg.momentum,
-        dampening: 0.0,
-        wd: cfg.weight_decay,
-        nesterov: true,
-    };
-    let mut opt = sgd.build(&bank.vs, cfg.lr).expect("optimizer");
+    let mut opt = sgd(&bank.vs, cfg.lr, cfg.momentum, cfg.weight_decay);
     let n = train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let total_steps = (steps_per_epoch * cfg.epochs).max(1);
@@ -141,10 +135,29 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
     }
 }
 
+/// The optimiser every cache head trains with, offline and online: SGD with Nesterov momentum and
+/// weight decay.
+pub fn sgd(vs: &nn::VarStore, lr: f64, momentum: f64, weight_decay: f64) -> nn::Optimizer {
+    nn::Sgd {
+        momentum,
+        dampening: 0.0,
+        wd: weight_decay,
+        nesterov: true,
+    }
+    .build(vs, lr)
+    .expect("SGD over a var store")
+}
+
 /// SGD's stable step on a linear layer shrinks as its inputs' summed square grows (fan-in times the
 /// activation's mean square). The paper's flattened heads see thousands of raw activations and
 /// diverge at a learning rate the small heads need, so each head's rate is scaled by
-/// `min(1, 64 / (fan_in · E[x²]))`, measured once on the first batch.
+/// `min(1, 64 / (fan_in · E[x²]))`, measured on a batch of its activations.
+pub fn lr_scale(fan_in: i64, activations: &Tensor) -> f64 {
+    let ms = activations.square().mean(Kind::Float).double_value(&[]).max(1e-6);
+    (64.0 / (fan_in as f64 * ms)).min(1.0)
+}
+
+/// `lr_scale` of every head, measured once on the first batch.
 fn first_batch_lr_scales(
     bank: &HeadBank,
     model: &BaseModel,
@@ -155,11 +168,7 @@ fn first_batch_lr_scales(
     let acts = tch::no_grad(|| model.forward_collect(&model.preprocess(&train.pixels(chunk)), stages).1);
     bank.heads
         .iter()
-        .map(|h| {
-            let act = &acts[stages.binary_search(&h.stage).expect("stage")];
-            let ms = act.square().mean(Kind::Float).double_value(&[]).max(1e-6);
-            (64.0 / (h.head.fan_in() as f64 * ms)).min(1.0)
-        })
+        .map(|h| lr_scale(h.head.fan_in(), &acts[stages.binary_search(&h.stage).expect("stage")]))
         .collect()
 }
 

@@ -6,9 +6,10 @@
 //! same way): a crash at any point leaves the previous index naming complete files.
 
 use crate::decision::Decision;
-use crate::plan::{write_json_atomic, Plan};
+use crate::plan::Plan;
 use crate::runtime::CacheState;
 use anyhow::{bail, Context, Result};
+use gati_core::files::write_json_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,7 +127,7 @@ impl VersionStore {
         }
         for v in &idx.versions {
             if let Some(f) = &v.caches_file {
-                gati_core::weights::file_in(&self.dir, f)
+                gati_core::files::file_in(&self.dir, f)
                     .with_context(|| format!("{}: version {}", path.display(), v.id))?;
             }
         }
@@ -146,7 +147,7 @@ impl VersionStore {
                 tensors.push((format!("{}.{k}", c.key), t.shallow_clone()));
             }
         }
-        let file = gati_core::weights::write_content_named(&self.dir, "caches", &tensors)?;
+        let file = gati_core::files::write_content_named(&self.dir, "caches", &tensors)?;
         std::thread::sleep(self.write_delay);
         let id = idx.versions.iter().map(|v| v.id).max().unwrap_or(0) + 1;
         idx.versions.push(VersionRecord {
@@ -202,7 +203,7 @@ impl VersionStore {
             bail!("version {} does not exist", name(id));
         };
         let path = match &v.caches_file {
-            Some(f) => gati_core::weights::file_in(&self.dir, f)?,
+            Some(f) => gati_core::files::file_in(&self.dir, f)?,
             None => self.plan.caches_path(&self.plan_dir),
         };
         let mut tensors = gati_core::weights::read(&path)?;

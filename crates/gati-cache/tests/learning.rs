@@ -1,13 +1,15 @@
 //! Cache models learn from the base model on real CIFAR-10 images, thresholds hold the budget on
 //! their calibration data, and a saved plan serves exactly what the planner simulated.
 
-use gati_cache::candidates::{Candidates, HeadBank};
+use gati_cache::candidates::Candidates;
 use gati_cache::decision::{self, DecisionKind, ERROR_TARGETS};
+use gati_cache::heads::HeadBank;
 use gati_cache::plan::{make_plan, Plan, PlanRequest};
 use gati_cache::planner::Mode;
 use gati_cache::runtime::{EarlyExit, Exit};
 use gati_cache::train::{distillation_loss, TrainConfig};
 use gati_cache::{pipeline, split, Variant};
+use gati_core::names::Named;
 use gati_core::{data, paths, BaseModel};
 use std::path::Path;
 use tch::{Kind, Tensor};

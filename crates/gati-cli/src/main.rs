@@ -35,11 +35,29 @@ enum Command {
     Loadgen(cmd::loadgen::Args),
     /// Benchmark: base model alone vs gati over request streams, repeated and interleaved; report and plots
     Bench(cmd::bench::Args),
+    /// Throughput and p50/p99 by batch size: base model alone vs gati, in-process and through the frontend's batcher
+    BenchBatch(cmd::bench_batch::Args),
+}
+
+/// Help and version print as clap renders them; a usage error is one line, like every other error
+/// (`error: invalid value 'x' for '--mode <MODE>' [possible values: inline, distributed]`).
+fn exit_on_usage(e: clap::Error) -> ! {
+    if !e.use_stderr() {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .collect();
+    eprintln!("{}", line.join(" "));
+    std::process::exit(2);
 }
 
 fn main() {
     gati_core::tune_allocator();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_on_usage(e));
     let result = match cli.command {
         Command::Eval(a) => cmd::eval::run(a),
         Command::ImportWeights(a) => cmd::import::run(a),
@@ -52,6 +70,7 @@ fn main() {
         Command::Admin(a) => cmd::admin::run(a),
         Command::Loadgen(a) => cmd::loadgen::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::BenchBatch(a) => cmd::bench_batch::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

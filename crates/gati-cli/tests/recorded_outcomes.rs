@@ -108,8 +108,25 @@ fn the_early_exit_loop_answers_as_recorded() {
         hits > 30 && hits < IMAGES,
         "the fixture should mix hits and misses: {hits}"
     );
-    for (w, g) in want.iter().zip(&got) {
-        assert_eq!((&w.image, w.class, &w.exit), (&g.image, g.class, &g.exit));
-        assert!((w.confidence - g.confidence).abs() < 1e-4, "{w:?} vs {g:?}");
+    same(&want, &got, "one at a time");
+
+    // Batches of 16 (and a last, shorter one): samples leave at their own exits.
+    let mut batched = Vec::new();
+    for start in (0..data.len()).step_by(16) {
+        let n = 16.min(data.len() - start);
+        let answers = ee.infer_batch(&x.narrow(0, start as i64, n as i64));
+        assert_eq!(answers.len(), n);
+        for (i, a) in answers.iter().enumerate() {
+            batched.push(outcome(&ee, &data.sources[start + i], a));
+        }
+    }
+    same(&want, &batched, "in batches of 16");
+}
+
+fn same(want: &[Outcome], got: &[Outcome], how: &str) {
+    assert_eq!(want.len(), got.len());
+    for (w, g) in want.iter().zip(got) {
+        assert_eq!((&w.image, w.class, &w.exit), (&g.image, g.class, &g.exit), "{how}");
+        assert!((w.confidence - g.confidence).abs() < 1e-4, "{how}: {w:?} vs {g:?}");
     }
 }

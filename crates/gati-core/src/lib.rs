@@ -3,7 +3,9 @@
 
 pub mod data;
 pub mod eval;
+pub mod files;
 pub mod models;
+pub mod names;
 pub mod paths;
 pub mod progress;
 pub mod stats;

@@ -1,13 +1,14 @@
 //! Model parameters in safetensors: strict loading (every key present, no stray keys, every shape
 //! right, all named in the error) and import from PyTorch checkpoints through the virtualenv's torch.
 
+use crate::files::{tmp_sibling, write_atomic};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{nn::VarStore, Tensor};
 
 /// Loads every variable of `vs` from `path`, refusing missing, unexpected or mis-shaped keys.
 pub fn load_into(vs: &mut VarStore, path: &Path) -> Result<()> {
@@ -97,88 +98,6 @@ fn list<S: AsRef<str>>(items: &[S]) -> String {
         s.push_str(&format!(", ... {} more", items.len() - SHOWN));
     }
     s
-}
-
-/// Writes named tensors as safetensors atomically (temporary file, fsync, rename).
-pub fn write_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let tmp = tmp_sibling(path);
-    let contiguous: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.to_kind(Kind::Float).contiguous()))
-        .collect();
-    Tensor::write_safetensors(&contiguous, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    rename_durable(&tmp, path)
-}
-
-/// Writes `tensors` into folder `dir` as `{stem}-{sha256 prefix}.safetensors` (atomically) and
-/// returns that file name. A file that names it (written after, atomically) then switches to the
-/// new tensors in one rename, and an interrupted writer never leaves a file in use half-written.
-pub fn write_content_named(dir: &Path, stem: &str, tensors: &[(String, Tensor)]) -> Result<String> {
-    let tmp = tmp_sibling(&dir.join(format!("{stem}.safetensors")));
-    write_atomic(tensors, &tmp)?;
-    let name = format!("{stem}-{}.safetensors", &sha256_file(&tmp)?[..16]);
-    rename_durable(&tmp, &dir.join(&name))?;
-    Ok(name)
-}
-
-/// Removes `{stem}-*.safetensors` files in `dir` but the current one and the previous one (a
-/// reader that read the previous index file just before it was replaced can still open it).
-pub fn remove_stale(dir: &Path, stem: &str, current: &str, previous: Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with(&format!("{stem}-")) && name.ends_with(".safetensors");
-        if ours && name != current && Some(name.as_str()) != previous {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// `name` as read from an index file (plan.json, meta.json): it must be a plain file name in
-/// `dir`, never a path that leaves it.
-pub fn file_in(dir: &Path, name: &str) -> Result<PathBuf> {
-    let mut parts = Path::new(name).components();
-    match (parts.next(), parts.next()) {
-        (Some(std::path::Component::Normal(_)), None) => Ok(dir.join(name)),
-        _ => anyhow::bail!("'{name}' must be a file name in {}", dir.display()),
-    }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary sibling, fsynced, renamed over `path`, and the
-/// folder fsynced, so a crash leaves either the old file or the new one, never a torn one.
-pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = tmp_sibling(path);
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()?;
-    rename_durable(&tmp, path)
-}
-
-fn rename_durable(tmp: &Path, path: &Path) -> Result<()> {
-    std::fs::rename(tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // The rename itself is durable only once the folder's entry is on disk.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// A unique temporary name beside `path` (same file system, so a rename is atomic).
-pub fn tmp_sibling(path: &Path) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{k}.tmp", std::process::id()))
 }
 
 /// Hex sha256 of a file (plans record which weights they were trained against).

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServeMode {
     /// No caches: every request runs the whole base model (the baseline).
@@ -13,6 +13,22 @@ pub enum ServeMode {
     Inline,
     /// Caches run in cache-worker processes fed by streamed activations.
     Distributed,
+}
+
+impl gati_core::names::Named for ServeMode {
+    fn what() -> &'static str {
+        "serving mode"
+    }
+}
+
+impl ServeMode {
+    /// How a plan made for `mode` is served by default.
+    pub fn of_plan(mode: gati_cache::planner::Mode) -> Self {
+        match mode {
+            gati_cache::planner::Mode::Inline => ServeMode::Inline,
+            gati_cache::planner::Mode::Distributed => ServeMode::Distributed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,8 +108,25 @@ pub struct Cluster {
     pub complete_on_hit_fraction: f64,
     #[serde(default = "max_frame")]
     pub max_frame_bytes: usize,
+    /// Connections a server holds open at once (more are closed on accept).
     #[serde(default = "max_connections")]
     pub max_connections: usize,
+    /// Connections one client address may hold open at once.
+    #[serde(default = "max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+    /// A connection that starts no request for this long is closed.
+    #[serde(default = "idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A request must arrive whole within this long once its first byte has.
+    #[serde(default = "frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// The frontend's dynamic batcher (inline and base-only): concurrent requests run together
+    /// in one base run of at most this many (1: no batching).
+    #[serde(default = "one")]
+    pub max_batch: usize,
+    /// How long the batcher waits after a batch's first request for more to join it.
+    #[serde(default = "max_batch_delay_ms")]
+    pub max_batch_delay_ms: f64,
     /// Requests admitted at once by the frontend; more get `Overloaded`.
     #[serde(default = "max_in_flight")]
     pub max_in_flight: usize,
@@ -107,6 +140,9 @@ pub struct Cluster {
     /// Online learning (absent: the plan's caches, frozen).
     #[serde(default)]
     pub trainer: Option<TrainerEndpoint>,
+    /// Fault injection for tests: the base worker's run of the request with this id panics.
+    #[serde(default)]
+    pub fault_panic_request: Option<String>,
     /// The token read from `auth_token_file` (by `load`).
     #[serde(skip)]
     pub token: Option<crate::net::Token>,
@@ -140,7 +176,19 @@ fn max_frame() -> usize {
     16 << 20
 }
 fn max_connections() -> usize {
-    64
+    10_000
+}
+fn max_connections_per_peer() -> usize {
+    1024
+}
+fn idle_timeout_ms() -> u64 {
+    300_000
+}
+fn frame_timeout_ms() -> u64 {
+    10_000
+}
+fn max_batch_delay_ms() -> f64 {
+    2.0
 }
 fn max_in_flight() -> usize {
     64
@@ -179,6 +227,18 @@ impl Cluster {
                 self.complete_on_hit_fraction
             );
         }
+        if self.max_batch == 0 || self.max_batch > 1024 {
+            bail!("max_batch must be in [1, 1024], got {}", self.max_batch);
+        }
+        if !(0.0..=1000.0).contains(&self.max_batch_delay_ms) {
+            bail!(
+                "max_batch_delay_ms must be in [0, 1000], got {}",
+                self.max_batch_delay_ms
+            );
+        }
+        if self.idle_timeout_ms == 0 || self.frame_timeout_ms == 0 || self.max_connections_per_peer == 0 {
+            bail!("idle_timeout_ms, frame_timeout_ms and max_connections_per_peer must be positive");
+        }
         if self.mode == ServeMode::Distributed && self.caches.is_empty() {
             bail!("mode distributed needs at least one entry in caches");
         }
@@ -200,6 +260,26 @@ impl Cluster {
     pub fn state_dir(&self) -> Option<PathBuf> {
         let t = self.trainer.as_ref()?;
         Some(t.state_dir.clone().unwrap_or_else(|| self.plan.join("online")))
+    }
+
+    /// Connection limits of an internal service (base, cache, selector, trainer): the token applies.
+    pub fn internal_limits(&self) -> crate::net::Limits {
+        crate::net::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            frame_timeout: std::time::Duration::from_millis(self.frame_timeout_ms),
+            token: self.token.clone(),
+        }
+    }
+
+    /// Limits of the public `Gati` service: open to any Thrift client.
+    pub fn public_limits(&self) -> crate::net::Limits {
+        crate::net::Limits {
+            token: None,
+            ..self.internal_limits()
+        }
     }
 
     /// Cache-worker address serving each stage name.

@@ -6,10 +6,12 @@
 //! to complete) or the base result. The channel is removed on every path.
 
 use crate::config::{Cluster, ServeMode};
+use crate::errors::{to_thrift, ServingError};
 use crate::metrics::registered;
-use crate::net::{self, user_err, Pool};
+use crate::net::{self, Pool};
+use crate::resources::{lock, panic_message, Permits};
 use anyhow::Result;
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use gati_cache::plan::Plan;
 use gati_core::BaseModel;
 use gati_rpc::convert::{input_to_tensor, tensor_to_wire};
@@ -27,7 +29,7 @@ type CacheClient = CacheWorkerSyncClient<net::In, net::Out>;
 
 enum Msg {
     Cache(CacheResult),
-    Base(thrift::Result<BaseResult>),
+    Base(Result<BaseResult, ServingError>),
 }
 
 struct Metrics {
@@ -62,36 +64,43 @@ impl Metrics {
                 "Cache reports that were not confident",
                 &["layer"],
             )?,
-            latency: Histogram::with_opts(
-                HistogramOpts::new("gati_request_latency_seconds", "End-to-end latency at the frontend")
-                    .buckets(prometheus::exponential_buckets(0.0005, 1.5, 24)?),
+            latency: registered(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("gati_request_latency_seconds", "End-to-end latency at the frontend")
+                        .buckets(prometheus::exponential_buckets(0.0005, 1.5, 24)?),
+                )?,
             )?,
-            in_flight: IntGauge::new("gati_in_flight", "Requests in progress")?,
-            cancellations: IntCounter::new("gati_cancellations_total", "Base runs cancelled after a hit")?,
+            in_flight: registered(r, IntGauge::new("gati_in_flight", "Requests in progress")?)?,
+            cancellations: registered(
+                r,
+                IntCounter::new("gati_cancellations_total", "Base runs cancelled after a hit")?,
+            )?,
             agreement: cv(
                 "gati_hit_agreement_total",
                 "Sampled hits whose base run completed, by layer and agreement",
                 &["layer", "agree"],
             )?,
-            late_reports: IntCounter::new("gati_late_reports_total", "Cache reports after the request settled")?,
+            late_reports: registered(
+                r,
+                IntCounter::new("gati_late_reports_total", "Cache reports after the request settled")?,
+            )?,
             version_hits: cv(
                 "gati_cache_version_hits_total",
                 "Requests answered by a cache, by the cache version that answered",
                 &["version"],
             )?,
-            worker_up: IntGaugeVec::new(
-                Opts::new(
-                    "gati_worker_up",
-                    "1 while a worker answers health checks, 0 while it is down",
-                ),
-                &["worker"],
+            worker_up: registered(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gati_worker_up",
+                        "1 while a worker answers health checks, 0 while it is down",
+                    ),
+                    &["worker"],
+                )?,
             )?,
         };
-        r.register(Box::new(m.worker_up.clone()))?;
-        r.register(Box::new(m.latency.clone()))?;
-        r.register(Box::new(m.in_flight.clone()))?;
-        r.register(Box::new(m.cancellations.clone()))?;
-        r.register(Box::new(m.late_reports.clone()))?;
         Ok(m)
     }
 }
@@ -102,10 +111,14 @@ pub struct Frontend {
     spec: gati_core::ModelSpec,
     classes: Vec<String>,
     selector_addr: String,
-    base: Pool<BaseClient>,
+    base: Arc<Pool<BaseClient>>,
     base_control: Pool<BaseClient>,
     caches: Vec<Pool<CacheClient>>,
     pending: Mutex<HashMap<String, Sender<Msg>>>,
+    /// Requests admitted at once (`max_in_flight`); the gauge `gati_in_flight` mirrors it.
+    admitted: Permits,
+    /// Groups concurrent requests into batched base runs (inline and base-only; None: batch 1).
+    batcher: Option<Batcher>,
     /// Sampled hits waiting for their complete base run: request id -> (layer, cache's class).
     sampled: Mutex<HashMap<String, (String, i32)>>,
     next_id: AtomicU64,
@@ -133,13 +146,24 @@ impl Frontend {
             (0..spec.num_classes).map(|i| format!("class{i}")).collect()
         };
         let timeout = Some(Duration::from_millis(cluster.default_deadline_ms.max(1000) * 2));
+        let base = Arc::new(Pool::new(
+            &cluster.base.listen,
+            timeout,
+            cluster.token.clone(),
+            BaseWorkerSyncClient::new,
+        ));
+        let metrics = Metrics::new(registry)?;
+        let batcher = (cluster.max_batch > 1 && cluster.mode != ServeMode::Distributed).then(|| {
+            Batcher::start(
+                base.clone(),
+                cluster.max_batch,
+                Duration::from_micros((cluster.max_batch_delay_ms * 1e3) as u64),
+            )
+        });
         Ok(Self {
-            base: Pool::new(
-                &cluster.base.listen,
-                timeout,
-                cluster.token.clone(),
-                BaseWorkerSyncClient::new,
-            ),
+            admitted: Permits::new(cluster.max_in_flight, metrics.in_flight.clone()),
+            batcher,
+            base,
             base_control: Pool::new(
                 &cluster.base.listen,
                 Some(Duration::from_secs(2)),
@@ -166,92 +190,198 @@ impl Frontend {
             pending: Mutex::new(HashMap::new()),
             sampled: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            metrics: Metrics::new(registry)?,
+            metrics,
             counts: Mutex::new(Counts::default()),
         })
     }
 
-    fn infer(self: &Arc<Self>, req: InferRequest) -> thrift::Result<InferResponse> {
+    /// One request, admitted under the in-flight limit; a panic while serving it (a bug) is its
+    /// `Unavailable`, and its permit is returned either way.
+    fn infer(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, ServingError> {
         let t0 = Instant::now();
-        let in_flight = self.metrics.in_flight.get();
-        if in_flight >= self.cluster.max_in_flight as i64 {
-            self.count_error();
-            return Err(user_err(Overloaded {
-                message: format!("{in_flight} requests in flight; retry later"),
-            }));
+        let _permit = self.admit()?;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let p = self.prepare(req, t0)?;
+            let settled = self.settle(&p)?;
+            self.answer(p, settled)
+        }))
+        .unwrap_or_else(|e| Err(internal_error(&*e)));
+        self.finish(&r, t0);
+        r
+    }
+
+    /// Many requests as one batched base run (inline and base-only; distributed: one by one).
+    /// One outcome per request, in order: a bad item fails alone.
+    fn infer_each(self: &Arc<Self>, reqs: Vec<InferRequest>) -> Vec<Result<InferResponse, ServingError>> {
+        let (t0, n) = (Instant::now(), reqs.len());
+        let _permit = match self.admit() {
+            Ok(p) => p,
+            Err(_) => {
+                return (0..n).map(|_| Err(self.overloaded())).collect();
+            }
+        };
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let prepared: Vec<Result<Prepared, ServingError>> = reqs.into_iter().map(|r| self.prepare(r, t0)).collect();
+            let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+            let mut settled = if self.distributed() {
+                ok.iter().map(|p| self.settle(p)).collect::<Vec<_>>().into_iter()
+            } else {
+                self.run_base(ok.iter().map(|p| p.base_req.clone()).collect())
+                    .into_iter()
+            };
+            prepared
+                .into_iter()
+                .map(|p| {
+                    let p = p?;
+                    let s = settled.next().expect("one outcome per prepared request")?;
+                    self.answer(p, s)
+                })
+                .collect::<Vec<_>>()
+        }));
+        let out = match out {
+            Ok(v) => v,
+            Err(e) => {
+                let e = internal_error(&*e);
+                (0..n).map(|_| Err(e.clone())).collect()
+            }
+        };
+        for r in &out {
+            self.finish(r, t0);
         }
-        self.metrics.in_flight.inc();
-        let r = self.infer_admitted(req, t0);
-        self.metrics.in_flight.dec();
+        out
+    }
+
+    fn admit(&self) -> Result<crate::resources::Permit, ServingError> {
+        self.admitted.try_acquire().ok_or_else(|| {
+            self.count_error();
+            self.overloaded()
+        })
+    }
+
+    fn overloaded(&self) -> ServingError {
+        ServingError::Overloaded(format!(
+            "{} requests in flight (max_in_flight {}); retry later",
+            self.admitted.in_use(),
+            self.admitted.max()
+        ))
+    }
+
+    fn finish(&self, r: &Result<InferResponse, ServingError>, t0: Instant) {
         self.metrics.latency.observe(t0.elapsed().as_secs_f64());
         if r.is_err() {
             self.count_error();
         }
-        r
     }
 
     fn count_error(&self) {
         self.metrics.requests.with_label_values(&["error"]).inc();
-        let mut c = self.counts.lock().expect("lock");
+        let mut c = lock(&self.counts);
         c.requests += 1;
         c.errors += 1;
     }
 
-    fn infer_admitted(self: &Arc<Self>, req: InferRequest, t0: Instant) -> thrift::Result<InferResponse> {
+    fn distributed(&self) -> bool {
+        self.cluster.mode == ServeMode::Distributed && !self.plan.caches.is_empty()
+    }
+
+    /// Checks a request and turns it into the base worker's request.
+    fn prepare(&self, req: InferRequest, t0: Instant) -> Result<Prepared, ServingError> {
         if req.model != self.spec.name {
-            return Err(user_err(ModelNotFound {
-                message: format!(
-                    "model '{}' is not served here (serving '{}')",
-                    req.model, self.spec.name
-                ),
-            }));
+            return Err(ServingError::ModelNotFound(format!(
+                "model '{}' is not served here (serving '{}')",
+                req.model, self.spec.name
+            )));
         }
         let deadline_ms = match req.deadline_ms {
             Some(d) if d <= 0 => {
-                return Err(user_err(DeadlineExceeded {
-                    message: format!("deadline_ms {d} has already passed"),
-                }))
+                return Err(ServingError::DeadlineExceeded(format!(
+                    "deadline_ms {d} has already passed"
+                )))
             }
             Some(d) => d as u64,
             None => self.cluster.default_deadline_ms,
         };
-        let deadline = t0 + Duration::from_millis(deadline_ms);
-        let x = input_to_tensor(&req.input, &self.spec).map_err(user_err)?;
-        let preprocess_ms = ms(t0);
+        let x = input_to_tensor(&req.input, &self.spec).map_err(ServingError::from)?;
         let id = req
             .request_id
             .clone()
             .unwrap_or_else(|| format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed)));
-        let top_k = req.top_k.unwrap_or(5).clamp(1, self.spec.num_classes as i32) as usize;
-        let distributed = self.cluster.mode == ServeMode::Distributed && !self.plan.caches.is_empty();
         let complete_on_hit = rand::thread_rng().gen::<f64>() < self.cluster.complete_on_hit_fraction;
-        let base_req = BaseRequest {
-            request_id: id.clone(),
-            input: tensor_to_wire(&x),
-            stream_stages: if distributed {
-                self.plan.caches.iter().map(|c| c.stage as i32).collect()
-            } else {
-                vec![]
-            },
-            selector: self.selector_addr.clone(),
+        let distributed = self.distributed();
+        Ok(Prepared {
+            t0,
+            deadline: t0 + Duration::from_millis(deadline_ms),
+            preprocess_ms: ms(t0),
+            top_k: req.top_k.unwrap_or(5).clamp(1, self.spec.num_classes as i32) as usize,
             complete_on_hit,
+            base_req: BaseRequest {
+                request_id: id,
+                input: tensor_to_wire(&x),
+                stream_stages: if distributed {
+                    self.plan.caches.iter().map(|c| c.stage as i32).collect()
+                } else {
+                    vec![]
+                },
+                selector: self.selector_addr.clone(),
+                complete_on_hit,
+            },
+        })
+    }
+
+    /// Waits for what settles one request: the first cache hit or the base result.
+    fn settle(self: &Arc<Self>, p: &Prepared) -> Result<Msg, ServingError> {
+        if self.distributed() {
+            return self.race(
+                &p.base_req.request_id,
+                p.base_req.clone(),
+                p.deadline,
+                p.complete_on_hit,
+            );
+        }
+        self.run_base(vec![p.base_req.clone()]).pop().expect("one outcome")
+    }
+
+    /// Base runs, through the batcher when there is one; one outcome per request.
+    fn run_base(&self, reqs: Vec<BaseRequest>) -> Vec<Result<Msg, ServingError>> {
+        let n = reqs.len();
+        let outcomes = match (&self.batcher, n) {
+            (_, 0) => return Vec::new(),
+            (Some(b), 1) => b.run(reqs.into_iter().next().expect("one")).map(|o| vec![o]),
+            (None, 1) => self
+                .base
+                .call(|c| c.run(reqs.into_iter().next().expect("one")))
+                .map(|r| vec![BaseOutcome::Result(r)])
+                .map_err(base_error),
+            _ => self.base.call(|c| c.run_batch(reqs)).map_err(base_error),
         };
-        let settle = if distributed {
-            self.race(&id, base_req, deadline, complete_on_hit)
-        } else {
-            match self.base.call(|c| c.run(base_req)) {
-                Ok(r) => Ok(Msg::Base(Ok(r))),
-                Err(e) => Err(base_error(e)),
-            }
-        }?;
+        match outcomes {
+            Ok(v) if v.len() == n => v
+                .into_iter()
+                .map(|o| Ok(Msg::Base(o.into_result().map_err(base_error))))
+                .collect(),
+            Ok(v) => (0..n)
+                .map(|_| {
+                    Err(ServingError::Unavailable(format!(
+                        "base worker answered {} outcomes for {n} requests",
+                        v.len()
+                    )))
+                })
+                .collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// The response for a settled request.
+    fn answer(&self, p: Prepared, settled: Msg) -> Result<InferResponse, ServingError> {
         let mut timing = Timing {
             total_ms: OrderedFloat(0.0),
             queue_ms: OrderedFloat(0.0),
-            preprocess_ms: OrderedFloat(preprocess_ms),
+            preprocess_ms: OrderedFloat(p.preprocess_ms),
             base_ms: OrderedFloat(0.0),
             cache_ms: OrderedFloat(0.0),
         };
-        let resp = match settle {
+        let id = p.base_req.request_id;
+        let resp = match settled {
             Msg::Cache(r) => {
                 timing.cache_ms = r.compute_ms;
                 let layer = self.layer_name(r.stage);
@@ -259,13 +389,13 @@ impl Frontend {
                 self.respond(id, vec![score], AnswerSource::CACHE, Some(layer), r.version, timing)
             }
             Msg::Base(r) => {
-                let r = r.map_err(base_error)?;
+                let r = r?;
                 timing.base_ms = r.compute_ms;
                 timing.cache_ms = r.cache_ms.unwrap_or(OrderedFloat(0.0));
                 let probs: Vec<f64> = r.probs.unwrap_or_default().into_iter().map(|p| p.0).collect();
                 let mut order: Vec<usize> = (0..probs.len()).collect();
                 order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-                let scores = order.iter().take(top_k).map(|&c| self.score(c, probs[c])).collect();
+                let scores = order.iter().take(p.top_k).map(|&c| self.score(c, probs[c])).collect();
                 match r.exit_stage {
                     Some(s) => {
                         let layer = self.layer_name(s);
@@ -276,7 +406,7 @@ impl Frontend {
             }
         };
         let mut resp = resp?;
-        resp.timing.total_ms = OrderedFloat(ms(t0));
+        resp.timing.total_ms = OrderedFloat(ms(p.t0));
         Ok(resp)
     }
 
@@ -287,9 +417,9 @@ impl Frontend {
         base_req: BaseRequest,
         deadline: Instant,
         complete: bool,
-    ) -> thrift::Result<Msg> {
+    ) -> Result<Msg, ServingError> {
         let (tx, rx) = bounded(64);
-        self.pending.lock().expect("lock").insert(id.to_string(), tx.clone());
+        lock(&self.pending).insert(id.to_string(), tx.clone());
         let me = self.clone();
         std::thread::spawn(move || {
             let id = base_req.request_id.clone();
@@ -297,20 +427,17 @@ impl Frontend {
             match &r {
                 Ok(res) => me.record_agreement(&id, res),
                 Err(_) => {
-                    me.sampled.lock().expect("lock").remove(&id);
+                    lock(&me.sampled).remove(&id);
                 }
             }
-            let _ = tx.send(Msg::Base(r));
+            let _ = tx.send(Msg::Base(r.map_err(base_error)));
         });
         let outcome = loop {
             match rx.recv_deadline(deadline) {
                 Ok(Msg::Cache(r)) if r.hit => {
                     if complete {
                         let layer = self.layer_name(r.stage);
-                        self.sampled
-                            .lock()
-                            .expect("lock")
-                            .insert(id.to_string(), (layer, r.class_index));
+                        lock(&self.sampled).insert(id.to_string(), (layer, r.class_index));
                     } else {
                         self.cancel(id);
                     }
@@ -325,13 +452,13 @@ impl Frontend {
                 Ok(Msg::Base(r)) => break Ok(Msg::Base(r)),
                 Err(_) => {
                     self.cancel(id);
-                    break Err(user_err(DeadlineExceeded {
-                        message: format!("request {id} passed its deadline"),
-                    }));
+                    break Err(ServingError::DeadlineExceeded(format!(
+                        "request {id} passed its deadline"
+                    )));
                 }
             }
         };
-        self.pending.lock().expect("lock").remove(id);
+        lock(&self.pending).remove(id);
         outcome
     }
 
@@ -345,7 +472,7 @@ impl Frontend {
 
     /// A sampled hit's base run finished: did the cache agree with the base model?
     fn record_agreement(&self, id: &str, r: &BaseResult) {
-        let Some((layer, class)) = self.sampled.lock().expect("lock").remove(id) else {
+        let Some((layer, class)) = lock(&self.sampled).remove(id) else {
             return;
         };
         if let Some(p) = &r.probs {
@@ -356,7 +483,7 @@ impl Frontend {
     }
 
     fn report(&self, r: CacheResult) {
-        let tx = self.pending.lock().expect("lock").get(&r.request_id).cloned();
+        let tx = lock(&self.pending).get(&r.request_id).cloned();
         match tx {
             Some(tx) => {
                 let _ = tx.try_send(Msg::Cache(r));
@@ -389,13 +516,13 @@ impl Frontend {
         layer: Option<String>,
         version: Option<String>,
         timing: Timing,
-    ) -> thrift::Result<InferResponse> {
+    ) -> Result<InferResponse, ServingError> {
         let Some(best) = top_k.first().cloned() else {
-            return Err(user_err(Unavailable {
-                message: "base worker returned no probabilities".into(),
-            }));
+            return Err(ServingError::Unavailable(
+                "base worker returned no probabilities".into(),
+            ));
         };
-        let mut c = self.counts.lock().expect("lock");
+        let mut c = lock(&self.counts);
         c.requests += 1;
         if source == AnswerSource::CACHE {
             let l = layer.clone().unwrap_or_default();
@@ -464,14 +591,97 @@ fn ms(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
 }
 
-/// Errors of the base call: the base worker's own exceptions pass through; a transport failure
-/// means it is unreachable.
-fn base_error(e: thrift::Error) -> thrift::Error {
+/// Errors of a base worker call: its own exceptions keep their kind and message; anything else
+/// (a transport or protocol failure) means it is unreachable.
+fn base_error(e: thrift::Error) -> ServingError {
+    if let thrift::Error::User(u) = &e {
+        if let Some(x) = u.downcast_ref::<InvalidInput>() {
+            return ServingError::InvalidInput(x.message.clone());
+        }
+        if let Some(x) = u.downcast_ref::<Unavailable>() {
+            return ServingError::Unavailable(x.message.clone());
+        }
+    }
+    ServingError::Unavailable(format!("base worker unavailable: {e}"))
+}
+
+/// A checked request on its way to the base worker.
+struct Prepared {
+    t0: Instant,
+    deadline: Instant,
+    preprocess_ms: f64,
+    top_k: usize,
+    complete_on_hit: bool,
+    base_req: BaseRequest,
+}
+
+type BaseReply = Sender<Result<BaseOutcome, ServingError>>;
+
+/// The frontend's dynamic batcher: concurrent single requests wait up to `max_delay` after the
+/// first for up to `max_batch - 1` more, then run as one batched base run. Two dispatchers, so
+/// one fills the next batch while the other's runs.
+struct Batcher {
+    queue: Sender<(BaseRequest, BaseReply)>,
+}
+
+impl Batcher {
+    fn start(base: Arc<Pool<BaseClient>>, max_batch: usize, max_delay: Duration) -> Self {
+        let (tx, rx) = unbounded();
+        for _ in 0..2 {
+            let (rx, base): (Receiver<(BaseRequest, BaseReply)>, _) = (rx.clone(), base.clone());
+            std::thread::spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let until = Instant::now() + max_delay;
+                    let mut items = vec![first];
+                    while items.len() < max_batch {
+                        match rx.recv_deadline(until) {
+                            Ok(i) => items.push(i),
+                            Err(_) => break,
+                        }
+                    }
+                    let (reqs, replies): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+                    match base.call(|c| c.run_batch(reqs)) {
+                        Ok(outcomes) if outcomes.len() == replies.len() => {
+                            for (o, tx) in outcomes.into_iter().zip(replies) {
+                                let _ = tx.send(Ok(o));
+                            }
+                        }
+                        Ok(_) | Err(_) => {
+                            for tx in replies {
+                                let _ = tx.send(Err(ServingError::Unavailable(
+                                    "base worker unavailable for a batched run".into(),
+                                )));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Self { queue: tx }
+    }
+
+    fn run(&self, req: BaseRequest) -> Result<BaseOutcome, ServingError> {
+        let (tx, rx) = bounded(1);
+        self.queue
+            .send((req, tx))
+            .map_err(|_| ServingError::Unavailable("batcher stopped".into()))?;
+        rx.recv()
+            .map_err(|_| ServingError::Unavailable("batcher stopped".into()))?
+    }
+}
+
+/// A panic while serving a request, as the client sees it.
+fn internal_error(p: &(dyn std::any::Any + Send)) -> ServingError {
+    let message = format!("internal error: {}", panic_message(p));
+    eprintln!("frontend: {message}");
+    ServingError::Unavailable(message)
+}
+
+/// An item's error inside a batch, naming the item.
+fn at_item(i: usize, e: ServingError) -> ServingError {
     match e {
-        thrift::Error::User(u) => thrift::Error::User(u),
-        other => user_err(Unavailable {
-            message: format!("base worker unavailable: {other}"),
-        }),
+        ServingError::InvalidInput(m) => ServingError::InvalidInput(format!("requests[{i}]: {m}")),
+        other => other,
     }
 }
 
@@ -479,26 +689,45 @@ pub struct GatiHandler(pub Arc<Frontend>);
 
 impl GatiSyncHandler for GatiHandler {
     fn handle_infer(&self, request: InferRequest) -> thrift::Result<InferResponse> {
-        self.0.infer(request)
+        to_thrift(self.0.infer(request))
     }
 
+    /// All or nothing: every request is checked before any runs (the first bad one is the
+    /// error, naming its position); then they run as one batch.
     fn handle_infer_batch(&self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferResponse>> {
-        requests.into_iter().map(|r| self.0.infer(r)).collect()
+        let t0 = Instant::now();
+        for (i, r) in requests.iter().enumerate() {
+            if let Err(e) = self.0.prepare(r.clone(), t0) {
+                self.0.count_error();
+                return to_thrift(Err(at_item(i, e)));
+            }
+        }
+        self.0
+            .infer_each(requests)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| to_thrift(r.map_err(|e| at_item(i, e))))
+            .collect()
+    }
+
+    fn handle_infer_each(&self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferOutcome>> {
+        Ok(self
+            .0
+            .infer_each(requests)
+            .into_iter()
+            .map(crate::errors::outcome)
+            .collect())
     }
 
     fn handle_models(&self) -> thrift::Result<Vec<ModelInfo>> {
         let f = &self.0;
         let [c, h, w] = f.spec.input_shape;
-        let mode = match f.cluster.mode {
-            ServeMode::BaseOnly => "base-only",
-            ServeMode::Inline => "inline",
-            ServeMode::Distributed => "distributed",
-        };
+        let mode = gati_core::names::Named::name(&f.cluster.mode);
         Ok(vec![ModelInfo {
             name: f.spec.name.clone(),
             input_shape: vec![c, h, w],
             classes: f.classes.clone(),
-            mode: mode.into(),
+            mode,
             cache_layers: if f.cluster.mode == ServeMode::BaseOnly {
                 vec![]
             } else {
@@ -513,14 +742,14 @@ impl GatiSyncHandler for GatiHandler {
     }
 
     fn handle_stats(&self) -> thrift::Result<Stats> {
-        let c = self.0.counts.lock().expect("lock");
+        let c = lock(&self.0.counts);
         Ok(Stats {
             requests: c.requests,
             hits: c.hits,
             misses: c.misses,
             errors: c.errors,
             hits_per_layer: c.hits_per_layer.clone(),
-            in_flight: self.0.metrics.in_flight.get(),
+            in_flight: self.0.admitted.in_use() as i64,
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::config::Cluster;
 use anyhow::{bail, Result};
-use gati_cache::runtime::{CacheState, EarlyExit};
+use gati_cache::runtime::{CacheState, EarlyExit, Hooks};
 use gati_cache::versions::{self, VersionStore};
 use gati_rpc::convert::{tensor_from_wire, tensor_to_wire};
 use gati_rpc::{CacheUpdate, CacheVersion, InvalidInput, Sample};
@@ -64,15 +64,32 @@ pub fn complete_sample(ee: &EarlyExit, mut acts: Vec<Tensor>, logits: &[f32]) ->
             m.stages()[from].output_shape
         );
     }
-    let _g = tch::no_grad_guard();
-    let mut h = last.shallow_clone();
-    for k in from + 1..m.num_stages() {
-        h = m.run_stage(k, &h);
-        if stages[acts.len()..].contains(&k) {
-            acts.push(h.shallow_clone());
+    let mut rest = Completing {
+        stages: stages[acts.len()..].to_vec(),
+        acts: Vec::new(),
+    };
+    let walked = ee.walk(last, from + 1, &mut rest).pop().expect("one sample");
+    acts.extend(rest.acts);
+    Ok((acts, walked.logits.expect("ran to the end").unsqueeze(0)))
+}
+
+/// Completing a sample: the remaining stages without cache answers, keeping the activations at
+/// the sampled stages.
+struct Completing {
+    stages: Vec<usize>,
+    acts: Vec<Tensor>,
+}
+
+impl Hooks for Completing {
+    fn consult_caches(&self) -> bool {
+        false
+    }
+
+    fn after_stage(&mut self, k: usize, h: &Tensor, _rows: &[usize], _took: std::time::Duration) {
+        if self.stages.contains(&k) {
+            self.acts.push(h.shallow_clone());
         }
     }
-    Ok((acts, h))
 }
 
 /// The newest samples within a memory cap; the oldest are evicted first.
@@ -236,4 +253,35 @@ impl StartVersion {
 /// A version name as a number, for the `gati_serving_version` gauge.
 pub fn version_number(name: &str) -> i64 {
     versions::parse_name(name).unwrap_or(0) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(floats: i64) -> Collected {
+        Collected {
+            acts: vec![Tensor::zeros([floats], (tch::Kind::Float, tch::Device::Cpu))],
+            logits: Vec::new(),
+            uniform: false,
+        }
+    }
+
+    #[test]
+    fn the_sample_ring_keeps_the_newest_within_its_cap_and_hands_them_out_newest_first() {
+        // 1 MB cap; 100,000 floats = 400,000 bytes per sample: two fit, a third evicts the oldest.
+        let mut r = SampleRing::new(1.0);
+        assert_eq!(r.push(sample(100_000)), 0);
+        assert_eq!(r.push(sample(100_001)), 0);
+        assert_eq!(r.push(sample(100_002)), 1);
+        assert_eq!(r.bytes(), 4 * (100_001 + 100_002));
+        let taken = r.take(1);
+        assert_eq!(taken[0].acts[0].numel(), 100_002, "newest first");
+        assert_eq!(r.bytes(), 4 * 100_001);
+        // One sample larger than the cap is still kept (the trainer may want it) until the next.
+        assert_eq!(r.push(sample(1_000_000)), 1);
+        assert_eq!(r.push(sample(10)), 1);
+        assert_eq!(r.take(10).len(), 1);
+        assert_eq!(r.bytes(), 0);
+    }
 }

@@ -9,14 +9,16 @@
 //! - `trainer` (online learning): retrains the caches on samples the base worker collects and
 //!   installs new versions in the workers by RPC.
 
-pub mod base;
-pub mod cache;
+pub mod base_worker;
+pub mod cache_worker;
 pub mod client;
 pub mod config;
+pub mod errors;
 pub mod frontend;
 pub mod learning;
 pub mod metrics;
 pub mod net;
+pub mod resources;
 pub mod roles;
 pub mod trainer;
 pub mod up;

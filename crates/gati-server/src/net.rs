@@ -1,20 +1,31 @@
-//! Thrift plumbing: a server loop with a frame-size limit, bounded decoding, a connection limit,
-//! an optional shared token on internal services and TCP_NODELAY, and pooled clients.
+//! Thrift plumbing. Servers: tokio accepts connections and reads whole frames (with idle and
+//! slow-frame timeouts, a connection limit and a per-peer limit), so thousands of open
+//! connections cost a task each, not a thread; each complete frame is decoded (bounded, see
+//! `wire`) and handled on tokio's blocking pool, where libtorch and the blocking handlers run.
+//! Clients: pooled, synchronous, with TCP_NODELAY and an optional shared token.
 
 use crate::wire::BoundedBinaryInput;
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
 use thrift::transport::{TFramedReadTransport, TFramedWriteTransport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
+    /// Connections one client address may hold open at once.
+    pub max_connections_per_peer: usize,
+    /// A connection that starts no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request (or the token) must arrive whole within this long once it has started.
+    pub frame_timeout: Duration,
     /// Internal services: every connection must first send this token (see `send_token`).
     pub token: Option<Token>,
 }
@@ -31,70 +42,210 @@ pub fn bind(addr: &str) -> anyhow::Result<(TcpListener, String)> {
     Ok((l, local))
 }
 
-/// Serves `processor` on `listener` forever: one thread per connection, at most
-/// `max_connections` at once (more are closed on accept).
+/// Serves `processor` on `listener` until the process ends.
 pub fn serve<P: TProcessor + Send + Sync + 'static>(listener: TcpListener, processor: Arc<P>, limits: Limits) {
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gati-net")
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(accept_loop(listener, processor, Arc::new(limits)));
+}
+
+async fn accept_loop<P: TProcessor + Send + Sync + 'static>(
+    listener: TcpListener,
+    processor: Arc<P>,
+    limits: Arc<Limits>,
+) {
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let open = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if open.load(Ordering::SeqCst) >= limits.max_connections {
-            drop(stream);
-            continue;
-        }
-        let slot = Slot::take(&open);
+    let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(_) => {
+                // Out of file descriptors, or a connection reset before accept: try again shortly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(slot) = Slot::take(&open, &peers, peer.ip(), &limits) else {
+            continue; // dropped: closed at once
+        };
         let (p, limits) = (processor.clone(), limits.clone());
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
             let _slot = slot;
-            // A panic while serving one connection (a bug) closes that connection only.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle_connection(stream, &*p, &limits)));
+            let _ = connection(stream, p, &limits).await;
         });
     }
 }
 
-/// One counted connection; the count drops with it, whatever way its thread ends.
-struct Slot(Arc<AtomicUsize>);
+/// One counted connection; the counts drop with it, whatever way its task ends.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
 
 impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::SeqCst);
-        Self(open.clone())
+    fn take(
+        open: &Arc<AtomicUsize>,
+        peers: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        limits: &Limits,
+    ) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limits.max_connections).then_some(n + 1)
+        })
+        .ok()?;
+        let mut p = crate::resources::lock(peers);
+        let n = p.entry(ip).or_default();
+        if *n >= limits.max_connections_per_peer {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            open: open.clone(),
+            peers: peers.clone(),
+            ip,
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let mut p = crate::resources::lock(&self.peers);
+        if let Some(n) = p.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.ip);
+            }
+        }
     }
 }
 
-fn handle_connection<P: TProcessor>(mut stream: TcpStream, p: &P, limits: &Limits) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out")
+}
+
+/// Reads exactly `buf.len()` bytes within `limit`.
+async fn read_within(s: &mut tokio::net::TcpStream, buf: &mut [u8], limit: Duration) -> io::Result<()> {
+    tokio::time::timeout(limit, s.read_exact(buf))
+        .await
+        .map_err(|_| timed_out())?
+        .map(|_| ())
+}
+
+/// Reads the next frame (length prefix included), or None when the peer closed or went idle.
+async fn next_frame(s: &mut tokio::net::TcpStream, limits: &Limits) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    // The first byte may take up to the idle timeout; the rest of the frame, the frame timeout.
+    match tokio::time::timeout(limits.idle_timeout, s.read(&mut len[..1])).await {
+        Err(_) | Ok(Ok(0)) => return Ok(None),
+        Ok(r) => r?,
+    };
+    read_within(s, &mut len[1..], limits.frame_timeout).await?;
+    let n = i32::from_be_bytes(len);
+    if n < 0 || n as usize > limits.max_frame_bytes {
+        return Ok(None); // refused: the connection closes, as the bounded reader would
+    }
+    let mut frame = vec![0u8; 4 + n as usize];
+    frame[..4].copy_from_slice(&len);
+    read_within(s, &mut frame[4..], limits.frame_timeout).await?;
+    Ok(Some(frame))
+}
+
+async fn connection<P: TProcessor + Send + Sync + 'static>(
+    mut s: tokio::net::TcpStream,
+    p: Arc<P>,
+    limits: &Limits,
+) -> io::Result<()> {
+    s.set_nodelay(true)?;
     if let Some(token) = &limits.token {
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        if !check_token(&mut stream, token)? {
+        if !check_token(&mut s, token, limits.frame_timeout).await? {
             return Ok(());
         }
-        stream.set_read_timeout(None)?;
     }
-    let mut i = BoundedBinaryInput::new(stream.try_clone()?, limits.max_frame_bytes);
-    let mut o = TBinaryOutputProtocol::new(TFramedWriteTransport::new(stream), true);
-    while p.process(&mut i, &mut o).is_ok() {}
+    while let Some(frame) = next_frame(&mut s, limits).await? {
+        let (p, max) = (p.clone(), limits.max_frame_bytes);
+        // A panic in a handler (a bug) ends this connection only.
+        let Ok((ok, reply)) = tokio::task::spawn_blocking(move || process_frame(&*p, frame, max)).await else {
+            return Ok(());
+        };
+        if !reply.is_empty() {
+            tokio::time::timeout(limits.frame_timeout, s.write_all(&reply))
+                .await
+                .map_err(|_| timed_out())??;
+        }
+        if !ok {
+            return Ok(());
+        }
+    }
     Ok(())
 }
 
+/// A `Write` whose bytes stay readable after the transport that wrote them is gone.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        crate::resources::lock(&self.0).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Handles one whole frame; returns whether the connection may go on, and the reply bytes.
+fn process_frame<P: TProcessor>(p: &P, frame: Vec<u8>, max: usize) -> (bool, Vec<u8>) {
+    let out = Shared::default();
+    let mut i = BoundedBinaryInput::new(io::Cursor::new(frame), max);
+    let mut o = TBinaryOutputProtocol::new(TFramedWriteTransport::new(out.clone()), true);
+    let ok = p.process(&mut i, &mut o).is_ok();
+    drop(o);
+    let reply = std::mem::take(&mut *crate::resources::lock(&out.0));
+    (ok, reply)
+}
+
 /// Reads the client's token frame and compares it in constant time.
-fn check_token(stream: &mut TcpStream, token: &str) -> io::Result<bool> {
+async fn check_token(s: &mut tokio::net::TcpStream, token: &str, limit: Duration) -> io::Result<bool> {
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
+    read_within(s, &mut len, limit).await?;
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_TOKEN_BYTES {
         return Ok(false);
     }
     let mut got = vec![0u8; n];
-    stream.read_exact(&mut got)?;
-    let want = token.as_bytes();
+    read_within(s, &mut got, limit).await?;
+    Ok(token_matches(&got, token.as_bytes()))
+}
+
+/// Compares a presented token with the expected one in time independent of where they differ.
+fn token_matches(got: &[u8], want: &[u8]) -> bool {
     let diff = got.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b));
-    Ok(got.len() == want.len() && diff == 0)
+    got.len() == want.len() && diff == 0
+}
+
+/// Lets this process hold as many sockets as its hard limit allows (thousands of clients).
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local, initialised struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
 }
 
 /// The first frame on a connection to an internal service that requires a token.
@@ -114,6 +265,12 @@ pub fn connect(addr: &str, timeout: Option<Duration>) -> thrift::Result<(In, Out
 
 /// As `connect`, sending `token` first when the peer is an internal service that requires one.
 pub fn connect_with(addr: &str, timeout: Option<Duration>, token: Option<&str>) -> thrift::Result<(In, Out)> {
+    let (i, o, _) = open(addr, timeout, token)?;
+    Ok((i, o))
+}
+
+/// A connection's protocol pair and a handle on its socket.
+fn open(addr: &str, timeout: Option<Duration>, token: Option<&str>) -> thrift::Result<(In, Out, TcpStream)> {
     let sock = addr
         .to_socket_addrs()?
         .next()
@@ -124,21 +281,34 @@ pub fn connect_with(addr: &str, timeout: Option<Duration>, token: Option<&str>) 
         send_token(&mut s, t)?;
     }
     s.set_read_timeout(timeout)?;
-    let r = s.try_clone()?;
+    let (r, handle) = (s.try_clone()?, s.try_clone()?);
     Ok((
         TBinaryInputProtocol::new(TFramedReadTransport::new(r), true),
         TBinaryOutputProtocol::new(TFramedWriteTransport::new(s), true),
+        handle,
     ))
 }
 
+/// True when the peer has closed (or reset) an idle connection: nothing is owed on it, so a
+/// readable socket means end of file or an error.
+fn closed_by_peer(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    let closed = !matches!(s.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    closed || s.set_nonblocking(false).is_err()
+}
+
 /// A pool of clients of one peer: a call takes an idle client (or connects), and returns it only
-/// if the call did not fail at the transport level.
+/// if the call did not fail at the transport level. An idle client whose connection the server
+/// closed meanwhile (its idle timeout) is dropped before use, not failed on.
 pub struct Pool<C> {
     addr: String,
     timeout: Option<Duration>,
     token: Option<Token>,
     make: fn(In, Out) -> C,
-    idle: Mutex<Vec<C>>,
+    idle: Mutex<Vec<(C, TcpStream)>>,
 }
 
 impl<C> Pool<C> {
@@ -156,31 +326,94 @@ impl<C> Pool<C> {
         &self.addr
     }
 
-    pub fn call<T>(&self, f: impl FnOnce(&mut C) -> thrift::Result<T>) -> thrift::Result<T> {
-        let client = self.idle.lock().expect("pool lock").pop();
-        let mut client = match client {
-            Some(c) => c,
-            None => {
-                let (i, o) = connect_with(&self.addr, self.timeout, self.token.as_deref())?;
-                (self.make)(i, o)
+    fn take(&self) -> thrift::Result<(C, TcpStream)> {
+        loop {
+            let Some((c, s)) = crate::resources::lock(&self.idle).pop() else {
+                break;
+            };
+            if !closed_by_peer(&s) {
+                return Ok((c, s));
             }
-        };
+        }
+        let (i, o, s) = open(&self.addr, self.timeout, self.token.as_deref())?;
+        Ok(((self.make)(i, o), s))
+    }
+
+    pub fn call<T>(&self, f: impl FnOnce(&mut C) -> thrift::Result<T>) -> thrift::Result<T> {
+        let (mut client, socket) = self.take()?;
         let r = f(&mut client);
         // Transport errors leave the connection in an unknown state: drop it. Exceptions the
         // server threw (user errors) leave it fine.
         if !matches!(r, Err(thrift::Error::Transport(_)) | Err(thrift::Error::Protocol(_))) {
-            self.idle.lock().expect("pool lock").push(client);
+            crate::resources::lock(&self.idle).push((client, socket));
         }
         r
     }
 
     /// Drops idle connections (after the peer restarted, for example).
     pub fn reset(&self) {
-        self.idle.lock().expect("pool lock").clear();
+        crate::resources::lock(&self.idle).clear();
     }
 }
 
-/// A user exception (one of the IDL's) as a thrift error.
-pub fn user_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> thrift::Error {
-    thrift::Error::User(Box::new(e))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_matches_only_itself() {
+        let want = b"0123456789abcdef";
+        assert!(token_matches(want, want));
+        assert!(!token_matches(b"0123456789abcdeX", want));
+        assert!(!token_matches(b"0123456789abcde", want), "a prefix");
+        assert!(!token_matches(b"0123456789abcdef0", want), "an extension");
+        assert!(!token_matches(b"", want));
+    }
+
+    #[test]
+    fn frames_are_read_whole_and_idle_connections_end() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let limits = Limits {
+                max_frame_bytes: 64,
+                max_connections: 4,
+                max_connections_per_peer: 4,
+                idle_timeout: Duration::from_millis(200),
+                frame_timeout: Duration::from_millis(200),
+                token: None,
+            };
+            let client = tokio::spawn(async move {
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                // A frame written in two pieces arrives as one.
+                c.write_all(&[0, 0, 0, 3, b'a']).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.write_all(b"bc").await.unwrap();
+                // Then a frame over the limit.
+                c.write_all(&[0, 0, 0, 200]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                c
+            });
+            let (mut s, _) = l.accept().await.unwrap();
+            assert_eq!(
+                next_frame(&mut s, &limits).await.unwrap().unwrap(),
+                vec![0, 0, 0, 3, b'a', b'b', b'c']
+            );
+            assert!(
+                next_frame(&mut s, &limits).await.unwrap().is_none(),
+                "an oversized frame is refused"
+            );
+            drop(client.await.unwrap());
+            // An idle peer: nothing within the idle timeout ends the connection.
+            let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut s, _) = l.accept().await.unwrap();
+            let t = std::time::Instant::now();
+            assert!(next_frame(&mut s, &limits).await.unwrap().is_none());
+            assert!(t.elapsed() >= Duration::from_millis(200));
+        });
+    }
 }

@@ -1,8 +1,8 @@
 //! Running one role as this process: bind, start metrics, serve forever.
 
 use crate::config::{apply_placement, Cluster};
-use crate::net::{self, Limits};
-use crate::{base, cache, frontend, trainer};
+use crate::net;
+use crate::{base_worker, cache_worker, frontend, trainer};
 use anyhow::Result;
 use gati_rpc::*;
 use prometheus::Registry;
@@ -14,23 +14,6 @@ pub enum Role {
     Base,
     Cache(usize),
     Trainer,
-}
-
-/// Limits of an internal service (base, cache, selector): the cluster's token applies.
-fn limits(c: &Cluster) -> Limits {
-    Limits {
-        max_frame_bytes: c.max_frame_bytes,
-        max_connections: c.max_connections,
-        token: c.token.clone(),
-    }
-}
-
-/// Limits of the public `Gati` service: open to any Thrift client.
-fn public_limits(c: &Cluster) -> Limits {
-    Limits {
-        token: None,
-        ..limits(c)
-    }
 }
 
 fn start_metrics(addr: &Option<String>, registry: &Registry) -> Result<()> {
@@ -48,13 +31,13 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
         Role::Base => {
             apply_placement(&cluster.base)?;
             let (listener, addr) = net::bind(&cluster.base.listen)?;
-            let worker = Arc::new(base::BaseWorker::new(cluster, &registry, 1)?);
+            let worker = Arc::new(base_worker::BaseWorker::new(cluster, &registry, 1)?);
             start_metrics(&cluster.base.metrics, &registry)?;
             eprintln!("base worker ({:?} mode) on {addr}", cluster.mode);
             net::serve(
                 listener,
-                Arc::new(BaseWorkerSyncProcessor::new(base::Handler(worker))),
-                limits(cluster),
+                Arc::new(BaseWorkerSyncProcessor::new(base_worker::Handler(worker))),
+                cluster.internal_limits(),
             );
         }
         Role::Cache(i) => {
@@ -64,13 +47,13 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("no caches[{i}] in the cluster config"))?;
             apply_placement(&me.endpoint)?;
             let (listener, addr) = net::bind(&me.endpoint.listen)?;
-            let worker = Arc::new(cache::CacheWorker::new(cluster, i, &registry)?);
+            let worker = Arc::new(cache_worker::CacheWorker::new(cluster, i, &registry)?);
             start_metrics(&me.endpoint.metrics, &registry)?;
             eprintln!("cache worker {i} ({}) on {addr}", me.layers.join(","));
             net::serve(
                 listener,
-                Arc::new(CacheWorkerSyncProcessor::new(cache::Handler(worker))),
-                limits(cluster),
+                Arc::new(CacheWorkerSyncProcessor::new(cache_worker::Handler(worker))),
+                cluster.internal_limits(),
             );
         }
         Role::Trainer => {
@@ -89,7 +72,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             net::serve(
                 listener,
                 Arc::new(TrainerSyncProcessor::new(trainer::Handler(t))),
-                limits(cluster),
+                cluster.internal_limits(),
             );
         }
         Role::Frontend => {
@@ -99,14 +82,14 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             let fe = Arc::new(frontend::Frontend::new(cluster, &sel_addr, &registry)?);
             start_metrics(&cluster.frontend.metrics, &registry)?;
             let sel = Arc::new(SelectorSyncProcessor::new(frontend::SelectorHandler(fe.clone())));
-            let l = limits(cluster);
+            let l = cluster.internal_limits();
             std::thread::spawn(move || net::serve(sel_listener, sel, l));
             frontend::watch_workers(fe.clone());
             eprintln!("frontend on {addr} (selector on {sel_addr})");
             net::serve(
                 listener,
                 Arc::new(GatiSyncProcessor::new(frontend::GatiHandler(fe))),
-                public_limits(cluster),
+                cluster.public_limits(),
             );
         }
     }

@@ -6,14 +6,17 @@
 //! `Trainer` service (versions, pin, rollback, pause).
 
 use crate::config::{Cluster, ServeMode, TrainerEndpoint};
+use crate::errors::ServingError;
 use crate::learning::{self, version_to_wire};
 use crate::metrics::registered;
-use crate::net::{self, user_err, Pool};
+use crate::net::{self, Pool};
+use crate::resources::lock;
 use anyhow::{Context, Result};
 use gati_cache::online::{Learner, OnlineConfig};
 use gati_cache::plan::Plan;
 use gati_cache::runtime::{CacheState, EarlyExit};
 use gati_cache::versions::{self, VersionIndex, VersionStore};
+use gati_core::names::Named;
 use gati_core::BaseModel;
 use gati_rpc::convert::tensor_from_wire;
 use gati_rpc::*;
@@ -80,10 +83,13 @@ impl Metrics {
         let cv = |n: &str, h: &str, l: &[&str]| registered(r, IntCounterVec::new(Opts::new(n, h), l)?);
         let gv = |n: &str, h: &str, l: &[&str]| registered(r, GaugeVec::new(Opts::new(n, h), l)?);
         let m = Self {
-            rounds: IntCounter::new("gati_online_rounds_total", "Training rounds run")?,
-            round_seconds: Histogram::with_opts(
-                HistogramOpts::new("gati_online_round_seconds", "Wall time of a training round")
-                    .buckets(prometheus::exponential_buckets(0.01, 2.0, 14)?),
+            rounds: registered(r, IntCounter::new("gati_online_rounds_total", "Training rounds run")?)?,
+            round_seconds: registered(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("gati_online_round_seconds", "Wall time of a training round")
+                        .buckets(prometheus::exponential_buckets(0.01, 2.0, 14)?),
+                )?,
             )?,
             promotions: cv(
                 "gati_online_promotions_total",
@@ -95,12 +101,21 @@ impl Metrics {
                 "Accuracy guard actions (raised thresholds, disabled), by layer",
                 &["layer", "action"],
             )?,
-            samples: IntCounter::new("gati_online_samples_received_total", "Samples taken from the base worker")?,
-            completed: IntCounter::new(
-                "gati_online_samples_completed_total",
-                "Sampled inline hits whose base run the trainer completed",
+            samples: registered(
+                r,
+                IntCounter::new("gati_online_samples_received_total", "Samples taken from the base worker")?,
             )?,
-            serving: IntGauge::new("gati_online_serving_version", "The version the workers are told to serve")?,
+            completed: registered(
+                r,
+                IntCounter::new(
+                    "gati_online_samples_completed_total",
+                    "Sampled inline hits whose base run the trainer completed",
+                )?,
+            )?,
+            serving: registered(
+                r,
+                IntGauge::new("gati_online_serving_version", "The version the workers are told to serve")?,
+            )?,
             agreement: gv(
                 "gati_online_layer_agreement",
                 "Live agreement of a layer's hits with the base model on uniform samples (estimate, and 95% Wilson bounds)",
@@ -116,17 +131,14 @@ impl Metrics {
                 "Version installs sent to workers, by outcome",
                 &["outcome"],
             )?,
-            samples_lost: Gauge::new(
-                "gati_online_samples_lost",
-                "Samples the base worker could not keep (busy or evicted), as it last reported",
+            samples_lost: registered(
+                r,
+                Gauge::new(
+                    "gati_online_samples_lost",
+                    "Samples the base worker could not keep (busy or evicted), as it last reported",
+                )?,
             )?,
         };
-        r.register(Box::new(m.rounds.clone()))?;
-        r.register(Box::new(m.round_seconds.clone()))?;
-        r.register(Box::new(m.samples.clone()))?;
-        r.register(Box::new(m.completed.clone()))?;
-        r.register(Box::new(m.serving.clone()))?;
-        r.register(Box::new(m.samples_lost.clone()))?;
         Ok(m)
     }
 }
@@ -231,7 +243,7 @@ impl Trainer {
 
     fn step(&self) -> Result<()> {
         self.sync_workers();
-        if self.state.lock().expect("lock").index.paused {
+        if lock(&self.state).index.paused {
             return Ok(());
         }
         let batch = match self.base.call(|c| c.take_samples(self.max_take)) {
@@ -242,7 +254,7 @@ impl Trainer {
             }
         };
         self.metrics.samples_lost.set(batch.dropped as f64);
-        let mut st = self.state.lock().expect("lock");
+        let mut st = lock(&self.state);
         let stages: Vec<i32> = st.learner.ee.caches.iter().map(|c| c.stage as i32).collect();
         anyhow::ensure!(
             batch.stages == stages,
@@ -271,7 +283,10 @@ impl Trainer {
         }
         let acted = st.learner.guard();
         for (l, a) in &acted {
-            self.metrics.guard_actions.with_label_values(&[l, a.name()]).inc();
+            self.metrics
+                .guard_actions
+                .with_label_values(&[l.as_str(), a.name().as_str()])
+                .inc();
         }
         if !acted.is_empty() {
             let note: Vec<String> = acted.iter().map(|(l, a)| format!("guard {} {l}", a.name())).collect();
@@ -356,7 +371,7 @@ impl Trainer {
 
     /// Every worker serves the serving version (a restarted worker may have come up with another).
     fn sync_workers(&self) {
-        let st = self.state.lock().expect("lock");
+        let st = lock(&self.state);
         let want = versions::name(st.index.serving);
         let mut wire = None;
         for w in &self.workers {
@@ -384,7 +399,7 @@ impl Trainer {
     }
 
     fn versions(&self) -> Versions {
-        let st = self.state.lock().expect("lock");
+        let st = lock(&self.state);
         self.describe(&st)
     }
 
@@ -414,7 +429,7 @@ impl Trainer {
 
     /// Serves version `id` and stops promoting until unpinned.
     fn pin(&self, id: u64) -> thrift::Result<Versions> {
-        let mut st = self.state.lock().expect("lock");
+        let mut st = lock(&self.state);
         let states = self.store.states(&st.index, id).map_err(admin_err)?;
         st.learner.reset_to(&states).map_err(admin_err)?;
         st.index.pinned = Some(id);
@@ -426,7 +441,7 @@ impl Trainer {
     }
 
     fn update(&self, f: impl FnOnce(&mut VersionIndex)) -> thrift::Result<Versions> {
-        let mut st = self.state.lock().expect("lock");
+        let mut st = lock(&self.state);
         f(&mut st.index);
         self.store.save_index(&st.index).map_err(admin_err)?;
         Ok(self.describe(&st))
@@ -434,9 +449,7 @@ impl Trainer {
 }
 
 fn admin_err(e: anyhow::Error) -> thrift::Error {
-    user_err(AdminError {
-        message: format!("{e:#}"),
-    })
+    thrift::Error::from(ServingError::Admin(format!("{e:#}")))
 }
 
 pub struct Handler(pub Arc<Trainer>);
@@ -457,7 +470,7 @@ impl TrainerSyncHandler for Handler {
 
     fn handle_rollback(&self) -> thrift::Result<Versions> {
         let before = {
-            let st = self.0.state.lock().expect("lock");
+            let st = lock(&self.0.state);
             st.index.before(st.index.serving)
         };
         match before {

@@ -26,6 +26,15 @@ pub struct UpOptions {
     pub fault_cache_delay_ms: u64,
     /// Online learning (a trainer process); None: the plan's caches, frozen.
     pub online: Option<OnlineOptions>,
+    /// The frontend's dynamic batcher: largest batch (1: off) and how long a batch waits to fill.
+    pub max_batch: usize,
+    pub max_batch_delay_ms: f64,
+    /// A connection idle this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A request must arrive whole within this long once started.
+    pub frame_timeout_ms: u64,
+    /// Fault injection for tests: the base worker panics on the request with this id.
+    pub fault_panic_request: Option<String>,
 }
 
 pub struct OnlineOptions {
@@ -89,7 +98,13 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         caches,
         complete_on_hit_fraction: o.complete_on_hit_fraction,
         max_frame_bytes: 16 << 20,
-        max_connections: 256,
+        max_connections: 10_000,
+        max_connections_per_peer: 1024,
+        idle_timeout_ms: o.idle_timeout_ms,
+        frame_timeout_ms: o.frame_timeout_ms,
+        max_batch: o.max_batch,
+        max_batch_delay_ms: o.max_batch_delay_ms,
+        fault_panic_request: o.fault_panic_request.clone(),
         max_in_flight: o.max_in_flight,
         default_deadline_ms: 5000,
         auth_token_file: o.auth_token_file.clone(),
@@ -131,7 +146,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn start(exe: &Path, cluster: &Cluster, config_path: &Path) -> Result<Self> {
-        gati_core::weights::write_bytes_atomic(config_path, &serde_json::to_vec_pretty(cluster)?)?;
+        gati_core::files::write_bytes_atomic(config_path, &serde_json::to_vec_pretty(cluster)?)?;
         let cfg = config_path.display().to_string();
         let mut roles = vec![vec!["serve".into(), "base".into(), "--config".into(), cfg.clone()]];
         for i in 0..cluster.caches.len() {

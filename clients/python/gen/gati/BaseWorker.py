@@ -27,6 +27,14 @@ class Iface(object):
         """
         pass
 
+    def run_batch(self, requests):
+        """
+        Parameters:
+         - requests
+
+        """
+        pass
+
     def cancel(self, request_id):
         """
         Parameters:
@@ -100,6 +108,38 @@ class Client(Iface):
         if result.unavailable is not None:
             raise result.unavailable
         raise TApplicationException(TApplicationException.MISSING_RESULT, "run failed: unknown result")
+
+    def run_batch(self, requests):
+        """
+        Parameters:
+         - requests
+
+        """
+        self.send_run_batch(requests)
+        return self.recv_run_batch()
+
+    def send_run_batch(self, requests):
+        self._oprot.writeMessageBegin('run_batch', TMessageType.CALL, self._seqid)
+        args = run_batch_args()
+        args.requests = requests
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_run_batch(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = run_batch_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "run_batch failed: unknown result")
 
     def cancel(self, request_id):
         """
@@ -239,6 +279,7 @@ class Processor(Iface, TProcessor):
         self._handler = handler
         self._processMap = {}
         self._processMap["run"] = Processor.process_run
+        self._processMap["run_batch"] = Processor.process_run_batch
         self._processMap["cancel"] = Processor.process_cancel
         self._processMap["health"] = Processor.process_health
         self._processMap["take_samples"] = Processor.process_take_samples
@@ -291,6 +332,29 @@ class Processor(Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("run", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_run_batch(self, seqid, iprot, oprot):
+        args = run_batch_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = run_batch_result()
+        try:
+            result.success = self._handler.run_batch(args.requests)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("run_batch", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -550,6 +614,147 @@ run_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [BaseResult, None], None, ),  # 0
     (1, TType.STRUCT, 'invalid', [InvalidInput, None], None, ),  # 1
     (2, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 2
+)
+
+
+class run_batch_args(object):
+    """
+    Attributes:
+     - requests
+
+    """
+
+
+    def __init__(self, requests=None,):
+        self.requests = requests
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.LIST:
+                    self.requests = []
+                    (_etype172, _size169) = iprot.readListBegin()
+                    for _i173 in range(_size169):
+                        _elem174 = BaseRequest()
+                        _elem174.read(iprot)
+                        self.requests.append(_elem174)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('run_batch_args')
+        if self.requests is not None:
+            oprot.writeFieldBegin('requests', TType.LIST, 1)
+            oprot.writeListBegin(TType.STRUCT, len(self.requests))
+            for iter175 in self.requests:
+                iter175.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(run_batch_args)
+run_batch_args.thrift_spec = (
+    None,  # 0
+    (1, TType.LIST, 'requests', (TType.STRUCT, [BaseRequest, None], False), None, ),  # 1
+)
+
+
+class run_batch_result(object):
+    """
+    Attributes:
+     - success
+
+    """
+
+
+    def __init__(self, success=None,):
+        self.success = success
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.LIST:
+                    self.success = []
+                    (_etype179, _size176) = iprot.readListBegin()
+                    for _i180 in range(_size176):
+                        _elem181 = BaseOutcome()
+                        _elem181.read(iprot)
+                        self.success.append(_elem181)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('run_batch_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.LIST, 0)
+            oprot.writeListBegin(TType.STRUCT, len(self.success))
+            for iter182 in self.success:
+                iter182.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(run_batch_result)
+run_batch_result.thrift_spec = (
+    (0, TType.LIST, 'success', (TType.STRUCT, [BaseOutcome, None], False), None, ),  # 0
 )
 
 

@@ -35,6 +35,14 @@ class Iface(object):
         """
         pass
 
+    def infer_each(self, requests):
+        """
+        Parameters:
+         - requests
+
+        """
+        pass
+
     def models(self):
         pass
 
@@ -136,6 +144,38 @@ class Client(Iface):
             raise result.deadline
         raise TApplicationException(TApplicationException.MISSING_RESULT, "infer_batch failed: unknown result")
 
+    def infer_each(self, requests):
+        """
+        Parameters:
+         - requests
+
+        """
+        self.send_infer_each(requests)
+        return self.recv_infer_each()
+
+    def send_infer_each(self, requests):
+        self._oprot.writeMessageBegin('infer_each', TMessageType.CALL, self._seqid)
+        args = infer_each_args()
+        args.requests = requests
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_infer_each(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = infer_each_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "infer_each failed: unknown result")
+
     def models(self):
         self.send_models()
         return self.recv_models()
@@ -221,6 +261,7 @@ class Processor(Iface, TProcessor):
         self._processMap = {}
         self._processMap["infer"] = Processor.process_infer
         self._processMap["infer_batch"] = Processor.process_infer_batch
+        self._processMap["infer_each"] = Processor.process_infer_each
         self._processMap["models"] = Processor.process_models
         self._processMap["health"] = Processor.process_health
         self._processMap["stats"] = Processor.process_stats
@@ -318,6 +359,29 @@ class Processor(Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("infer_batch", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_infer_each(self, seqid, iprot, oprot):
+        args = infer_each_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = infer_each_result()
+        try:
+            result.success = self._handler.infer_each(args.requests)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("infer_each", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -780,6 +844,147 @@ infer_batch_result.thrift_spec = (
 )
 
 
+class infer_each_args(object):
+    """
+    Attributes:
+     - requests
+
+    """
+
+
+    def __init__(self, requests=None,):
+        self.requests = requests
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.LIST:
+                    self.requests = []
+                    (_etype151, _size148) = iprot.readListBegin()
+                    for _i152 in range(_size148):
+                        _elem153 = InferRequest()
+                        _elem153.read(iprot)
+                        self.requests.append(_elem153)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('infer_each_args')
+        if self.requests is not None:
+            oprot.writeFieldBegin('requests', TType.LIST, 1)
+            oprot.writeListBegin(TType.STRUCT, len(self.requests))
+            for iter154 in self.requests:
+                iter154.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(infer_each_args)
+infer_each_args.thrift_spec = (
+    None,  # 0
+    (1, TType.LIST, 'requests', (TType.STRUCT, [InferRequest, None], False), None, ),  # 1
+)
+
+
+class infer_each_result(object):
+    """
+    Attributes:
+     - success
+
+    """
+
+
+    def __init__(self, success=None,):
+        self.success = success
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.LIST:
+                    self.success = []
+                    (_etype158, _size155) = iprot.readListBegin()
+                    for _i159 in range(_size155):
+                        _elem160 = InferOutcome()
+                        _elem160.read(iprot)
+                        self.success.append(_elem160)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('infer_each_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.LIST, 0)
+            oprot.writeListBegin(TType.STRUCT, len(self.success))
+            for iter161 in self.success:
+                iter161.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(infer_each_result)
+infer_each_result.thrift_spec = (
+    (0, TType.LIST, 'success', (TType.STRUCT, [InferOutcome, None], False), None, ),  # 0
+)
+
+
 class models_args(object):
 
 
@@ -846,11 +1051,11 @@ class models_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype151, _size148) = iprot.readListBegin()
-                    for _i152 in range(_size148):
-                        _elem153 = ModelInfo()
-                        _elem153.read(iprot)
-                        self.success.append(_elem153)
+                    (_etype165, _size162) = iprot.readListBegin()
+                    for _i166 in range(_size162):
+                        _elem167 = ModelInfo()
+                        _elem167.read(iprot)
+                        self.success.append(_elem167)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -867,8 +1072,8 @@ class models_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter154 in self.success:
-                iter154.write(oprot)
+            for iter168 in self.success:
+                iter168.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

@@ -1401,6 +1401,119 @@ class DeadlineExceeded(TException):
         return not (self == other)
 
 
+class InferOutcome(object):
+    """
+    Attributes:
+     - response
+     - invalid
+     - not_found
+     - overloaded
+     - unavailable
+     - deadline
+
+    """
+
+
+    def __init__(self, response=None, invalid=None, not_found=None, overloaded=None, unavailable=None, deadline=None,):
+        self.response = response
+        self.invalid = invalid
+        self.not_found = not_found
+        self.overloaded = overloaded
+        self.unavailable = unavailable
+        self.deadline = deadline
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.response = InferResponse()
+                    self.response.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.invalid = InvalidInput.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.not_found = ModelNotFound.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.overloaded = Overloaded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.STRUCT:
+                    self.unavailable = Unavailable.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRUCT:
+                    self.deadline = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('InferOutcome')
+        if self.response is not None:
+            oprot.writeFieldBegin('response', TType.STRUCT, 1)
+            self.response.write(oprot)
+            oprot.writeFieldEnd()
+        if self.invalid is not None:
+            oprot.writeFieldBegin('invalid', TType.STRUCT, 2)
+            self.invalid.write(oprot)
+            oprot.writeFieldEnd()
+        if self.not_found is not None:
+            oprot.writeFieldBegin('not_found', TType.STRUCT, 3)
+            self.not_found.write(oprot)
+            oprot.writeFieldEnd()
+        if self.overloaded is not None:
+            oprot.writeFieldBegin('overloaded', TType.STRUCT, 4)
+            self.overloaded.write(oprot)
+            oprot.writeFieldEnd()
+        if self.unavailable is not None:
+            oprot.writeFieldBegin('unavailable', TType.STRUCT, 5)
+            self.unavailable.write(oprot)
+            oprot.writeFieldEnd()
+        if self.deadline is not None:
+            oprot.writeFieldBegin('deadline', TType.STRUCT, 6)
+            self.deadline.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class BaseRequest(object):
     """
     Attributes:
@@ -2065,6 +2178,86 @@ class CacheVersion(object):
         return not (self == other)
 
 
+class BaseOutcome(object):
+    """
+    Attributes:
+     - result
+     - invalid
+     - unavailable
+
+    """
+
+
+    def __init__(self, result=None, invalid=None, unavailable=None,):
+        self.result = result
+        self.invalid = invalid
+        self.unavailable = unavailable
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.result = BaseResult()
+                    self.result.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.invalid = InvalidInput.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.unavailable = Unavailable.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('BaseOutcome')
+        if self.result is not None:
+            oprot.writeFieldBegin('result', TType.STRUCT, 1)
+            self.result.write(oprot)
+            oprot.writeFieldEnd()
+        if self.invalid is not None:
+            oprot.writeFieldBegin('invalid', TType.STRUCT, 2)
+            self.invalid.write(oprot)
+            oprot.writeFieldEnd()
+        if self.unavailable is not None:
+            oprot.writeFieldBegin('unavailable', TType.STRUCT, 3)
+            self.unavailable.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class Activation(object):
     """
     Attributes:
@@ -2708,6 +2901,16 @@ DeadlineExceeded.thrift_spec = (
     None,  # 0
     (1, TType.STRING, 'message', 'UTF8', None, ),  # 1
 )
+all_structs.append(InferOutcome)
+InferOutcome.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'response', [InferResponse, None], None, ),  # 1
+    (2, TType.STRUCT, 'invalid', [InvalidInput, None], None, ),  # 2
+    (3, TType.STRUCT, 'not_found', [ModelNotFound, None], None, ),  # 3
+    (4, TType.STRUCT, 'overloaded', [Overloaded, None], None, ),  # 4
+    (5, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 5
+    (6, TType.STRUCT, 'deadline', [DeadlineExceeded, None], None, ),  # 6
+)
 all_structs.append(BaseRequest)
 BaseRequest.thrift_spec = (
     None,  # 0
@@ -2756,6 +2959,13 @@ CacheVersion.thrift_spec = (
     None,  # 0
     (1, TType.STRING, 'version', 'UTF8', None, ),  # 1
     (2, TType.LIST, 'caches', (TType.STRUCT, [CacheUpdate, None], False), None, ),  # 2
+)
+all_structs.append(BaseOutcome)
+BaseOutcome.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'result', [BaseResult, None], None, ),  # 1
+    (2, TType.STRUCT, 'invalid', [InvalidInput, None], None, ),  # 2
+    (3, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 3
 )
 all_structs.append(Activation)
 Activation.thrift_spec = (

@@ -1,6 +1,7 @@
 use anyhow::{bail, Result};
 use gati_bench::bench::{self, Options};
 use gati_bench::measure::Config;
+use gati_core::names::Named;
 use gati_core::workload::Stream;
 use gati_server::config::ServeMode;
 use std::path::PathBuf;
@@ -32,8 +33,8 @@ pub struct Args {
     #[arg(long, default_value = "")]
     budgets: String,
     /// Deployment the budget sweep measures: inline or distributed
-    #[arg(long, default_value = "inline")]
-    sweep_mode: String,
+    #[arg(long, value_enum, default_value_t = ServeMode::Inline)]
+    sweep_mode: ServeMode,
     /// Closed-loop clients for the throughput-at-saturation runs (default: 2 per core)
     #[arg(long)]
     saturation_clients: Option<usize>,
@@ -56,17 +57,7 @@ fn parse_configs(spec: &str) -> Result<Vec<Config>> {
         return Ok(Config::ALL.to_vec());
     }
     spec.split(',')
-        .map(|c| {
-            Ok(match c.trim() {
-                "base-1" => Config::BaseInProcess1,
-                "base-all" => Config::BaseInProcessAll,
-                "gati-in-process" => Config::GatiInProcess,
-                "thrift-base" => Config::ThriftBaseOnly,
-                "thrift-inline" => Config::ThriftInline,
-                "thrift-distributed" => Config::ThriftDistributed,
-                other => bail!("--configs: unknown configuration '{other}'"),
-            })
-        })
+        .map(|c| Config::parse(c.trim()).map_err(|e| anyhow::anyhow!("--configs: {e}")))
         .collect()
 }
 
@@ -80,11 +71,10 @@ pub fn run(a: Args) -> Result<()> {
             _ => bail!("--budgets: '{b}' is not a fraction in [0, 1)"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let sweep_mode = match a.sweep_mode.as_str() {
-        "inline" => ServeMode::Inline,
-        "distributed" => ServeMode::Distributed,
-        other => bail!("--sweep-mode: unknown mode '{other}' (inline, distributed)"),
-    };
+    if a.sweep_mode == ServeMode::BaseOnly {
+        bail!("--sweep-mode: a budget sweep needs caches (inline or distributed)");
+    }
+    let sweep_mode = a.sweep_mode;
     let mut configs = parse_configs(&a.configs)?;
     if !budgets.is_empty() && !configs.contains(&Config::ThriftBaseOnly) {
         // The sweep's speed-ups are against Thrift base-only in the same repeat.

@@ -52,7 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(path) = &a.save_inputs {
         let n = profile.samples.min(ds.len());
         let x = model.preprocess(&ds.pixel_range(0, n));
-        gati_core::weights::write_atomic(&[("x".to_string(), x)], path)?;
+        gati_core::files::write_atomic(&[("x".to_string(), x)], path)?;
     }
     let report = Report {
         model: a.md.model,

@@ -1,5 +1,6 @@
 pub mod admin;
 pub mod bench;
+pub mod bench_batch;
 pub mod client;
 mod data_args;
 pub mod eval;

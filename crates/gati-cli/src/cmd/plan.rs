@@ -5,6 +5,7 @@ use gati_cache::plan::{make_plan, PlanRequest};
 use gati_cache::planner::Mode;
 use gati_cache::train::TrainConfig;
 use gati_cache::{pipeline, split, Variant};
+use gati_core::names::Named;
 use gati_core::{eval, weights, BaseModel};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -17,11 +18,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0.01)]
     budget: f64,
     /// inline (caches in the base model's thread) or distributed (caches on other cores/processes)
-    #[arg(long, default_value = "inline")]
-    mode: String,
+    #[arg(long, value_enum, default_value_t = Mode::Inline)]
+    mode: Mode,
     /// Hit decision: threshold (per-class confidence thresholds) or selector (logistic regression)
-    #[arg(long, default_value = "threshold")]
-    decision: String,
+    #[arg(long, value_enum, default_value_t = DecisionKind::Threshold)]
+    decision: DecisionKind,
     /// Output plan directory (plan.json, caches.safetensors)
     #[arg(long)]
     out: PathBuf,
@@ -120,8 +121,7 @@ pub fn run(a: Args) -> Result<()> {
     if !(0.0..1.0).contains(&a.budget) {
         bail!("--budget must be in [0, 1), got {}", a.budget);
     }
-    let mode = Mode::parse(&a.mode)?;
-    let decision = DecisionKind::parse(&a.decision)?;
+    let (mode, decision) = (a.mode, a.decision);
     let variants = Variant::parse_list(&a.variants)?;
     gati_core::set_threads(if a.train_threads == 0 {
         num_cpus()
@@ -202,9 +202,9 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "plan for {} ({} mode, budget {:.2}%, {} decisions) -> {}",
         plan.model,
-        a.mode,
+        mode.name(),
         100.0 * plan.budget,
-        a.decision,
+        decision.name(),
         a.out.display()
     );
     for c in &plan.caches {

@@ -1,4 +1,4 @@
-use anyhow::{bail, Result};
+use anyhow::Result;
 use gati_server::config::ServeMode;
 use gati_server::up::{local_cluster, wait_healthy, OnlineOptions, Supervisor, UpOptions};
 use std::path::PathBuf;
@@ -11,9 +11,9 @@ pub struct Args {
     /// Plan directory written by `gati plan`
     #[arg(long)]
     plan: PathBuf,
-    /// distributed, inline or base-only (default: the plan's mode)
-    #[arg(long)]
-    mode: Option<String>,
+    /// How to serve (default: the plan's mode)
+    #[arg(long, value_enum)]
+    mode: Option<ServeMode>,
     /// Frontend port (0: any free port)
     #[arg(long, default_value_t = 7000)]
     port: u16,
@@ -59,6 +59,22 @@ pub struct Args {
     /// Requests the frontend admits at once; the excess gets `Overloaded`
     #[arg(long, default_value_t = 128)]
     max_in_flight: usize,
+    /// Dynamic batching (inline and base-only): concurrent requests run as one base run of at
+    /// most this many; 1 turns it off
+    #[arg(long, default_value_t = 1)]
+    max_batch: usize,
+    /// How long a batch waits for more requests after its first (ms)
+    #[arg(long, default_value_t = 2.0)]
+    max_batch_delay_ms: f64,
+    /// Close connections that start no request for this long (ms)
+    #[arg(long, default_value_t = 300_000)]
+    idle_timeout_ms: u64,
+    /// Close a connection whose request has started but not arrived whole within this long (ms)
+    #[arg(long, default_value_t = 10_000)]
+    frame_timeout_ms: u64,
+    /// Fault injection (tests): the base worker panics while running the request with this id
+    #[arg(long, hide = true)]
+    fault_panic_request: Option<String>,
     /// Require the token in this file on the internal services (base, cache, selector)
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -75,16 +91,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let plan = gati_cache::plan::Plan::load(&a.plan)?;
-    let mode = match a.mode.as_deref() {
-        None => match plan.mode {
-            gati_cache::planner::Mode::Inline => ServeMode::Inline,
-            gati_cache::planner::Mode::Distributed => ServeMode::Distributed,
-        },
-        Some("inline") => ServeMode::Inline,
-        Some("distributed") => ServeMode::Distributed,
-        Some("base-only") => ServeMode::BaseOnly,
-        Some(other) => bail!("unknown mode '{other}' (distributed, inline, base-only)"),
-    };
+    let mode = a.mode.unwrap_or(ServeMode::of_plan(plan.mode));
     let opts = UpOptions {
         plan: a.plan.clone(),
         mode,
@@ -98,6 +105,11 @@ pub fn run(a: Args) -> Result<()> {
         max_in_flight: a.max_in_flight,
         auth_token_file: a.token_file.clone().map(std::path::absolute).transpose()?,
         fault_cache_delay_ms: a.fault_cache_delay_ms,
+        max_batch: a.max_batch,
+        max_batch_delay_ms: a.max_batch_delay_ms,
+        idle_timeout_ms: a.idle_timeout_ms,
+        frame_timeout_ms: a.frame_timeout_ms,
+        fault_panic_request: a.fault_panic_request.clone(),
         online: a.online.then(|| OnlineOptions {
             state_dir: a.state_dir.clone(),
             retrain_every: a.retrain_every,

@@ -1413,6 +1413,144 @@ impl Display for DeadlineExceeded {
 }
 
 //
+// InferOutcome
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub enum InferOutcome {
+  Response(InferResponse),
+  Invalid(InvalidInput),
+  NotFound(ModelNotFound),
+  Overloaded(Overloaded),
+  Unavailable(Unavailable),
+  Deadline(DeadlineExceeded),
+}
+
+impl TSerializable for InferOutcome {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<InferOutcome> {
+    let mut ret: Option<InferOutcome> = None;
+    let mut received_field_count = 0;
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = InferResponse::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(InferOutcome::Response(val));
+          }
+          received_field_count += 1;
+        },
+        2 => {
+          let val = InvalidInput::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(InferOutcome::Invalid(val));
+          }
+          received_field_count += 1;
+        },
+        3 => {
+          let val = ModelNotFound::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(InferOutcome::NotFound(val));
+          }
+          received_field_count += 1;
+        },
+        4 => {
+          let val = Overloaded::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(InferOutcome::Overloaded(val));
+          }
+          received_field_count += 1;
+        },
+        5 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(InferOutcome::Unavailable(val));
+          }
+          received_field_count += 1;
+        },
+        6 => {
+          let val = DeadlineExceeded::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(InferOutcome::Deadline(val));
+          }
+          received_field_count += 1;
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+          received_field_count += 1;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    if received_field_count == 0 {
+      Err(
+        thrift::Error::Protocol(
+          ProtocolError::new(
+            ProtocolErrorKind::InvalidData,
+            "received empty union from remote InferOutcome"
+          )
+        )
+      )
+    } else if received_field_count > 1 {
+      Err(
+        thrift::Error::Protocol(
+          ProtocolError::new(
+            ProtocolErrorKind::InvalidData,
+            "received multiple fields for union from remote InferOutcome"
+          )
+        )
+      )
+    } else {
+      ret.ok_or_else(|| thrift::Error::Protocol(ProtocolError::new(ProtocolErrorKind::InvalidData, "received a union with no known field")))
+    }
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("InferOutcome");
+    o_prot.write_struct_begin(&struct_ident)?;
+    match *self {
+      InferOutcome::Response(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("response", TType::Struct, 1))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      InferOutcome::Invalid(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 2))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      InferOutcome::NotFound(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("not_found", TType::Struct, 3))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      InferOutcome::Overloaded(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("overloaded", TType::Struct, 4))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      InferOutcome::Unavailable(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 5))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      InferOutcome::Deadline(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("deadline", TType::Struct, 6))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // BaseRequest
 //
 
@@ -2063,6 +2201,105 @@ impl TSerializable for CacheVersion {
 }
 
 //
+// BaseOutcome
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub enum BaseOutcome {
+  Result(BaseResult),
+  Invalid(InvalidInput),
+  Unavailable(Unavailable),
+}
+
+impl TSerializable for BaseOutcome {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<BaseOutcome> {
+    let mut ret: Option<BaseOutcome> = None;
+    let mut received_field_count = 0;
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = BaseResult::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(BaseOutcome::Result(val));
+          }
+          received_field_count += 1;
+        },
+        2 => {
+          let val = InvalidInput::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(BaseOutcome::Invalid(val));
+          }
+          received_field_count += 1;
+        },
+        3 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(BaseOutcome::Unavailable(val));
+          }
+          received_field_count += 1;
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+          received_field_count += 1;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    if received_field_count == 0 {
+      Err(
+        thrift::Error::Protocol(
+          ProtocolError::new(
+            ProtocolErrorKind::InvalidData,
+            "received empty union from remote BaseOutcome"
+          )
+        )
+      )
+    } else if received_field_count > 1 {
+      Err(
+        thrift::Error::Protocol(
+          ProtocolError::new(
+            ProtocolErrorKind::InvalidData,
+            "received multiple fields for union from remote BaseOutcome"
+          )
+        )
+      )
+    } else {
+      ret.ok_or_else(|| thrift::Error::Protocol(ProtocolError::new(ProtocolErrorKind::InvalidData, "received a union with no known field")))
+    }
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("BaseOutcome");
+    o_prot.write_struct_begin(&struct_ident)?;
+    match *self {
+      BaseOutcome::Result(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("result", TType::Struct, 1))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      BaseOutcome::Invalid(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 2))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      BaseOutcome::Unavailable(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 3))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // Activation
 //
 
@@ -2589,6 +2826,7 @@ impl Display for AdminError {
 pub trait TGatiSyncClient {
   fn infer(&mut self, request: InferRequest) -> thrift::Result<InferResponse>;
   fn infer_batch(&mut self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferResponse>>;
+  fn infer_each(&mut self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferOutcome>>;
   fn models(&mut self) -> thrift::Result<Vec<ModelInfo>>;
   fn health(&mut self) -> thrift::Result<Health>;
   fn stats(&mut self) -> thrift::Result<Stats>;
@@ -2668,6 +2906,33 @@ impl <C: TThriftClient + TGatiSyncClientMarker> TGatiSyncClient for C {
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
       let result = GatiInferBatchResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn infer_each(&mut self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferOutcome>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("infer_each", TMessageType::Call, self.sequence_number());
+        let call_args = GatiInferEachArgs { requests };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("infer_each", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = GatiInferEachResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -2762,6 +3027,7 @@ impl <C: TThriftClient + TGatiSyncClientMarker> TGatiSyncClient for C {
 pub trait GatiSyncHandler {
   fn handle_infer(&self, request: InferRequest) -> thrift::Result<InferResponse>;
   fn handle_infer_batch(&self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferResponse>>;
+  fn handle_infer_each(&self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferOutcome>>;
   fn handle_models(&self) -> thrift::Result<Vec<ModelInfo>>;
   fn handle_health(&self) -> thrift::Result<Health>;
   fn handle_stats(&self) -> thrift::Result<Stats>;
@@ -2782,6 +3048,9 @@ impl <H: GatiSyncHandler> GatiSyncProcessor<H> {
   }
   fn process_infer_batch(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TGatiProcessFunctions::process_infer_batch(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_infer_each(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TGatiProcessFunctions::process_infer_each(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_models(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TGatiProcessFunctions::process_models(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -2981,6 +3250,43 @@ impl TGatiProcessFunctions {
       },
     }
   }
+  pub fn process_infer_each<H: GatiSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = GatiInferEachArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_infer_each(args.requests) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("infer_each", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = GatiInferEachResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("infer_each", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("infer_each", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
   pub fn process_models<H: GatiSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let _ = GatiModelsArgs::read_from_in_protocol(i_prot)?;
     match handler.handle_models() {
@@ -3103,6 +3409,9 @@ impl <H: GatiSyncHandler> TProcessor for GatiSyncProcessor<H> {
       },
       "infer_batch" => {
         self.process_infer_batch(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "infer_each" => {
+        self.process_infer_each(message_ident.sequence_number, i_prot, o_prot)
       },
       "models" => {
         self.process_models(message_ident.sequence_number, i_prot, o_prot)
@@ -3511,6 +3820,137 @@ impl GatiInferBatchResult {
 }
 
 //
+// GatiInferEachArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct GatiInferEachArgs {
+  requests: Vec<InferRequest>,
+}
+
+impl GatiInferEachArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<GatiInferEachArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<InferRequest>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<InferRequest> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_24 = InferRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_24);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("GatiInferEachArgs.requests", &f_1)?;
+    let ret = GatiInferEachArgs {
+      requests: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("infer_each_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("requests", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.requests.len() as i32))?;
+    for e in &self.requests {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// GatiInferEachResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct GatiInferEachResult {
+  result_value: Option<Vec<InferOutcome>>,
+}
+
+impl GatiInferEachResult {
+  fn ok_or(self) -> thrift::Result<Vec<InferOutcome>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for GatiInferEach"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<GatiInferEachResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<InferOutcome>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<InferOutcome> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_25 = InferOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_25);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = GatiInferEachResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("GatiInferEachResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // GatiModelsArgs
 //
 
@@ -3584,8 +4024,8 @@ impl GatiModelsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<ModelInfo> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_24 = ModelInfo::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_24);
+            let list_elem_26 = ModelInfo::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_26);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3823,6 +4263,7 @@ impl GatiStatsResult {
 
 pub trait TBaseWorkerSyncClient {
   fn run(&mut self, request: BaseRequest) -> thrift::Result<BaseResult>;
+  fn run_batch(&mut self, requests: Vec<BaseRequest>) -> thrift::Result<Vec<BaseOutcome>>;
   fn cancel(&mut self, request_id: String) -> thrift::Result<()>;
   fn health(&mut self) -> thrift::Result<Health>;
   fn take_samples(&mut self, max_samples: i32) -> thrift::Result<SampleBatch>;
@@ -3877,6 +4318,33 @@ impl <C: TThriftClient + TBaseWorkerSyncClientMarker> TBaseWorkerSyncClient for 
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
       let result = BaseWorkerRunResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn run_batch(&mut self, requests: Vec<BaseRequest>) -> thrift::Result<Vec<BaseOutcome>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("run_batch", TMessageType::Call, self.sequence_number());
+        let call_args = BaseWorkerRunBatchArgs { requests };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("run_batch", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = BaseWorkerRunBatchResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -4011,6 +4479,7 @@ impl <C: TThriftClient + TBaseWorkerSyncClientMarker> TBaseWorkerSyncClient for 
 
 pub trait BaseWorkerSyncHandler {
   fn handle_run(&self, request: BaseRequest) -> thrift::Result<BaseResult>;
+  fn handle_run_batch(&self, requests: Vec<BaseRequest>) -> thrift::Result<Vec<BaseOutcome>>;
   fn handle_cancel(&self, request_id: String) -> thrift::Result<()>;
   fn handle_health(&self) -> thrift::Result<Health>;
   fn handle_take_samples(&self, max_samples: i32) -> thrift::Result<SampleBatch>;
@@ -4030,6 +4499,9 @@ impl <H: BaseWorkerSyncHandler> BaseWorkerSyncProcessor<H> {
   }
   fn process_run(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TBaseWorkerProcessFunctions::process_run(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_run_batch(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TBaseWorkerProcessFunctions::process_run_batch(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_cancel(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TBaseWorkerProcessFunctions::process_cancel(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -4110,6 +4582,43 @@ impl TBaseWorkerProcessFunctions {
               )
             };
             let message_ident = TMessageIdentifier::new("run", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_run_batch<H: BaseWorkerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = BaseWorkerRunBatchArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_run_batch(args.requests) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("run_batch", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = BaseWorkerRunBatchResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("run_batch", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("run_batch", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -4323,6 +4832,9 @@ impl <H: BaseWorkerSyncHandler> TProcessor for BaseWorkerSyncProcessor<H> {
       "run" => {
         self.process_run(message_ident.sequence_number, i_prot, o_prot)
       },
+      "run_batch" => {
+        self.process_run_batch(message_ident.sequence_number, i_prot, o_prot)
+      },
       "cancel" => {
         self.process_cancel(message_ident.sequence_number, i_prot, o_prot)
       },
@@ -4485,6 +4997,137 @@ impl BaseWorkerRunResult {
     if let Some(ref fld_var) = self.unavailable {
       o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
       fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// BaseWorkerRunBatchArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct BaseWorkerRunBatchArgs {
+  requests: Vec<BaseRequest>,
+}
+
+impl BaseWorkerRunBatchArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<BaseWorkerRunBatchArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<BaseRequest>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<BaseRequest> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_27 = BaseRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_27);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("BaseWorkerRunBatchArgs.requests", &f_1)?;
+    let ret = BaseWorkerRunBatchArgs {
+      requests: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("run_batch_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("requests", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.requests.len() as i32))?;
+    for e in &self.requests {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// BaseWorkerRunBatchResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct BaseWorkerRunBatchResult {
+  result_value: Option<Vec<BaseOutcome>>,
+}
+
+impl BaseWorkerRunBatchResult {
+  fn ok_or(self) -> thrift::Result<Vec<BaseOutcome>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for BaseWorkerRunBatch"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<BaseWorkerRunBatchResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<BaseOutcome>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<BaseOutcome> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_28 = BaseOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_28);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = BaseWorkerRunBatchResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("BaseWorkerRunBatchResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;

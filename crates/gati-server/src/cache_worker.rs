@@ -3,9 +3,11 @@
 //! installs new cache versions here by RPC, between lookups.
 
 use crate::config::Cluster;
+use crate::errors::ServingError;
 use crate::learning;
 use crate::metrics::registered;
-use crate::net::{self, user_err, Pool};
+use crate::net::{self, Pool};
+use crate::resources::lock;
 use anyhow::{bail, Result};
 use gati_cache::plan::Plan;
 use gati_cache::runtime::EarlyExit;
@@ -67,17 +69,21 @@ impl CacheWorker {
             IntGauge::new("gati_serving_version", "Cache version served (0 is the plan)")?,
         )?;
         serving_version.set(learning::version_number(&version));
-        let lookups = IntCounterVec::new(
-            Opts::new("gati_cache_lookups_total", "Cache lookups by layer and outcome"),
-            &["layer", "outcome"],
+        let lookups = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new("gati_cache_lookups_total", "Cache lookups by layer and outcome"),
+                &["layer", "outcome"],
+            )?,
         )?;
-        registry.register(Box::new(lookups.clone()))?;
-        let lookup_seconds = HistogramVec::new(
-            HistogramOpts::new("gati_cache_lookup_seconds", "Cache model evaluation time, by layer")
-                .buckets(prometheus::exponential_buckets(1e-5, 1.6, 20)?),
-            &["layer"],
+        let lookup_seconds = registered(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new("gati_cache_lookup_seconds", "Cache model evaluation time, by layer")
+                    .buckets(prometheus::exponential_buckets(1e-5, 1.6, 20)?),
+                &["layer"],
+            )?,
         )?;
-        registry.register(Box::new(lookup_seconds.clone()))?;
         Ok(Self {
             lookup_seconds,
             caches: Mutex::new((ee, version)),
@@ -97,18 +103,21 @@ impl CacheWorker {
             std::thread::sleep(self.fault_delay);
         }
         let t0 = Instant::now();
-        let x = tensor_from_wire(&a.tensor).map_err(user_err)?;
+        let x = tensor_from_wire(&a.tensor).map_err(ServingError::from)?;
         if self.shapes.get(&a.stage) != Some(&x.size()) {
-            return Err(user_err(InvalidInput {
-                message: format!("activation for stage {} has shape {:?}", a.stage, x.size()),
-            }));
+            return Err(thrift::Error::from(ServingError::InvalidInput(format!(
+                "activation for stage {} has shape {:?}",
+                a.stage,
+                x.size()
+            ))));
         }
-        let guard = self.caches.lock().expect("lock");
+        let guard = lock(&self.caches);
         let (ee, version) = (&guard.0, guard.1.clone());
         let Some(c) = ee.cache_at(a.stage as usize) else {
-            return Err(user_err(InvalidInput {
-                message: format!("no cache for stage {} here", a.stage),
-            }));
+            return Err(thrift::Error::from(ServingError::InvalidInput(format!(
+                "no cache for stage {} here",
+                a.stage
+            ))));
         };
         let (_, hit) = EarlyExit::consult(c, &x);
         let layer = c.layer.clone();
@@ -132,9 +141,9 @@ impl CacheWorker {
 
     /// Installs a version between two lookups.
     fn install(&self, v: CacheVersion) -> thrift::Result<()> {
-        let states = learning::version_from_wire(&v, &self.planned).map_err(user_err)?;
-        let mut guard = self.caches.lock().expect("lock");
-        learning::install_all(&mut guard.0, &v.version, &states).map_err(user_err)?;
+        let states = learning::version_from_wire(&v, &self.planned).map_err(ServingError::from)?;
+        let mut guard = lock(&self.caches);
+        learning::install_all(&mut guard.0, &v.version, &states).map_err(ServingError::from)?;
         guard.1 = v.version.clone();
         self.serving_version.set(learning::version_number(&v.version));
         Ok(())
@@ -147,10 +156,7 @@ impl CacheWorker {
             return None;
         }
         let token = self.token.clone();
-        let pool = self
-            .selectors
-            .lock()
-            .expect("lock")
+        let pool = lock(&self.selectors)
             .entry(addr.to_string())
             .or_insert_with(|| {
                 std::sync::Arc::new(Pool::new(
@@ -194,6 +200,6 @@ impl CacheWorkerSyncHandler for Handler {
     }
 
     fn handle_serving_version(&self) -> thrift::Result<String> {
-        Ok(self.0.caches.lock().expect("lock").1.clone())
+        Ok(lock(&self.0.caches).1.clone())
     }
 }

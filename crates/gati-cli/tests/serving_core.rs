@@ -1,0 +1,324 @@
+//! The serving core on real processes: a run that panics costs only its own request, batches
+//! give each item its own answer or error, the dynamic batcher answers like single requests,
+//! and the frontend holds thousands of open connections while it serves new clients.
+
+mod common;
+
+use common::{metric, plan_dir, test_images, Cluster};
+use gati_cache::runtime::{EarlyExit, Exit};
+use gati_rpc::{AnswerSource, InferOutcome, InferRequest, Input, TGatiSyncClient, TensorData};
+use gati_server::client::{describe, image_request};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn metrics_of(c: &Cluster, role: &str) -> String {
+    c.info["metrics"][role].as_str().unwrap().to_string()
+}
+
+fn rss_mb(pid: i32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn frontend_pid(c: &Cluster) -> i32 {
+    c.info["pids"].as_array().unwrap().last().unwrap().as_i64().unwrap() as i32
+}
+
+#[test]
+fn a_run_that_panics_fails_alone_and_the_worker_keeps_serving() {
+    for mode in ["inline", "base-only", "distributed"] {
+        let c = Cluster::up_with(mode, &["--fault-panic-request", "boom"]);
+        let mut client = c.client();
+        let good = std::fs::read(&test_images(1)[0]).unwrap();
+        // More panics than the worker has model replicas: a lost replica would wedge it.
+        for _ in 0..3 {
+            let mut r = image_request("resnet20", good.clone());
+            r.request_id = Some("boom".into());
+            let e = describe(&client.infer(r).unwrap_err());
+            assert!(
+                e.starts_with("Unavailable") && e.contains("fault injection"),
+                "{mode}: {e}"
+            );
+        }
+        for _ in 0..10 {
+            client.infer(image_request("resnet20", good.clone())).unwrap();
+        }
+        let stats = client.stats().unwrap();
+        assert_eq!((stats.in_flight, stats.errors), (0, 3), "{mode}");
+        let (base, fe) = (metrics_of(&c, "base"), metrics_of(&c, "frontend"));
+        assert_eq!(metric(&base, "gati_base_in_flight"), 0.0, "{mode}");
+        assert_eq!(metric(&base, "gati_base_queue_depth"), 0.0, "{mode}");
+        assert_eq!(metric(&fe, "gati_in_flight"), 0.0, "{mode}");
+        assert_eq!(
+            metric(&base, "gati_base_requests_total{outcome=\"failed\"}"),
+            3.0,
+            "{mode}"
+        );
+    }
+}
+
+fn tensor_request(shape: Vec<i64>) -> InferRequest {
+    let n: i64 = shape.iter().product();
+    InferRequest::new(
+        "resnet20".to_string(),
+        Input::Tensor(TensorData::new(shape, vec![0u8; 4 * n as usize], None)),
+        None,
+        None,
+        None,
+    )
+}
+
+#[test]
+fn batches_answer_each_item_like_a_single_request_and_fail_items_alone() {
+    let c = Cluster::up("inline");
+    let mut client = c.client();
+    let images = test_images(12);
+    let singles: Vec<_> = images
+        .iter()
+        .map(|p| {
+            client
+                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
+                .unwrap()
+        })
+        .collect();
+    let mut batch: Vec<InferRequest> = images
+        .iter()
+        .map(|p| image_request("resnet20", std::fs::read(p).unwrap()))
+        .collect();
+    batch.insert(3, tensor_request(vec![1, 3, 8, 8]));
+    batch.insert(
+        7,
+        InferRequest::new("nope".to_string(), Input::Image(vec![1]), None, None, None),
+    );
+    let before = client.stats().unwrap();
+    let outcomes = client.infer_each(batch.clone()).unwrap();
+    assert_eq!(outcomes.len(), batch.len());
+    assert!(
+        matches!(&outcomes[3], InferOutcome::Invalid(e) if e.message.contains("shape")),
+        "{:?}",
+        outcomes[3]
+    );
+    assert!(matches!(&outcomes[7], InferOutcome::NotFound(_)), "{:?}", outcomes[7]);
+    let answered: Vec<_> = outcomes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 7)
+        .map(|(_, o)| o.into_result().unwrap())
+        .collect();
+    for (s, b) in singles.iter().zip(&answered) {
+        assert_eq!(
+            (s.class_index, s.source, &s.cache_layer),
+            (b.class_index, b.source, &b.cache_layer)
+        );
+        assert!((s.confidence.0 - b.confidence.0).abs() < 1e-4);
+    }
+    let after = client.stats().unwrap();
+    assert_eq!(after.requests - before.requests, 14);
+    assert_eq!(after.errors - before.errors, 2);
+
+    // infer_batch is all or nothing: a bad item is refused, naming it, before anything runs.
+    let e = describe(&client.infer_batch(batch.clone()).unwrap_err());
+    assert!(e.starts_with("InvalidInput") && e.contains("requests[3]"), "{e}");
+    assert_eq!(
+        client.stats().unwrap().requests - after.requests,
+        1,
+        "only the refusal counts"
+    );
+    batch.remove(7);
+    batch.remove(3);
+    let all = client.infer_batch(batch).unwrap();
+    assert_eq!(all.len(), 12);
+    assert!(all.iter().zip(&singles).all(|(a, s)| a.class_index == s.class_index));
+}
+
+#[test]
+fn the_dynamic_batcher_groups_concurrent_requests_and_answers_as_in_process() {
+    let c = Cluster::up_with("inline", &["--max-batch", "8", "--max-batch-delay-ms", "5"]);
+    let ee = EarlyExit::load(plan_dir()).unwrap().1;
+    let images = test_images(64);
+    let endpoint = c.endpoint();
+    let answers: Vec<Vec<_>> = std::thread::scope(|s| {
+        let handles: Vec<_> = images
+            .chunks(8)
+            .map(|chunk| {
+                let ep = endpoint.clone();
+                s.spawn(move || {
+                    let mut client = gati_server::client::connect(&ep, Duration::from_secs(30)).unwrap();
+                    chunk
+                        .iter()
+                        .map(|p| {
+                            client
+                                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
+                                .unwrap()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (p, r) in images.iter().zip(answers.iter().flatten()) {
+        let px = gati_core::data::decode_image(&std::fs::read(p).unwrap(), 32, 32).unwrap();
+        let local = ee.infer(&ee.model.preprocess(&tch::Tensor::from_slice(&px).view([1, 3, 32, 32])));
+        assert_eq!(r.class_index as usize, local.class, "{}", p.display());
+        match local.exit {
+            Exit::Cache(i) => assert_eq!(r.cache_layer.as_deref(), Some(ee.caches[i].layer.as_str())),
+            Exit::Base => assert_eq!(r.source, AnswerSource::BASE),
+        }
+    }
+    let base = metrics_of(&c, "base");
+    let runs = metric(&base, "gati_base_batch_size_count");
+    let requests = metric(&base, "gati_base_batch_size_sum");
+    assert_eq!(requests, 64.0);
+    assert!(
+        runs < 64.0,
+        "8 concurrent clients never shared a base run ({runs} runs)"
+    );
+    eprintln!("RESULT batcher: 64 requests from 8 clients in {runs} base runs");
+}
+
+/// Opens `n` idle connections to `addr`, from the loopback addresses 127.0.0.2 and up (a
+/// thousand each: the per-peer limit is per address).
+fn idle_connections(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|i| {
+            Bound(format!("127.0.0.{}:0", 2 + i / 1000).parse().unwrap())
+                .connect(addr)
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect()
+}
+
+/// A TCP socket bound to `local` before it connects.
+struct Bound(SocketAddr);
+
+impl Bound {
+    fn connect(self, to: SocketAddr) -> std::io::Result<TcpStream> {
+        use std::os::fd::FromRawFd;
+        let SocketAddr::V4(local) = self.0 else {
+            unreachable!("IPv4 loopback")
+        };
+        let SocketAddr::V4(to) = to else {
+            unreachable!("IPv4 loopback")
+        };
+        let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: a fresh socket, bound and connected with valid sockaddr_in values; on success
+        // the TcpStream owns the descriptor.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let (l, t) = (sin(local), sin(to));
+            if libc::bind(fd, &l as *const _ as *const libc::sockaddr, len) != 0
+                || libc::connect(fd, &t as *const _ as *const libc::sockaddr, len) != 0
+            {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                return Err(e);
+            }
+            Ok(TcpStream::from_raw_fd(fd))
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
+/// True once the server has closed `s` (end of file or a reset), waiting at most `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn the_frontend_holds_thousands_of_idle_connections_and_still_serves_new_clients() {
+    raise_fd_limit();
+    let c = Cluster::up_with("inline", &["--idle-timeout-ms", "60000"]);
+    let addr: SocketAddr = c.endpoint().parse().unwrap();
+    let good = std::fs::read(&test_images(1)[0]).unwrap();
+    c.client().infer(image_request("resnet20", good.clone())).unwrap();
+    let pid = frontend_pid(&c);
+    let rss0 = rss_mb(pid);
+    let t = Instant::now();
+    let idle = idle_connections(addr, 5000);
+    let opened_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss1 = rss_mb(pid);
+    // A new client is served at once while they sit open.
+    let t = Instant::now();
+    let mut client = c.client();
+    for _ in 0..20 {
+        client.infer(image_request("resnet20", good.clone())).unwrap();
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / 20.0;
+    assert!(ms < 200.0, "{ms:.1} ms per request with 5,000 idle connections open");
+    assert!(rss1 - rss0 < 200.0, "frontend RSS grew {rss0:.0} -> {rss1:.0} MB");
+    // The per-peer limit (1,024) closes a 1,025th connection from one address.
+    let mut extra: Vec<_> = (0..1030)
+        .map(|_| Bound("127.0.0.20:0".parse().unwrap()).connect(addr).unwrap())
+        .collect();
+    let last = extra.last_mut().unwrap();
+    assert!(
+        closed_within(last, Duration::from_secs(5)),
+        "the per-peer limit let a 1,030th connection stay"
+    );
+    eprintln!(
+        "RESULT connections: 5,000 idle connections opened in {opened_s:.1} s; frontend RSS {rss0:.0} -> {rss1:.0} MB; a new client's requests took {ms:.1} ms each meanwhile"
+    );
+    drop(idle);
+}
+
+#[test]
+fn idle_and_slow_connections_time_out() {
+    let c = Cluster::up_with("inline", &["--idle-timeout-ms", "300", "--frame-timeout-ms", "300"]);
+    let addr: SocketAddr = c.endpoint().parse().unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)),
+        "an idle connection stayed open"
+    );
+    // Half a length prefix, then nothing: a slow (or stuck) client is cut off too.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut slow, &[0, 0]).unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)),
+        "a stalled request stayed open"
+    );
+    // A pooled client connection closed by the server while idle is replaced, not failed on.
+    let mut client = c.client();
+    let good = std::fs::read(&test_images(1)[0]).unwrap();
+    client.infer(image_request("resnet20", good.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // The frontend's own pooled connection to the base worker idled out too: still answered.
+    let mut fresh = c.client();
+    fresh.infer(image_request("resnet20", good)).unwrap();
+}
