@@ -210,18 +210,28 @@ impl Frontend {
         r
     }
 
-    /// Many requests as one batched base run (inline and base-only; distributed: one by one).
-    /// One outcome per request, in order: a bad item fails alone.
-    fn infer_each(self: &Arc<Self>, reqs: Vec<InferRequest>) -> Vec<Result<InferResponse, ServingError>> {
-        let (t0, n) = (Instant::now(), reqs.len());
-        let _permit = match self.admit() {
-            Ok(p) => p,
-            Err(_) => {
-                return (0..n).map(|_| Err(self.overloaded())).collect();
-            }
-        };
+    /// Many requests as one batched base run (inline and base-only; distributed: one by one),
+    /// admitted as one unit of the in-flight limit. One outcome per request, in order: a bad item
+    /// fails alone, unless `all_or_nothing`, where the first item that fails its checks fails the
+    /// whole call (naming it) before anything runs.
+    fn infer_many(
+        self: &Arc<Self>,
+        reqs: Vec<InferRequest>,
+        all_or_nothing: bool,
+    ) -> Result<Vec<Result<InferResponse, ServingError>>, ServingError> {
+        let t0 = Instant::now();
+        let _permit = self.admit()?;
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let prepared: Vec<Result<Prepared, ServingError>> = reqs.into_iter().map(|r| self.prepare(r, t0)).collect();
+            if all_or_nothing {
+                if let Some((i, e)) = prepared
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, p)| Some((i, p.as_ref().err()?)))
+                {
+                    return Err(at_item(i, e.clone()));
+                }
+            }
             let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
             let mut settled = if self.distributed() {
                 ok.iter().map(|p| self.settle(p)).collect::<Vec<_>>().into_iter()
@@ -229,24 +239,19 @@ impl Frontend {
                 self.run_base(ok.iter().map(|p| p.base_req.clone()).collect())
                     .into_iter()
             };
-            prepared
+            Ok(prepared
                 .into_iter()
                 .map(|p| {
                     let p = p?;
                     let s = settled.next().expect("one outcome per prepared request")?;
                     self.answer(p, s)
                 })
-                .collect::<Vec<_>>()
-        }));
-        let out = match out {
-            Ok(v) => v,
-            Err(e) => {
-                let e = internal_error(&*e);
-                (0..n).map(|_| Err(e.clone())).collect()
-            }
-        };
-        for r in &out {
-            self.finish(r, t0);
+                .collect::<Vec<_>>())
+        }))
+        .unwrap_or_else(|e| Err(internal_error(&*e)));
+        match &out {
+            Ok(items) => items.iter().for_each(|r| self.finish(r, t0)),
+            Err(e) => self.finish(&Err(e.clone()), t0),
         }
         out
     }
@@ -695,15 +700,7 @@ impl GatiSyncHandler for GatiHandler {
     /// All or nothing: every request is checked before any runs (the first bad one is the
     /// error, naming its position); then they run as one batch.
     fn handle_infer_batch(&self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferResponse>> {
-        let t0 = Instant::now();
-        for (i, r) in requests.iter().enumerate() {
-            if let Err(e) = self.0.prepare(r.clone(), t0) {
-                self.0.count_error();
-                return to_thrift(Err(at_item(i, e)));
-            }
-        }
-        self.0
-            .infer_each(requests)
+        to_thrift(self.0.infer_many(requests, true))?
             .into_iter()
             .enumerate()
             .map(|(i, r)| to_thrift(r.map_err(|e| at_item(i, e))))
@@ -711,12 +708,11 @@ impl GatiSyncHandler for GatiHandler {
     }
 
     fn handle_infer_each(&self, requests: Vec<InferRequest>) -> thrift::Result<Vec<InferOutcome>> {
-        Ok(self
-            .0
-            .infer_each(requests)
-            .into_iter()
-            .map(crate::errors::outcome)
-            .collect())
+        let n = requests.len();
+        Ok(match self.0.infer_many(requests, false) {
+            Ok(items) => items.into_iter().map(crate::errors::outcome).collect(),
+            Err(e) => (0..n).map(|_| crate::errors::outcome(Err(e.clone()))).collect(),
+        })
     }
 
     fn handle_models(&self) -> thrift::Result<Vec<ModelInfo>> {
