@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{gati, metric, plan_dir, test_images, Cluster};
+use common::{gati, metric, plan_dir, rss_mb, test_images, Cluster};
 use gati_bench::load::{drive, Load, Pace, Until};
 use gati_rpc::{InferRequest, Input, TGatiSyncClient, TensorData};
 use gati_server::client::{describe, image_request};
@@ -43,15 +43,6 @@ fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
         .unwrap_or(false)
-}
-
-fn rss_mb(pid: i32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn sigkill(pid: i32) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{metric, plan_dir, test_images, Cluster};
+use common::{metric, plan_dir, rss_mb, test_images, Cluster};
 use gati_cache::runtime::{EarlyExit, Exit};
 use gati_rpc::{AnswerSource, InferOutcome, InferRequest, Input, TGatiSyncClient, TensorData};
 use gati_server::client::{describe, image_request};
@@ -14,15 +14,6 @@ use std::time::{Duration, Instant};
 
 fn metrics_of(c: &Cluster, role: &str) -> String {
     c.info["metrics"][role].as_str().unwrap().to_string()
-}
-
-fn rss_mb(pid: i32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn frontend_pid(c: &Cluster) -> i32 {

@@ -357,20 +357,12 @@ impl Frontend {
                 .call(|c| c.run(reqs.into_iter().next().expect("one")))
                 .map(|r| vec![BaseOutcome::Result(r)])
                 .map_err(base_error),
-            _ => self.base.call(|c| c.run_batch(reqs)).map_err(base_error),
+            _ => one_per_request(self.base.call(|c| c.run_batch(reqs)), n),
         };
         match outcomes {
-            Ok(v) if v.len() == n => v
+            Ok(v) => v
                 .into_iter()
                 .map(|o| Ok(Msg::Base(o.into_result().map_err(base_error))))
-                .collect(),
-            Ok(v) => (0..n)
-                .map(|_| {
-                    Err(ServingError::Unavailable(format!(
-                        "base worker answered {} outcomes for {n} requests",
-                        v.len()
-                    )))
-                })
                 .collect(),
             Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
@@ -610,6 +602,18 @@ fn base_error(e: thrift::Error) -> ServingError {
     ServingError::Unavailable(format!("base worker unavailable: {e}"))
 }
 
+/// A batched base call's outcomes, one per request, or the error each request gets.
+fn one_per_request(r: thrift::Result<Vec<BaseOutcome>>, n: usize) -> Result<Vec<BaseOutcome>, ServingError> {
+    match r {
+        Ok(v) if v.len() == n => Ok(v),
+        Ok(v) => Err(ServingError::Unavailable(format!(
+            "base worker answered {} outcomes for {n} requests",
+            v.len()
+        ))),
+        Err(e) => Err(base_error(e)),
+    }
+}
+
 /// A checked request on its way to the base worker.
 struct Prepared {
     t0: Instant,
@@ -645,17 +649,15 @@ impl Batcher {
                         }
                     }
                     let (reqs, replies): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-                    match base.call(|c| c.run_batch(reqs)) {
-                        Ok(outcomes) if outcomes.len() == replies.len() => {
+                    match one_per_request(base.call(|c| c.run_batch(reqs)), replies.len()) {
+                        Ok(outcomes) => {
                             for (o, tx) in outcomes.into_iter().zip(replies) {
                                 let _ = tx.send(Ok(o));
                             }
                         }
-                        Ok(_) | Err(_) => {
+                        Err(e) => {
                             for tx in replies {
-                                let _ = tx.send(Err(ServingError::Unavailable(
-                                    "base worker unavailable for a batched run".into(),
-                                )));
+                                let _ = tx.send(Err(e.clone()));
                             }
                         }
                     }
