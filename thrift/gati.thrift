@@ -25,8 +25,12 @@ struct InferRequest {
   2: required Input input,
   // Echoed back; assigned by the frontend when absent.
   3: optional string request_id,
-  // Relative deadline in milliseconds from arrival at the frontend.
+  // Relative deadline in milliseconds from arrival at the frontend (absent: the cluster's
+  // default_deadline_ms, 5,000 unless configured). Enforced in every mode: while the request waits
+  // for admission or a model replica, and between stages; past it the answer is DeadlineExceeded.
   4: optional i64 deadline_ms,
+  // How many classes the response lists (best first), 1 to the model's class count; anything else
+  // is InvalidInput. Cache hits list them too, from the cache's own softmax.
   5: optional i32 top_k = 5,
 }
 
@@ -41,7 +45,9 @@ struct ClassScore {
   3: required double confidence,
 }
 
-// Server-side time of one request, in milliseconds.
+// Server-side time of one request, in milliseconds. queue_ms is the wait for a model replica in the
+// base worker (inline and base-only; 0 when a distributed cache answered first); base_ms the base
+// worker's compute after it (inline: including the caches, also in cache_ms).
 struct Timing {
   1: required double total_ms,
   2: required double queue_ms,
@@ -135,6 +141,10 @@ struct BaseRequest {
   // Sampled to check the caches against the base model: distributed, run to the end even after a
   // cancel (agreement on hits); inline, a hit still answers at once and leaves a partial sample.
   5: required bool complete_on_hit,
+  // Milliseconds the request may still take, from when the base worker receives it: a run that
+  // has not started by then (waiting for a model replica) fails with DeadlineExceeded, and one that
+  // passes it stops between stages (completed = false). Absent: no deadline.
+  6: optional i64 deadline_ms,
 }
 
 struct BaseResult {
@@ -151,6 +161,10 @@ struct BaseResult {
   7: optional double cache_ms,
   // Inline mode: the cache version that answered.
   8: optional string cache_version,
+  // Time waiting for a model replica, in milliseconds (not part of compute_ms).
+  9: optional double queue_ms,
+  // The run stopped because it passed its deadline_ms (completed is false).
+  10: optional bool deadline_passed,
 }
 
 // ---- online learning ----
@@ -192,10 +206,12 @@ union BaseOutcome {
   1: BaseResult result,
   2: InvalidInput invalid,
   3: Unavailable unavailable,
+  4: DeadlineExceeded deadline,
 }
 
 service BaseWorker {
-  BaseResult run(1: BaseRequest request) throws (1: InvalidInput invalid, 2: Unavailable unavailable),
+  BaseResult run(1: BaseRequest request)
+    throws (1: InvalidInput invalid, 2: Unavailable unavailable, 3: DeadlineExceeded deadline),
   // The requests as one batch: inline, a request a cache answers leaves the batch at that stage and
   // the rest go on together. One outcome per request, in order; a malformed request fails alone.
   list<BaseOutcome> run_batch(1: list<BaseRequest> requests),
@@ -225,6 +241,8 @@ struct CacheResult {
   5: required double confidence,
   6: required double compute_ms,
   7: optional string version,
+  // The cache model's softmax over all classes (a hit's top-k comes from it).
+  8: optional list<double> probs,
 }
 
 service CacheWorker {

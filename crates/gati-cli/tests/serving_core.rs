@@ -313,3 +313,80 @@ fn idle_and_slow_connections_time_out() {
     let mut fresh = c.client();
     fresh.infer(image_request("resnet20", good)).unwrap();
 }
+
+#[test]
+fn deadlines_top_k_and_queue_time_hold_in_every_mode() {
+    let good = std::fs::read(&test_images(1)[0]).unwrap();
+    let images: Vec<Vec<u8>> = test_images(40).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    for mode in ["inline", "base-only", "distributed"] {
+        let c = Cluster::up(mode);
+        let mut client = c.client();
+        // top_k: k entries whoever answers (distributed cache hits included); out of range refused.
+        let mut hits = 0;
+        for img in &images {
+            let mut r = image_request("resnet20", img.clone());
+            r.top_k = Some(3);
+            let resp = client.infer(r).unwrap();
+            assert_eq!(resp.top_k.len(), 3, "{mode}: {:?}", resp.source);
+            assert_eq!(resp.top_k[0].class_index, resp.class_index, "{mode}");
+            assert!(
+                resp.top_k.windows(2).all(|w| w[0].confidence.0 >= w[1].confidence.0),
+                "{mode}"
+            );
+            hits += (resp.source == AnswerSource::CACHE) as usize;
+        }
+        assert_eq!(hits > 0, mode != "base-only", "{mode}: {hits} cache hits in 40 images");
+        for k in [0, -1, 11] {
+            let mut r = image_request("resnet20", good.clone());
+            r.top_k = Some(k);
+            let e = describe(&client.infer(r).unwrap_err());
+            assert!(
+                e.starts_with("InvalidInput") && e.contains("1 to 10"),
+                "{mode}: top_k {k}: {e}"
+            );
+        }
+        // A deadline shorter than the model's latency: DeadlineExceeded, soon after the deadline.
+        for deadline in [1, 3] {
+            let mut r = image_request("resnet20", good.clone());
+            r.deadline_ms = Some(deadline);
+            let t = Instant::now();
+            let e = describe(&client.infer(r).unwrap_err());
+            let took = t.elapsed().as_secs_f64() * 1e3;
+            assert!(e.starts_with("DeadlineExceeded"), "{mode}: deadline {deadline} ms: {e}");
+            assert!(
+                took < deadline as f64 + 50.0,
+                "{mode}: DeadlineExceeded after {took:.1} ms for {deadline} ms"
+            );
+        }
+        let mut r = image_request("resnet20", good.clone());
+        r.deadline_ms = Some(5000);
+        client.infer(r).unwrap();
+        // Under load the wait for the model replica shows as queue_ms, not base_ms.
+        if mode != "distributed" {
+            let endpoint = c.endpoint();
+            let timings: Vec<gati_rpc::Timing> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (ep, imgs) = (endpoint.clone(), images.clone());
+                        s.spawn(move || {
+                            let mut cl = gati_server::client::connect(&ep, Duration::from_secs(30)).unwrap();
+                            imgs.into_iter()
+                                .map(|i| cl.infer(image_request("resnet20", i)).unwrap().timing)
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            });
+            let queued = timings.iter().filter(|t| t.queue_ms.0 > 0.5).count();
+            assert!(
+                queued > timings.len() / 4,
+                "{mode}: {queued} of {} requests queued",
+                timings.len()
+            );
+            for t in &timings {
+                assert!(t.queue_ms.0 + t.base_ms.0 <= t.total_ms.0 + 0.5, "{mode}: {t:?}");
+            }
+        }
+    }
+}

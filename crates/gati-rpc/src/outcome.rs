@@ -14,6 +14,7 @@ impl BaseOutcome {
             BaseOutcome::Result(r) => Ok(r),
             BaseOutcome::Invalid(e) => Err(user(e)),
             BaseOutcome::Unavailable(e) => Err(user(e)),
+            BaseOutcome::Deadline(e) => Err(user(e)),
         }
     }
 }

@@ -296,18 +296,38 @@ impl BaseWorker {
     }
 
     fn run_admitted(&self, reqs: &[&BaseRequest], xs: &[Tensor], t0: Instant) -> Vec<BaseOutcome> {
+        let deadlines: Vec<Option<Instant>> = reqs
+            .iter()
+            .map(|r| r.deadline_ms.map(|d| t0 + Duration::from_millis(d.max(0) as u64)))
+            .collect();
+        // Wait for a replica while any request in the batch may still be answered.
+        let wait_until = if deadlines.iter().all(Option::is_some) {
+            deadlines.iter().flatten().max().copied()
+        } else {
+            None
+        };
         let waiting = GaugeGuard::new(&self.metrics.queue_depth);
-        let Some(replica) = self.replicas.lease(None) else {
+        let Some(replica) = self.replicas.lease(wait_until) else {
+            self.metrics
+                .requests
+                .with_label_values(&["deadline"])
+                .inc_by(reqs.len() as u64);
             return reqs
                 .iter()
-                .map(|_| {
-                    BaseOutcome::Unavailable(Unavailable {
-                        message: "no model replica".into(),
+                .map(|r| {
+                    BaseOutcome::Deadline(DeadlineExceeded {
+                        message: format!(
+                            "request {} passed its deadline waiting {:.1} ms for a model replica",
+                            r.request_id,
+                            t0.elapsed().as_secs_f64() * 1e3
+                        ),
                     })
                 })
                 .collect();
         };
         drop(waiting);
+        let queue_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
         let _running = GaugeGuard::new(&self.metrics.in_flight);
         self.metrics.batch_size.observe(reqs.len() as f64);
         let x = if xs.len() == 1 {
@@ -319,17 +339,23 @@ impl BaseWorker {
             worker: self,
             reqs,
             acts: (0..reqs.len()).map(|_| Vec::new()).collect(),
+            deadlines,
+            expired: vec![false; reqs.len()],
         };
         let walked = replica.ee.walk(&x, 0, &mut hooks);
-        let compute_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let Serving { acts, .. } = hooks;
+        let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+        let Serving { acts, expired, .. } = hooks;
         walked
             .into_iter()
             .zip(acts)
             .zip(reqs)
-            .map(|((w, acts), req)| {
-                let r = self.result(req, &w, acts, &replica.version, compute_ms);
+            .zip(expired)
+            .map(|(((w, acts), req), expired)| {
+                let mut r = self.result(req, &w, acts, &replica.version, compute_ms);
+                r.queue_ms = Some(thrift::OrderedFloat(queue_ms));
+                r.deadline_passed = expired.then_some(true);
                 let outcome = match (r.completed, r.exit_stage.is_some()) {
+                    (false, _) if expired => "deadline",
                     (false, _) => "cancelled",
                     (true, true) => "inline_hit",
                     (true, false) => "completed",
@@ -358,6 +384,8 @@ impl BaseWorker {
             exit_stage: w.hit.as_ref().map(|h| h.stage as i32),
             cache_ms: Some(thrift::OrderedFloat(w.cache_ms)),
             cache_version: w.hit.as_ref().map(|_| version.to_string()),
+            queue_ms: None,
+            deadline_passed: None,
         }
     }
 
@@ -440,6 +468,9 @@ struct Serving<'a> {
     reqs: &'a [&'a BaseRequest],
     /// Per request: its activations at the sampled stages.
     acts: Vec<Vec<Tensor>>,
+    /// Per request: when it must be answered by, and whether it was stopped for passing that.
+    deadlines: Vec<Option<Instant>>,
+    expired: Vec<bool>,
 }
 
 impl Hooks for Serving<'_> {
@@ -452,12 +483,17 @@ impl Hooks for Serving<'_> {
                 }
             }
         }
-        let stop: Vec<usize> = rows
-            .iter()
-            .copied()
-            .filter(|&r| !self.reqs[r].complete_on_hit && w.is_cancelled(&self.reqs[r].request_id))
-            .collect();
-        w.metrics.cancelled.inc_by(stop.len() as u64);
+        let now = Instant::now();
+        let mut stop = Vec::new();
+        for &r in rows {
+            if self.deadlines[r].is_some_and(|d| now >= d) {
+                self.expired[r] = true;
+                stop.push(r);
+            } else if !self.reqs[r].complete_on_hit && w.is_cancelled(&self.reqs[r].request_id) {
+                w.metrics.cancelled.inc();
+                stop.push(r);
+            }
+        }
         stop
     }
 

@@ -119,7 +119,7 @@ impl CacheWorker {
                 a.stage
             ))));
         };
-        let (_, hit) = EarlyExit::consult(c, &x);
+        let (probs, hit) = EarlyExit::consult(c, &x);
         let layer = c.layer.clone();
         drop(guard);
         let outcome = if hit.is_some() { "hit" } else { "miss" };
@@ -136,6 +136,7 @@ impl CacheWorker {
             confidence: thrift::OrderedFloat(conf),
             compute_ms: thrift::OrderedFloat(t0.elapsed().as_secs_f64() * 1e3),
             version: Some(version),
+            probs: Some(probs.into_iter().map(|p| thrift::OrderedFloat(p as f64)).collect()),
         })
     }
 

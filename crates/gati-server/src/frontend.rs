@@ -236,7 +236,14 @@ impl Frontend {
             let mut settled = if self.distributed() {
                 ok.iter().map(|p| self.settle(p)).collect::<Vec<_>>().into_iter()
             } else {
-                self.run_base(ok.iter().map(|p| p.base_req.clone()).collect())
+                // The batch runs while its items' deadlines allow; one already past fails alone.
+                let reqs: Vec<Result<BaseRequest, ServingError>> = ok.iter().map(|p| p.base_request()).collect();
+                let mut ran = self
+                    .run_base(reqs.iter().filter_map(|r| r.as_ref().ok().cloned()).collect())
+                    .into_iter();
+                reqs.into_iter()
+                    .map(|r| r.and_then(|_| ran.next().expect("one outcome per request")))
+                    .collect::<Vec<_>>()
                     .into_iter()
             };
             Ok(prepared
@@ -317,7 +324,7 @@ impl Frontend {
             t0,
             deadline: t0 + Duration::from_millis(deadline_ms),
             preprocess_ms: ms(t0),
-            top_k: req.top_k.unwrap_or(5).clamp(1, self.spec.num_classes as i32) as usize,
+            top_k: self.top_k(req.top_k)?,
             complete_on_hit,
             base_req: BaseRequest {
                 request_id: id,
@@ -329,21 +336,31 @@ impl Frontend {
                 },
                 selector: self.selector_addr.clone(),
                 complete_on_hit,
+                deadline_ms: None,
             },
         })
     }
 
+    /// The number of classes a response lists: 1 to the model's class count (default 5, or all
+    /// when the model has fewer).
+    fn top_k(&self, asked: Option<i32>) -> Result<usize, ServingError> {
+        let classes = self.spec.num_classes as i32;
+        match asked {
+            None => Ok(5.min(classes) as usize),
+            Some(k) if (1..=classes).contains(&k) => Ok(k as usize),
+            Some(k) => Err(ServingError::InvalidInput(format!(
+                "top_k {k} is out of range: 1 to {classes} (the model's classes)"
+            ))),
+        }
+    }
+
     /// Waits for what settles one request: the first cache hit or the base result.
     fn settle(self: &Arc<Self>, p: &Prepared) -> Result<Msg, ServingError> {
+        let base_req = p.base_request()?;
         if self.distributed() {
-            return self.race(
-                &p.base_req.request_id,
-                p.base_req.clone(),
-                p.deadline,
-                p.complete_on_hit,
-            );
+            return self.race(&base_req.request_id.clone(), base_req, p.deadline, p.complete_on_hit);
         }
-        self.run_base(vec![p.base_req.clone()]).pop().expect("one outcome")
+        self.run_base(vec![base_req]).pop().expect("one outcome")
     }
 
     /// Base runs, through the batcher when there is one; one outcome per request.
@@ -382,17 +399,25 @@ impl Frontend {
             Msg::Cache(r) => {
                 timing.cache_ms = r.compute_ms;
                 let layer = self.layer_name(r.stage);
-                let score = self.score(r.class_index as usize, r.confidence.0);
-                self.respond(id, vec![score], AnswerSource::CACHE, Some(layer), r.version, timing)
+                let scores = match &r.probs {
+                    Some(probs) => self.top_scores(probs, p.top_k),
+                    None => vec![self.score(r.class_index as usize, r.confidence.0)],
+                };
+                self.respond(id, scores, AnswerSource::CACHE, Some(layer), r.version, timing)
             }
             Msg::Base(r) => {
                 let r = r?;
+                if r.deadline_passed == Some(true) {
+                    return Err(ServingError::DeadlineExceeded(format!(
+                        "request {id} passed its deadline after {} of {} stages",
+                        r.stages_run,
+                        self.plan.stage_ms.len()
+                    )));
+                }
+                timing.queue_ms = r.queue_ms.unwrap_or(OrderedFloat(0.0));
                 timing.base_ms = r.compute_ms;
                 timing.cache_ms = r.cache_ms.unwrap_or(OrderedFloat(0.0));
-                let probs: Vec<f64> = r.probs.unwrap_or_default().into_iter().map(|p| p.0).collect();
-                let mut order: Vec<usize> = (0..probs.len()).collect();
-                order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-                let scores = order.iter().take(p.top_k).map(|&c| self.score(c, probs[c])).collect();
+                let scores = self.top_scores(&r.probs.unwrap_or_default(), p.top_k);
                 match r.exit_stage {
                     Some(s) => {
                         let layer = self.layer_name(s);
@@ -497,6 +522,13 @@ impl Frontend {
             .map_or_else(|| format!("stage{stage}"), |c| c.layer.clone())
     }
 
+    /// The `k` most probable classes of a softmax row, best first.
+    fn top_scores(&self, probs: &[OrderedFloat<f64>], k: usize) -> Vec<ClassScore> {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].0.total_cmp(&probs[a].0));
+        order.iter().take(k).map(|&c| self.score(c, probs[c].0)).collect()
+    }
+
     fn score(&self, class: usize, p: f64) -> ClassScore {
         ClassScore {
             class_index: class as i32,
@@ -598,6 +630,9 @@ fn base_error(e: thrift::Error) -> ServingError {
         if let Some(x) = u.downcast_ref::<Unavailable>() {
             return ServingError::Unavailable(x.message.clone());
         }
+        if let Some(x) = u.downcast_ref::<DeadlineExceeded>() {
+            return ServingError::DeadlineExceeded(x.message.clone());
+        }
     }
     ServingError::Unavailable(format!("base worker unavailable: {e}"))
 }
@@ -622,6 +657,23 @@ struct Prepared {
     top_k: usize,
     complete_on_hit: bool,
     base_req: BaseRequest,
+}
+
+impl Prepared {
+    /// The base worker's request, carrying the time this request has left.
+    fn base_request(&self) -> Result<BaseRequest, ServingError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ServingError::DeadlineExceeded(format!(
+                "request {} passed its deadline before the base model started",
+                self.base_req.request_id
+            )));
+        }
+        Ok(BaseRequest {
+            deadline_ms: Some(left.as_millis().max(1) as i64),
+            ..self.base_req.clone()
+        })
+    }
 }
 
 type BaseReply = Sender<Result<BaseOutcome, ServingError>>;

@@ -107,6 +107,8 @@ class Client(Iface):
             raise result.invalid
         if result.unavailable is not None:
             raise result.unavailable
+        if result.deadline is not None:
+            raise result.deadline
         raise TApplicationException(TApplicationException.MISSING_RESULT, "run failed: unknown result")
 
     def run_batch(self, requests):
@@ -323,6 +325,9 @@ class Processor(Iface, TProcessor):
         except Unavailable as unavailable:
             msg_type = TMessageType.REPLY
             result.unavailable = unavailable
+        except DeadlineExceeded as deadline:
+            msg_type = TMessageType.REPLY
+            result.deadline = deadline
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -537,14 +542,16 @@ class run_result(object):
      - success
      - invalid
      - unavailable
+     - deadline
 
     """
 
 
-    def __init__(self, success=None, invalid=None, unavailable=None,):
+    def __init__(self, success=None, invalid=None, unavailable=None, deadline=None,):
         self.success = success
         self.invalid = invalid
         self.unavailable = unavailable
+        self.deadline = deadline
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -571,6 +578,11 @@ class run_result(object):
                     self.unavailable = Unavailable.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.deadline = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -593,6 +605,10 @@ class run_result(object):
             oprot.writeFieldBegin('unavailable', TType.STRUCT, 2)
             self.unavailable.write(oprot)
             oprot.writeFieldEnd()
+        if self.deadline is not None:
+            oprot.writeFieldBegin('deadline', TType.STRUCT, 3)
+            self.deadline.write(oprot)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -614,6 +630,7 @@ run_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [BaseResult, None], None, ),  # 0
     (1, TType.STRUCT, 'invalid', [InvalidInput, None], None, ),  # 1
     (2, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 2
+    (3, TType.STRUCT, 'deadline', [DeadlineExceeded, None], None, ),  # 3
 )
 
 
@@ -640,11 +657,11 @@ class run_batch_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.requests = []
-                    (_etype172, _size169) = iprot.readListBegin()
-                    for _i173 in range(_size169):
-                        _elem174 = BaseRequest()
-                        _elem174.read(iprot)
-                        self.requests.append(_elem174)
+                    (_etype179, _size176) = iprot.readListBegin()
+                    for _i180 in range(_size176):
+                        _elem181 = BaseRequest()
+                        _elem181.read(iprot)
+                        self.requests.append(_elem181)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -661,8 +678,8 @@ class run_batch_args(object):
         if self.requests is not None:
             oprot.writeFieldBegin('requests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.requests))
-            for iter175 in self.requests:
-                iter175.write(oprot)
+            for iter182 in self.requests:
+                iter182.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -711,11 +728,11 @@ class run_batch_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype179, _size176) = iprot.readListBegin()
-                    for _i180 in range(_size176):
-                        _elem181 = BaseOutcome()
-                        _elem181.read(iprot)
-                        self.success.append(_elem181)
+                    (_etype186, _size183) = iprot.readListBegin()
+                    for _i187 in range(_size183):
+                        _elem188 = BaseOutcome()
+                        _elem188.read(iprot)
+                        self.success.append(_elem188)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -732,8 +749,8 @@ class run_batch_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter182 in self.success:
-                iter182.write(oprot)
+            for iter189 in self.success:
+                iter189.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

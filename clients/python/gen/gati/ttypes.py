@@ -1522,16 +1522,18 @@ class BaseRequest(object):
      - stream_stages
      - selector
      - complete_on_hit
+     - deadline_ms
 
     """
 
 
-    def __init__(self, request_id=None, input=None, stream_stages=None, selector=None, complete_on_hit=None,):
+    def __init__(self, request_id=None, input=None, stream_stages=None, selector=None, complete_on_hit=None, deadline_ms=None,):
         self.request_id = request_id
         self.input = input
         self.stream_stages = stream_stages
         self.selector = selector
         self.complete_on_hit = complete_on_hit
+        self.deadline_ms = deadline_ms
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1573,6 +1575,11 @@ class BaseRequest(object):
                     self.complete_on_hit = iprot.readBool()
                 else:
                     iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.I64:
+                    self.deadline_ms = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1605,6 +1612,10 @@ class BaseRequest(object):
         if self.complete_on_hit is not None:
             oprot.writeFieldBegin('complete_on_hit', TType.BOOL, 5)
             oprot.writeBool(self.complete_on_hit)
+            oprot.writeFieldEnd()
+        if self.deadline_ms is not None:
+            oprot.writeFieldBegin('deadline_ms', TType.I64, 6)
+            oprot.writeI64(self.deadline_ms)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1645,11 +1656,13 @@ class BaseResult(object):
      - exit_stage
      - cache_ms
      - cache_version
+     - queue_ms
+     - deadline_passed
 
     """
 
 
-    def __init__(self, request_id=None, completed=None, probs=None, stages_run=None, compute_ms=None, exit_stage=None, cache_ms=None, cache_version=None,):
+    def __init__(self, request_id=None, completed=None, probs=None, stages_run=None, compute_ms=None, exit_stage=None, cache_ms=None, cache_version=None, queue_ms=None, deadline_passed=None,):
         self.request_id = request_id
         self.completed = completed
         self.probs = probs
@@ -1658,6 +1671,8 @@ class BaseResult(object):
         self.exit_stage = exit_stage
         self.cache_ms = cache_ms
         self.cache_version = cache_version
+        self.queue_ms = queue_ms
+        self.deadline_passed = deadline_passed
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1713,6 +1728,16 @@ class BaseResult(object):
                     self.cache_version = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.DOUBLE:
+                    self.queue_ms = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.BOOL:
+                    self.deadline_passed = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1757,6 +1782,14 @@ class BaseResult(object):
         if self.cache_version is not None:
             oprot.writeFieldBegin('cache_version', TType.STRING, 8)
             oprot.writeString(self.cache_version.encode('utf-8') if sys.version_info[0] == 2 else self.cache_version)
+            oprot.writeFieldEnd()
+        if self.queue_ms is not None:
+            oprot.writeFieldBegin('queue_ms', TType.DOUBLE, 9)
+            oprot.writeDouble(self.queue_ms)
+            oprot.writeFieldEnd()
+        if self.deadline_passed is not None:
+            oprot.writeFieldBegin('deadline_passed', TType.BOOL, 10)
+            oprot.writeBool(self.deadline_passed)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2184,14 +2217,16 @@ class BaseOutcome(object):
      - result
      - invalid
      - unavailable
+     - deadline
 
     """
 
 
-    def __init__(self, result=None, invalid=None, unavailable=None,):
+    def __init__(self, result=None, invalid=None, unavailable=None, deadline=None,):
         self.result = result
         self.invalid = invalid
         self.unavailable = unavailable
+        self.deadline = deadline
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -2218,6 +2253,11 @@ class BaseOutcome(object):
                     self.unavailable = Unavailable.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.deadline = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -2239,6 +2279,10 @@ class BaseOutcome(object):
         if self.unavailable is not None:
             oprot.writeFieldBegin('unavailable', TType.STRUCT, 3)
             self.unavailable.write(oprot)
+            oprot.writeFieldEnd()
+        if self.deadline is not None:
+            oprot.writeFieldBegin('deadline', TType.STRUCT, 4)
+            self.deadline.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2367,11 +2411,12 @@ class CacheResult(object):
      - confidence
      - compute_ms
      - version
+     - probs
 
     """
 
 
-    def __init__(self, request_id=None, stage=None, hit=None, class_index=None, confidence=None, compute_ms=None, version=None,):
+    def __init__(self, request_id=None, stage=None, hit=None, class_index=None, confidence=None, compute_ms=None, version=None, probs=None,):
         self.request_id = request_id
         self.stage = stage
         self.hit = hit
@@ -2379,6 +2424,7 @@ class CacheResult(object):
         self.confidence = confidence
         self.compute_ms = compute_ms
         self.version = version
+        self.probs = probs
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -2424,6 +2470,16 @@ class CacheResult(object):
                     self.version = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.LIST:
+                    self.probs = []
+                    (_etype114, _size111) = iprot.readListBegin()
+                    for _i115 in range(_size111):
+                        _elem116 = iprot.readDouble()
+                        self.probs.append(_elem116)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -2461,6 +2517,13 @@ class CacheResult(object):
         if self.version is not None:
             oprot.writeFieldBegin('version', TType.STRING, 7)
             oprot.writeString(self.version.encode('utf-8') if sys.version_info[0] == 2 else self.version)
+            oprot.writeFieldEnd()
+        if self.probs is not None:
+            oprot.writeFieldBegin('probs', TType.LIST, 8)
+            oprot.writeListBegin(TType.DOUBLE, len(self.probs))
+            for iter117 in self.probs:
+                oprot.writeDouble(iter117)
+            oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2536,10 +2599,10 @@ class VersionInfo(object):
             elif fid == 4:
                 if ftype == TType.LIST:
                     self.disabled_layers = []
-                    (_etype114, _size111) = iprot.readListBegin()
-                    for _i115 in range(_size111):
-                        _elem116 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        self.disabled_layers.append(_elem116)
+                    (_etype121, _size118) = iprot.readListBegin()
+                    for _i122 in range(_size118):
+                        _elem123 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.disabled_layers.append(_elem123)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -2568,8 +2631,8 @@ class VersionInfo(object):
         if self.disabled_layers is not None:
             oprot.writeFieldBegin('disabled_layers', TType.LIST, 4)
             oprot.writeListBegin(TType.STRING, len(self.disabled_layers))
-            for iter117 in self.disabled_layers:
-                oprot.writeString(iter117.encode('utf-8') if sys.version_info[0] == 2 else iter117)
+            for iter124 in self.disabled_layers:
+                oprot.writeString(iter124.encode('utf-8') if sys.version_info[0] == 2 else iter124)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -2644,22 +2707,22 @@ class Versions(object):
             elif fid == 4:
                 if ftype == TType.LIST:
                     self.versions = []
-                    (_etype121, _size118) = iprot.readListBegin()
-                    for _i122 in range(_size118):
-                        _elem123 = VersionInfo()
-                        _elem123.read(iprot)
-                        self.versions.append(_elem123)
+                    (_etype128, _size125) = iprot.readListBegin()
+                    for _i129 in range(_size125):
+                        _elem130 = VersionInfo()
+                        _elem130.read(iprot)
+                        self.versions.append(_elem130)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 5:
                 if ftype == TType.MAP:
                     self.workers = {}
-                    (_ktype125, _vtype126, _size124) = iprot.readMapBegin()
-                    for _i128 in range(_size124):
-                        _key129 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val130 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        self.workers[_key129] = _val130
+                    (_ktype132, _vtype133, _size131) = iprot.readMapBegin()
+                    for _i135 in range(_size131):
+                        _key136 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val137 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.workers[_key136] = _val137
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -2688,16 +2751,16 @@ class Versions(object):
         if self.versions is not None:
             oprot.writeFieldBegin('versions', TType.LIST, 4)
             oprot.writeListBegin(TType.STRUCT, len(self.versions))
-            for iter131 in self.versions:
-                iter131.write(oprot)
+            for iter138 in self.versions:
+                iter138.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.workers is not None:
             oprot.writeFieldBegin('workers', TType.MAP, 5)
             oprot.writeMapBegin(TType.STRING, TType.STRING, len(self.workers))
-            for kiter132, viter133 in self.workers.items():
-                oprot.writeString(kiter132.encode('utf-8') if sys.version_info[0] == 2 else kiter132)
-                oprot.writeString(viter133.encode('utf-8') if sys.version_info[0] == 2 else viter133)
+            for kiter139, viter140 in self.workers.items():
+                oprot.writeString(kiter139.encode('utf-8') if sys.version_info[0] == 2 else kiter139)
+                oprot.writeString(viter140.encode('utf-8') if sys.version_info[0] == 2 else viter140)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -2919,6 +2982,7 @@ BaseRequest.thrift_spec = (
     (3, TType.LIST, 'stream_stages', (TType.I32, None, False), None, ),  # 3
     (4, TType.STRING, 'selector', 'UTF8', None, ),  # 4
     (5, TType.BOOL, 'complete_on_hit', None, None, ),  # 5
+    (6, TType.I64, 'deadline_ms', None, None, ),  # 6
 )
 all_structs.append(BaseResult)
 BaseResult.thrift_spec = (
@@ -2931,6 +2995,8 @@ BaseResult.thrift_spec = (
     (6, TType.I32, 'exit_stage', None, None, ),  # 6
     (7, TType.DOUBLE, 'cache_ms', None, None, ),  # 7
     (8, TType.STRING, 'cache_version', 'UTF8', None, ),  # 8
+    (9, TType.DOUBLE, 'queue_ms', None, None, ),  # 9
+    (10, TType.BOOL, 'deadline_passed', None, None, ),  # 10
 )
 all_structs.append(Sample)
 Sample.thrift_spec = (
@@ -2966,6 +3032,7 @@ BaseOutcome.thrift_spec = (
     (1, TType.STRUCT, 'result', [BaseResult, None], None, ),  # 1
     (2, TType.STRUCT, 'invalid', [InvalidInput, None], None, ),  # 2
     (3, TType.STRUCT, 'unavailable', [Unavailable, None], None, ),  # 3
+    (4, TType.STRUCT, 'deadline', [DeadlineExceeded, None], None, ),  # 4
 )
 all_structs.append(Activation)
 Activation.thrift_spec = (
@@ -2985,6 +3052,7 @@ CacheResult.thrift_spec = (
     (5, TType.DOUBLE, 'confidence', None, None, ),  # 5
     (6, TType.DOUBLE, 'compute_ms', None, None, ),  # 6
     (7, TType.STRING, 'version', 'UTF8', None, ),  # 7
+    (8, TType.LIST, 'probs', (TType.DOUBLE, None, False), None, ),  # 8
 )
 all_structs.append(VersionInfo)
 VersionInfo.thrift_spec = (

@@ -1561,16 +1561,18 @@ pub struct BaseRequest {
   pub stream_stages: Vec<i32>,
   pub selector: String,
   pub complete_on_hit: bool,
+  pub deadline_ms: Option<i64>,
 }
 
 impl BaseRequest {
-  pub fn new(request_id: String, input: TensorData, stream_stages: Vec<i32>, selector: String, complete_on_hit: bool) -> BaseRequest {
+  pub fn new<F6>(request_id: String, input: TensorData, stream_stages: Vec<i32>, selector: String, complete_on_hit: bool, deadline_ms: F6) -> BaseRequest where F6: Into<Option<i64>> {
     BaseRequest {
       request_id,
       input,
       stream_stages,
       selector,
       complete_on_hit,
+      deadline_ms: deadline_ms.into(),
     }
   }
 }
@@ -1583,6 +1585,7 @@ impl TSerializable for BaseRequest {
     let mut f_3: Option<Vec<i32>> = None;
     let mut f_4: Option<String> = None;
     let mut f_5: Option<bool> = None;
+    let mut f_6: Option<i64> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -1616,6 +1619,10 @@ impl TSerializable for BaseRequest {
           let val = i_prot.read_bool()?;
           f_5 = Some(val);
         },
+        6 => {
+          let val = i_prot.read_i64()?;
+          f_6 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -1634,6 +1641,7 @@ impl TSerializable for BaseRequest {
       stream_stages: f_3.expect("auto-generated code should have checked for presence of required fields"),
       selector: f_4.expect("auto-generated code should have checked for presence of required fields"),
       complete_on_hit: f_5.expect("auto-generated code should have checked for presence of required fields"),
+      deadline_ms: f_6,
     };
     Ok(ret)
   }
@@ -1659,6 +1667,11 @@ impl TSerializable for BaseRequest {
     o_prot.write_field_begin(&TFieldIdentifier::new("complete_on_hit", TType::Bool, 5))?;
     o_prot.write_bool(self.complete_on_hit)?;
     o_prot.write_field_end()?;
+    if let Some(fld_var) = self.deadline_ms {
+      o_prot.write_field_begin(&TFieldIdentifier::new("deadline_ms", TType::I64, 6))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -1678,10 +1691,12 @@ pub struct BaseResult {
   pub exit_stage: Option<i32>,
   pub cache_ms: Option<OrderedFloat<f64>>,
   pub cache_version: Option<String>,
+  pub queue_ms: Option<OrderedFloat<f64>>,
+  pub deadline_passed: Option<bool>,
 }
 
 impl BaseResult {
-  pub fn new<F3, F6, F7, F8>(request_id: String, completed: bool, probs: F3, stages_run: i32, compute_ms: OrderedFloat<f64>, exit_stage: F6, cache_ms: F7, cache_version: F8) -> BaseResult where F3: Into<Option<Vec<OrderedFloat<f64>>>>, F6: Into<Option<i32>>, F7: Into<Option<OrderedFloat<f64>>>, F8: Into<Option<String>> {
+  pub fn new<F3, F6, F7, F8, F9, F10>(request_id: String, completed: bool, probs: F3, stages_run: i32, compute_ms: OrderedFloat<f64>, exit_stage: F6, cache_ms: F7, cache_version: F8, queue_ms: F9, deadline_passed: F10) -> BaseResult where F3: Into<Option<Vec<OrderedFloat<f64>>>>, F6: Into<Option<i32>>, F7: Into<Option<OrderedFloat<f64>>>, F8: Into<Option<String>>, F9: Into<Option<OrderedFloat<f64>>>, F10: Into<Option<bool>> {
     BaseResult {
       request_id,
       completed,
@@ -1691,6 +1706,8 @@ impl BaseResult {
       exit_stage: exit_stage.into(),
       cache_ms: cache_ms.into(),
       cache_version: cache_version.into(),
+      queue_ms: queue_ms.into(),
+      deadline_passed: deadline_passed.into(),
     }
   }
 }
@@ -1706,6 +1723,8 @@ impl TSerializable for BaseResult {
     let mut f_6: Option<i32> = None;
     let mut f_7: Option<OrderedFloat<f64>> = None;
     let mut f_8: Option<String> = None;
+    let mut f_9: Option<OrderedFloat<f64>> = None;
+    let mut f_10: Option<bool> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -1751,6 +1770,14 @@ impl TSerializable for BaseResult {
           let val = i_prot.read_string()?;
           f_8 = Some(val);
         },
+        9 => {
+          let val = OrderedFloat::from(i_prot.read_double()?);
+          f_9 = Some(val);
+        },
+        10 => {
+          let val = i_prot.read_bool()?;
+          f_10 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -1771,6 +1798,8 @@ impl TSerializable for BaseResult {
       exit_stage: f_6,
       cache_ms: f_7,
       cache_version: f_8,
+      queue_ms: f_9,
+      deadline_passed: f_10,
     };
     Ok(ret)
   }
@@ -1811,6 +1840,16 @@ impl TSerializable for BaseResult {
     if let Some(ref fld_var) = self.cache_version {
       o_prot.write_field_begin(&TFieldIdentifier::new("cache_version", TType::String, 8))?;
       o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.queue_ms {
+      o_prot.write_field_begin(&TFieldIdentifier::new("queue_ms", TType::Double, 9))?;
+      o_prot.write_double(fld_var.into())?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.deadline_passed {
+      o_prot.write_field_begin(&TFieldIdentifier::new("deadline_passed", TType::Bool, 10))?;
+      o_prot.write_bool(fld_var)?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
@@ -2209,6 +2248,7 @@ pub enum BaseOutcome {
   Result(BaseResult),
   Invalid(InvalidInput),
   Unavailable(Unavailable),
+  Deadline(DeadlineExceeded),
 }
 
 impl TSerializable for BaseOutcome {
@@ -2241,6 +2281,13 @@ impl TSerializable for BaseOutcome {
           let val = Unavailable::read_from_in_protocol(i_prot)?;
           if ret.is_none() {
             ret = Some(BaseOutcome::Unavailable(val));
+          }
+          received_field_count += 1;
+        },
+        4 => {
+          let val = DeadlineExceeded::read_from_in_protocol(i_prot)?;
+          if ret.is_none() {
+            ret = Some(BaseOutcome::Deadline(val));
           }
           received_field_count += 1;
         },
@@ -2290,6 +2337,11 @@ impl TSerializable for BaseOutcome {
       },
       BaseOutcome::Unavailable(ref f) => {
         o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 3))?;
+        f.write_to_out_protocol(o_prot)?;
+        o_prot.write_field_end()?;
+      },
+      BaseOutcome::Deadline(ref f) => {
+        o_prot.write_field_begin(&TFieldIdentifier::new("deadline", TType::Struct, 4))?;
         f.write_to_out_protocol(o_prot)?;
         o_prot.write_field_end()?;
       },
@@ -2404,10 +2456,11 @@ pub struct CacheResult {
   pub confidence: OrderedFloat<f64>,
   pub compute_ms: OrderedFloat<f64>,
   pub version: Option<String>,
+  pub probs: Option<Vec<OrderedFloat<f64>>>,
 }
 
 impl CacheResult {
-  pub fn new<F7>(request_id: String, stage: i32, hit: bool, class_index: i32, confidence: OrderedFloat<f64>, compute_ms: OrderedFloat<f64>, version: F7) -> CacheResult where F7: Into<Option<String>> {
+  pub fn new<F7, F8>(request_id: String, stage: i32, hit: bool, class_index: i32, confidence: OrderedFloat<f64>, compute_ms: OrderedFloat<f64>, version: F7, probs: F8) -> CacheResult where F7: Into<Option<String>>, F8: Into<Option<Vec<OrderedFloat<f64>>>> {
     CacheResult {
       request_id,
       stage,
@@ -2416,6 +2469,7 @@ impl CacheResult {
       confidence,
       compute_ms,
       version: version.into(),
+      probs: probs.into(),
     }
   }
 }
@@ -2430,6 +2484,7 @@ impl TSerializable for CacheResult {
     let mut f_5: Option<OrderedFloat<f64>> = None;
     let mut f_6: Option<OrderedFloat<f64>> = None;
     let mut f_7: Option<String> = None;
+    let mut f_8: Option<Vec<OrderedFloat<f64>>> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -2465,6 +2520,16 @@ impl TSerializable for CacheResult {
           let val = i_prot.read_string()?;
           f_7 = Some(val);
         },
+        8 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<OrderedFloat<f64>> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_18 = OrderedFloat::from(i_prot.read_double()?);
+            val.push(list_elem_18);
+          }
+          i_prot.read_list_end()?;
+          f_8 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -2486,6 +2551,7 @@ impl TSerializable for CacheResult {
       confidence: f_5.expect("auto-generated code should have checked for presence of required fields"),
       compute_ms: f_6.expect("auto-generated code should have checked for presence of required fields"),
       version: f_7,
+      probs: f_8,
     };
     Ok(ret)
   }
@@ -2513,6 +2579,15 @@ impl TSerializable for CacheResult {
     if let Some(ref fld_var) = self.version {
       o_prot.write_field_begin(&TFieldIdentifier::new("version", TType::String, 7))?;
       o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.probs {
+      o_prot.write_field_begin(&TFieldIdentifier::new("probs", TType::List, 8))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Double, fld_var.len() as i32))?;
+      for e in fld_var {
+        o_prot.write_double((*e).into())?;
+      }
+      o_prot.write_list_end()?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
@@ -2573,8 +2648,8 @@ impl TSerializable for VersionInfo {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<String> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_18 = i_prot.read_string()?;
-            val.push(list_elem_18);
+            let list_elem_19 = i_prot.read_string()?;
+            val.push(list_elem_19);
           }
           i_prot.read_list_end()?;
           f_4 = Some(val);
@@ -2678,8 +2753,8 @@ impl TSerializable for Versions {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<VersionInfo> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_19 = VersionInfo::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_19);
+            let list_elem_20 = VersionInfo::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_20);
           }
           i_prot.read_list_end()?;
           f_4 = Some(val);
@@ -2688,9 +2763,9 @@ impl TSerializable for Versions {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, String> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_20 = i_prot.read_string()?;
-            let map_val_21 = i_prot.read_string()?;
-            val.insert(map_key_20, map_val_21);
+            let map_key_21 = i_prot.read_string()?;
+            let map_val_22 = i_prot.read_string()?;
+            val.insert(map_key_21, map_val_22);
           }
           i_prot.read_map_end()?;
           f_5 = Some(val);
@@ -3642,8 +3717,8 @@ impl GatiInferBatchArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_22 = InferRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_22);
+            let list_elem_23 = InferRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_23);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3734,8 +3809,8 @@ impl GatiInferBatchResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferResponse> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_23 = InferResponse::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_23);
+            let list_elem_24 = InferResponse::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_24);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3843,8 +3918,8 @@ impl GatiInferEachArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_24 = InferRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_24);
+            let list_elem_25 = InferRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_25);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3915,8 +3990,8 @@ impl GatiInferEachResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferOutcome> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_25 = InferOutcome::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_25);
+            let list_elem_26 = InferOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_26);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4024,8 +4099,8 @@ impl GatiModelsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<ModelInfo> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_26 = ModelInfo::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_26);
+            let list_elem_27 = ModelInfo::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_27);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4529,7 +4604,7 @@ impl TBaseWorkerProcessFunctions {
       Ok(handler_return) => {
         let message_ident = TMessageIdentifier::new("run", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
-        let ret = BaseWorkerRunResult { result_value: Some(handler_return), invalid: None, unavailable: None };
+        let ret = BaseWorkerRunResult { result_value: Some(handler_return), invalid: None, unavailable: None, deadline: None };
         ret.write_to_out_protocol(o_prot)?;
         o_prot.write_message_end()?;
         o_prot.flush()
@@ -4539,7 +4614,7 @@ impl TBaseWorkerProcessFunctions {
           thrift::Error::User(usr_err) => {
             if usr_err.downcast_ref::<InvalidInput>().is_some() {
               let err = usr_err.downcast::<InvalidInput>().expect("downcast already checked");
-              let ret_err = BaseWorkerRunResult{ result_value: None, invalid: Some(*err), unavailable: None };
+              let ret_err = BaseWorkerRunResult{ result_value: None, invalid: Some(*err), unavailable: None, deadline: None };
               let message_ident = TMessageIdentifier::new("run", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -4547,7 +4622,15 @@ impl TBaseWorkerProcessFunctions {
               o_prot.flush()
             } else if usr_err.downcast_ref::<Unavailable>().is_some() {
               let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
-              let ret_err = BaseWorkerRunResult{ result_value: None, invalid: None, unavailable: Some(*err) };
+              let ret_err = BaseWorkerRunResult{ result_value: None, invalid: None, unavailable: Some(*err), deadline: None };
+              let message_ident = TMessageIdentifier::new("run", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<DeadlineExceeded>().is_some() {
+              let err = usr_err.downcast::<DeadlineExceeded>().expect("downcast already checked");
+              let ret_err = BaseWorkerRunResult{ result_value: None, invalid: None, unavailable: None, deadline: Some(*err) };
               let message_ident = TMessageIdentifier::new("run", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -4922,6 +5005,7 @@ struct BaseWorkerRunResult {
   result_value: Option<BaseResult>,
   invalid: Option<InvalidInput>,
   unavailable: Option<Unavailable>,
+  deadline: Option<DeadlineExceeded>,
 }
 
 impl BaseWorkerRunResult {
@@ -4930,6 +5014,8 @@ impl BaseWorkerRunResult {
       Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
     } else if self.unavailable.is_some() {
       Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.deadline.is_some() {
+      Err(thrift::Error::User(Box::new(self.deadline.unwrap())))
     } else if self.result_value.is_some() {
       Ok(self.result_value.unwrap())
     } else {
@@ -4948,6 +5034,7 @@ impl BaseWorkerRunResult {
     let mut f_0: Option<BaseResult> = None;
     let mut f_1: Option<InvalidInput> = None;
     let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<DeadlineExceeded> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -4967,6 +5054,10 @@ impl BaseWorkerRunResult {
           let val = Unavailable::read_from_in_protocol(i_prot)?;
           f_2 = Some(val);
         },
+        3 => {
+          let val = DeadlineExceeded::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -4978,6 +5069,7 @@ impl BaseWorkerRunResult {
       result_value: f_0,
       invalid: f_1,
       unavailable: f_2,
+      deadline: f_3,
     };
     Ok(ret)
   }
@@ -4996,6 +5088,11 @@ impl BaseWorkerRunResult {
     }
     if let Some(ref fld_var) = self.unavailable {
       o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.deadline {
+      o_prot.write_field_begin(&TFieldIdentifier::new("deadline", TType::Struct, 3))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
@@ -5028,8 +5125,8 @@ impl BaseWorkerRunBatchArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<BaseRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_27 = BaseRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_27);
+            let list_elem_28 = BaseRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_28);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -5100,8 +5197,8 @@ impl BaseWorkerRunBatchResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<BaseOutcome> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_28 = BaseOutcome::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_28);
+            let list_elem_29 = BaseOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_29);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
