@@ -71,12 +71,26 @@ struct InferResponse {
 
 struct ModelInfo {
   1: required string name,
+  // [C, H, W] of one input; a raw tensor is sent as [C, H, W] or [1, C, H, W].
   2: required list<i64> input_shape,
   3: required list<string> classes,
   // "inline", "distributed" or "base-only".
   4: required string mode,
   5: required list<string> cache_layers,
+  // The plan's accuracy budget, in the unit `budget_unit` names.
   6: required double budget,
+  // How the server turns an image into the model's input, so that a client sending a raw tensor
+  // can do the same: decode, convert to RGB (grey is repeated into three channels, alpha is
+  // dropped), require exactly H x W pixels, lay out as `input_layout`, scale each 8-bit value to
+  // [0, 1], then per channel (x - mean[c]) / std[c], in float32.
+  7: optional string input_layout,
+  8: optional string colour,
+  9: optional list<double> mean,
+  10: optional list<double> std,
+  // Encodings accepted in Input.image.
+  11: optional list<string> image_formats,
+  // "fidelity": the fraction of answers allowed to differ from the base model's own.
+  12: optional string budget_unit,
 }
 
 struct Health {

@@ -357,7 +357,7 @@ pub struct Walked {
     pub hit: Option<Hit>,
     /// The base model's logits `[classes]`, when it ran to the end.
     pub logits: Option<Tensor>,
-    /// Stages it went through (`from` counted as 0 stages run before).
+    /// One past the index of the last stage it ran (stages before `from` count as run).
     pub stages_run: usize,
     /// A hook stopped it before this stage.
     pub stopped_at: Option<usize>,

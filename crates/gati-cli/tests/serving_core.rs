@@ -390,3 +390,48 @@ fn deadlines_top_k_and_queue_time_hold_in_every_mode() {
         }
     }
 }
+
+#[test]
+fn model_info_says_how_to_normalise_and_a_client_doing_so_gets_the_image_answer() {
+    let c = Cluster::up("inline");
+    let mut client = c.client();
+    let info = client.models().unwrap().remove(0);
+    assert_eq!(info.input_shape, vec![3, 32, 32]);
+    assert_eq!(info.input_layout.as_deref(), Some("NCHW"));
+    assert_eq!(info.budget_unit.as_deref(), Some("fidelity"));
+    let (mean, std) = (info.mean.unwrap(), info.std.unwrap());
+    for path in test_images(20) {
+        let bytes = std::fs::read(&path).unwrap();
+        let from_image = client.infer(image_request("resnet20", bytes.clone())).unwrap();
+        // The client's own preprocessing, from ModelInfo alone (float32, as the wire carries it).
+        let px = gati_core::data::decode_image(&bytes, 32, 32).unwrap();
+        let data: Vec<u8> = px
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &v)| {
+                let ch = i / (32 * 32);
+                ((v as f32 / 255.0 - mean[ch].0 as f32) / std[ch].0 as f32).to_le_bytes()
+            })
+            .collect();
+        let raw = InferRequest::new(
+            "resnet20".to_string(),
+            Input::Tensor(TensorData::new(vec![3, 32, 32], data, None)),
+            None,
+            None,
+            None,
+        );
+        let from_tensor = client.infer(raw).unwrap();
+        assert_eq!(
+            (from_image.class_index, &from_image.cache_layer),
+            (from_tensor.class_index, &from_tensor.cache_layer),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            from_image.confidence,
+            from_tensor.confidence,
+            "bit for bit: {}",
+            path.display()
+        );
+    }
+}

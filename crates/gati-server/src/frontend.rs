@@ -784,6 +784,26 @@ impl GatiSyncHandler for GatiHandler {
                 f.plan.caches.iter().map(|c| c.layer.clone()).collect()
             },
             budget: OrderedFloat(f.plan.budget),
+            input_layout: Some("NCHW".into()),
+            colour: Some("RGB".into()),
+            mean: Some(
+                f.spec
+                    .normalization
+                    .mean
+                    .iter()
+                    .map(|&v| OrderedFloat(v as f64))
+                    .collect(),
+            ),
+            std: Some(
+                f.spec
+                    .normalization
+                    .std
+                    .iter()
+                    .map(|&v| OrderedFloat(v as f64))
+                    .collect(),
+            ),
+            image_formats: Some(vec!["jpeg".into(), "png".into()]),
+            budget_unit: Some("fidelity".into()),
         }])
     }
 

@@ -671,17 +671,29 @@ class ModelInfo(object):
      - mode
      - cache_layers
      - budget
+     - input_layout
+     - colour
+     - mean
+     - std
+     - image_formats
+     - budget_unit
 
     """
 
 
-    def __init__(self, name=None, input_shape=None, classes=None, mode=None, cache_layers=None, budget=None,):
+    def __init__(self, name=None, input_shape=None, classes=None, mode=None, cache_layers=None, budget=None, input_layout=None, colour=None, mean=None, std=None, image_formats=None, budget_unit=None,):
         self.name = name
         self.input_shape = input_shape
         self.classes = classes
         self.mode = mode
         self.cache_layers = cache_layers
         self.budget = budget
+        self.input_layout = input_layout
+        self.colour = colour
+        self.mean = mean
+        self.std = std
+        self.image_formats = image_formats
+        self.budget_unit = budget_unit
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -737,6 +749,51 @@ class ModelInfo(object):
                     self.budget = iprot.readDouble()
                 else:
                     iprot.skip(ftype)
+            elif fid == 7:
+                if ftype == TType.STRING:
+                    self.input_layout = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.STRING:
+                    self.colour = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.LIST:
+                    self.mean = []
+                    (_etype35, _size32) = iprot.readListBegin()
+                    for _i36 in range(_size32):
+                        _elem37 = iprot.readDouble()
+                        self.mean.append(_elem37)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.LIST:
+                    self.std = []
+                    (_etype41, _size38) = iprot.readListBegin()
+                    for _i42 in range(_size38):
+                        _elem43 = iprot.readDouble()
+                        self.std.append(_elem43)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.LIST:
+                    self.image_formats = []
+                    (_etype47, _size44) = iprot.readListBegin()
+                    for _i48 in range(_size44):
+                        _elem49 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.image_formats.append(_elem49)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 12:
+                if ftype == TType.STRING:
+                    self.budget_unit = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -754,15 +811,15 @@ class ModelInfo(object):
         if self.input_shape is not None:
             oprot.writeFieldBegin('input_shape', TType.LIST, 2)
             oprot.writeListBegin(TType.I64, len(self.input_shape))
-            for iter32 in self.input_shape:
-                oprot.writeI64(iter32)
+            for iter50 in self.input_shape:
+                oprot.writeI64(iter50)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.classes is not None:
             oprot.writeFieldBegin('classes', TType.LIST, 3)
             oprot.writeListBegin(TType.STRING, len(self.classes))
-            for iter33 in self.classes:
-                oprot.writeString(iter33.encode('utf-8') if sys.version_info[0] == 2 else iter33)
+            for iter51 in self.classes:
+                oprot.writeString(iter51.encode('utf-8') if sys.version_info[0] == 2 else iter51)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.mode is not None:
@@ -772,13 +829,46 @@ class ModelInfo(object):
         if self.cache_layers is not None:
             oprot.writeFieldBegin('cache_layers', TType.LIST, 5)
             oprot.writeListBegin(TType.STRING, len(self.cache_layers))
-            for iter34 in self.cache_layers:
-                oprot.writeString(iter34.encode('utf-8') if sys.version_info[0] == 2 else iter34)
+            for iter52 in self.cache_layers:
+                oprot.writeString(iter52.encode('utf-8') if sys.version_info[0] == 2 else iter52)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.budget is not None:
             oprot.writeFieldBegin('budget', TType.DOUBLE, 6)
             oprot.writeDouble(self.budget)
+            oprot.writeFieldEnd()
+        if self.input_layout is not None:
+            oprot.writeFieldBegin('input_layout', TType.STRING, 7)
+            oprot.writeString(self.input_layout.encode('utf-8') if sys.version_info[0] == 2 else self.input_layout)
+            oprot.writeFieldEnd()
+        if self.colour is not None:
+            oprot.writeFieldBegin('colour', TType.STRING, 8)
+            oprot.writeString(self.colour.encode('utf-8') if sys.version_info[0] == 2 else self.colour)
+            oprot.writeFieldEnd()
+        if self.mean is not None:
+            oprot.writeFieldBegin('mean', TType.LIST, 9)
+            oprot.writeListBegin(TType.DOUBLE, len(self.mean))
+            for iter53 in self.mean:
+                oprot.writeDouble(iter53)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.std is not None:
+            oprot.writeFieldBegin('std', TType.LIST, 10)
+            oprot.writeListBegin(TType.DOUBLE, len(self.std))
+            for iter54 in self.std:
+                oprot.writeDouble(iter54)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.image_formats is not None:
+            oprot.writeFieldBegin('image_formats', TType.LIST, 11)
+            oprot.writeListBegin(TType.STRING, len(self.image_formats))
+            for iter55 in self.image_formats:
+                oprot.writeString(iter55.encode('utf-8') if sys.version_info[0] == 2 else iter55)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.budget_unit is not None:
+            oprot.writeFieldBegin('budget_unit', TType.STRING, 12)
+            oprot.writeString(self.budget_unit.encode('utf-8') if sys.version_info[0] == 2 else self.budget_unit)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -840,11 +930,11 @@ class Health(object):
             elif fid == 2:
                 if ftype == TType.MAP:
                     self.workers = {}
-                    (_ktype36, _vtype37, _size35) = iprot.readMapBegin()
-                    for _i39 in range(_size35):
-                        _key40 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val41 = iprot.readBool()
-                        self.workers[_key40] = _val41
+                    (_ktype57, _vtype58, _size56) = iprot.readMapBegin()
+                    for _i60 in range(_size56):
+                        _key61 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val62 = iprot.readBool()
+                        self.workers[_key61] = _val62
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -865,9 +955,9 @@ class Health(object):
         if self.workers is not None:
             oprot.writeFieldBegin('workers', TType.MAP, 2)
             oprot.writeMapBegin(TType.STRING, TType.BOOL, len(self.workers))
-            for kiter42, viter43 in self.workers.items():
-                oprot.writeString(kiter42.encode('utf-8') if sys.version_info[0] == 2 else kiter42)
-                oprot.writeBool(viter43)
+            for kiter63, viter64 in self.workers.items():
+                oprot.writeString(kiter63.encode('utf-8') if sys.version_info[0] == 2 else kiter63)
+                oprot.writeBool(viter64)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -945,11 +1035,11 @@ class Stats(object):
             elif fid == 5:
                 if ftype == TType.MAP:
                     self.hits_per_layer = {}
-                    (_ktype45, _vtype46, _size44) = iprot.readMapBegin()
-                    for _i48 in range(_size44):
-                        _key49 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val50 = iprot.readI64()
-                        self.hits_per_layer[_key49] = _val50
+                    (_ktype66, _vtype67, _size65) = iprot.readMapBegin()
+                    for _i69 in range(_size65):
+                        _key70 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val71 = iprot.readI64()
+                        self.hits_per_layer[_key70] = _val71
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -987,9 +1077,9 @@ class Stats(object):
         if self.hits_per_layer is not None:
             oprot.writeFieldBegin('hits_per_layer', TType.MAP, 5)
             oprot.writeMapBegin(TType.STRING, TType.I64, len(self.hits_per_layer))
-            for kiter51, viter52 in self.hits_per_layer.items():
-                oprot.writeString(kiter51.encode('utf-8') if sys.version_info[0] == 2 else kiter51)
-                oprot.writeI64(viter52)
+            for kiter72, viter73 in self.hits_per_layer.items():
+                oprot.writeString(kiter72.encode('utf-8') if sys.version_info[0] == 2 else kiter72)
+                oprot.writeI64(viter73)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         if self.in_flight is not None:
@@ -1558,10 +1648,10 @@ class BaseRequest(object):
             elif fid == 3:
                 if ftype == TType.LIST:
                     self.stream_stages = []
-                    (_etype56, _size53) = iprot.readListBegin()
-                    for _i57 in range(_size53):
-                        _elem58 = iprot.readI32()
-                        self.stream_stages.append(_elem58)
+                    (_etype77, _size74) = iprot.readListBegin()
+                    for _i78 in range(_size74):
+                        _elem79 = iprot.readI32()
+                        self.stream_stages.append(_elem79)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1601,8 +1691,8 @@ class BaseRequest(object):
         if self.stream_stages is not None:
             oprot.writeFieldBegin('stream_stages', TType.LIST, 3)
             oprot.writeListBegin(TType.I32, len(self.stream_stages))
-            for iter59 in self.stream_stages:
-                oprot.writeI32(iter59)
+            for iter80 in self.stream_stages:
+                oprot.writeI32(iter80)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.selector is not None:
@@ -1696,10 +1786,10 @@ class BaseResult(object):
             elif fid == 3:
                 if ftype == TType.LIST:
                     self.probs = []
-                    (_etype63, _size60) = iprot.readListBegin()
-                    for _i64 in range(_size60):
-                        _elem65 = iprot.readDouble()
-                        self.probs.append(_elem65)
+                    (_etype84, _size81) = iprot.readListBegin()
+                    for _i85 in range(_size81):
+                        _elem86 = iprot.readDouble()
+                        self.probs.append(_elem86)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1759,8 +1849,8 @@ class BaseResult(object):
         if self.probs is not None:
             oprot.writeFieldBegin('probs', TType.LIST, 3)
             oprot.writeListBegin(TType.DOUBLE, len(self.probs))
-            for iter66 in self.probs:
-                oprot.writeDouble(iter66)
+            for iter87 in self.probs:
+                oprot.writeDouble(iter87)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.stages_run is not None:
@@ -1844,21 +1934,21 @@ class Sample(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.activations = []
-                    (_etype70, _size67) = iprot.readListBegin()
-                    for _i71 in range(_size67):
-                        _elem72 = TensorData()
-                        _elem72.read(iprot)
-                        self.activations.append(_elem72)
+                    (_etype91, _size88) = iprot.readListBegin()
+                    for _i92 in range(_size88):
+                        _elem93 = TensorData()
+                        _elem93.read(iprot)
+                        self.activations.append(_elem93)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 2:
                 if ftype == TType.LIST:
                     self.logits = []
-                    (_etype76, _size73) = iprot.readListBegin()
-                    for _i77 in range(_size73):
-                        _elem78 = iprot.readDouble()
-                        self.logits.append(_elem78)
+                    (_etype97, _size94) = iprot.readListBegin()
+                    for _i98 in range(_size94):
+                        _elem99 = iprot.readDouble()
+                        self.logits.append(_elem99)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1880,15 +1970,15 @@ class Sample(object):
         if self.activations is not None:
             oprot.writeFieldBegin('activations', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.activations))
-            for iter79 in self.activations:
-                iter79.write(oprot)
+            for iter100 in self.activations:
+                iter100.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.logits is not None:
             oprot.writeFieldBegin('logits', TType.LIST, 2)
             oprot.writeListBegin(TType.DOUBLE, len(self.logits))
-            for iter80 in self.logits:
-                oprot.writeDouble(iter80)
+            for iter101 in self.logits:
+                oprot.writeDouble(iter101)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.uniform is not None:
@@ -1946,21 +2036,21 @@ class SampleBatch(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.stages = []
-                    (_etype84, _size81) = iprot.readListBegin()
-                    for _i85 in range(_size81):
-                        _elem86 = iprot.readI32()
-                        self.stages.append(_elem86)
+                    (_etype105, _size102) = iprot.readListBegin()
+                    for _i106 in range(_size102):
+                        _elem107 = iprot.readI32()
+                        self.stages.append(_elem107)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 2:
                 if ftype == TType.LIST:
                     self.samples = []
-                    (_etype90, _size87) = iprot.readListBegin()
-                    for _i91 in range(_size87):
-                        _elem92 = Sample()
-                        _elem92.read(iprot)
-                        self.samples.append(_elem92)
+                    (_etype111, _size108) = iprot.readListBegin()
+                    for _i112 in range(_size108):
+                        _elem113 = Sample()
+                        _elem113.read(iprot)
+                        self.samples.append(_elem113)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1982,15 +2072,15 @@ class SampleBatch(object):
         if self.stages is not None:
             oprot.writeFieldBegin('stages', TType.LIST, 1)
             oprot.writeListBegin(TType.I32, len(self.stages))
-            for iter93 in self.stages:
-                oprot.writeI32(iter93)
+            for iter114 in self.stages:
+                oprot.writeI32(iter114)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.samples is not None:
             oprot.writeFieldBegin('samples', TType.LIST, 2)
             oprot.writeListBegin(TType.STRUCT, len(self.samples))
-            for iter94 in self.samples:
-                iter94.write(oprot)
+            for iter115 in self.samples:
+                iter115.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.dropped is not None:
@@ -2055,12 +2145,12 @@ class CacheUpdate(object):
             elif fid == 2:
                 if ftype == TType.MAP:
                     self.params = {}
-                    (_ktype96, _vtype97, _size95) = iprot.readMapBegin()
-                    for _i99 in range(_size95):
-                        _key100 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val101 = TensorData()
-                        _val101.read(iprot)
-                        self.params[_key100] = _val101
+                    (_ktype117, _vtype118, _size116) = iprot.readMapBegin()
+                    for _i120 in range(_size116):
+                        _key121 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val122 = TensorData()
+                        _val122.read(iprot)
+                        self.params[_key121] = _val122
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -2091,9 +2181,9 @@ class CacheUpdate(object):
         if self.params is not None:
             oprot.writeFieldBegin('params', TType.MAP, 2)
             oprot.writeMapBegin(TType.STRING, TType.STRUCT, len(self.params))
-            for kiter102, viter103 in self.params.items():
-                oprot.writeString(kiter102.encode('utf-8') if sys.version_info[0] == 2 else kiter102)
-                viter103.write(oprot)
+            for kiter123, viter124 in self.params.items():
+                oprot.writeString(kiter123.encode('utf-8') if sys.version_info[0] == 2 else kiter123)
+                viter124.write(oprot)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         if self.decision_json is not None:
@@ -2160,11 +2250,11 @@ class CacheVersion(object):
             elif fid == 2:
                 if ftype == TType.LIST:
                     self.caches = []
-                    (_etype107, _size104) = iprot.readListBegin()
-                    for _i108 in range(_size104):
-                        _elem109 = CacheUpdate()
-                        _elem109.read(iprot)
-                        self.caches.append(_elem109)
+                    (_etype128, _size125) = iprot.readListBegin()
+                    for _i129 in range(_size125):
+                        _elem130 = CacheUpdate()
+                        _elem130.read(iprot)
+                        self.caches.append(_elem130)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -2185,8 +2275,8 @@ class CacheVersion(object):
         if self.caches is not None:
             oprot.writeFieldBegin('caches', TType.LIST, 2)
             oprot.writeListBegin(TType.STRUCT, len(self.caches))
-            for iter110 in self.caches:
-                iter110.write(oprot)
+            for iter131 in self.caches:
+                iter131.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -2473,10 +2563,10 @@ class CacheResult(object):
             elif fid == 8:
                 if ftype == TType.LIST:
                     self.probs = []
-                    (_etype114, _size111) = iprot.readListBegin()
-                    for _i115 in range(_size111):
-                        _elem116 = iprot.readDouble()
-                        self.probs.append(_elem116)
+                    (_etype135, _size132) = iprot.readListBegin()
+                    for _i136 in range(_size132):
+                        _elem137 = iprot.readDouble()
+                        self.probs.append(_elem137)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -2521,8 +2611,8 @@ class CacheResult(object):
         if self.probs is not None:
             oprot.writeFieldBegin('probs', TType.LIST, 8)
             oprot.writeListBegin(TType.DOUBLE, len(self.probs))
-            for iter117 in self.probs:
-                oprot.writeDouble(iter117)
+            for iter138 in self.probs:
+                oprot.writeDouble(iter138)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -2599,10 +2689,10 @@ class VersionInfo(object):
             elif fid == 4:
                 if ftype == TType.LIST:
                     self.disabled_layers = []
-                    (_etype121, _size118) = iprot.readListBegin()
-                    for _i122 in range(_size118):
-                        _elem123 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        self.disabled_layers.append(_elem123)
+                    (_etype142, _size139) = iprot.readListBegin()
+                    for _i143 in range(_size139):
+                        _elem144 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.disabled_layers.append(_elem144)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -2631,8 +2721,8 @@ class VersionInfo(object):
         if self.disabled_layers is not None:
             oprot.writeFieldBegin('disabled_layers', TType.LIST, 4)
             oprot.writeListBegin(TType.STRING, len(self.disabled_layers))
-            for iter124 in self.disabled_layers:
-                oprot.writeString(iter124.encode('utf-8') if sys.version_info[0] == 2 else iter124)
+            for iter145 in self.disabled_layers:
+                oprot.writeString(iter145.encode('utf-8') if sys.version_info[0] == 2 else iter145)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -2707,22 +2797,22 @@ class Versions(object):
             elif fid == 4:
                 if ftype == TType.LIST:
                     self.versions = []
-                    (_etype128, _size125) = iprot.readListBegin()
-                    for _i129 in range(_size125):
-                        _elem130 = VersionInfo()
-                        _elem130.read(iprot)
-                        self.versions.append(_elem130)
+                    (_etype149, _size146) = iprot.readListBegin()
+                    for _i150 in range(_size146):
+                        _elem151 = VersionInfo()
+                        _elem151.read(iprot)
+                        self.versions.append(_elem151)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 5:
                 if ftype == TType.MAP:
                     self.workers = {}
-                    (_ktype132, _vtype133, _size131) = iprot.readMapBegin()
-                    for _i135 in range(_size131):
-                        _key136 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val137 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        self.workers[_key136] = _val137
+                    (_ktype153, _vtype154, _size152) = iprot.readMapBegin()
+                    for _i156 in range(_size152):
+                        _key157 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val158 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.workers[_key157] = _val158
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -2751,16 +2841,16 @@ class Versions(object):
         if self.versions is not None:
             oprot.writeFieldBegin('versions', TType.LIST, 4)
             oprot.writeListBegin(TType.STRUCT, len(self.versions))
-            for iter138 in self.versions:
-                iter138.write(oprot)
+            for iter159 in self.versions:
+                iter159.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.workers is not None:
             oprot.writeFieldBegin('workers', TType.MAP, 5)
             oprot.writeMapBegin(TType.STRING, TType.STRING, len(self.workers))
-            for kiter139, viter140 in self.workers.items():
-                oprot.writeString(kiter139.encode('utf-8') if sys.version_info[0] == 2 else kiter139)
-                oprot.writeString(viter140.encode('utf-8') if sys.version_info[0] == 2 else viter140)
+            for kiter160, viter161 in self.workers.items():
+                oprot.writeString(kiter160.encode('utf-8') if sys.version_info[0] == 2 else kiter160)
+                oprot.writeString(viter161.encode('utf-8') if sys.version_info[0] == 2 else viter161)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -2922,6 +3012,12 @@ ModelInfo.thrift_spec = (
     (4, TType.STRING, 'mode', 'UTF8', None, ),  # 4
     (5, TType.LIST, 'cache_layers', (TType.STRING, 'UTF8', False), None, ),  # 5
     (6, TType.DOUBLE, 'budget', None, None, ),  # 6
+    (7, TType.STRING, 'input_layout', 'UTF8', None, ),  # 7
+    (8, TType.STRING, 'colour', 'UTF8', None, ),  # 8
+    (9, TType.LIST, 'mean', (TType.DOUBLE, None, False), None, ),  # 9
+    (10, TType.LIST, 'std', (TType.DOUBLE, None, False), None, ),  # 10
+    (11, TType.LIST, 'image_formats', (TType.STRING, 'UTF8', False), None, ),  # 11
+    (12, TType.STRING, 'budget_unit', 'UTF8', None, ),  # 12
 )
 all_structs.append(Health)
 Health.thrift_spec = (

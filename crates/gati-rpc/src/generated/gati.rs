@@ -720,10 +720,16 @@ pub struct ModelInfo {
   pub mode: String,
   pub cache_layers: Vec<String>,
   pub budget: OrderedFloat<f64>,
+  pub input_layout: Option<String>,
+  pub colour: Option<String>,
+  pub mean: Option<Vec<OrderedFloat<f64>>>,
+  pub std: Option<Vec<OrderedFloat<f64>>>,
+  pub image_formats: Option<Vec<String>>,
+  pub budget_unit: Option<String>,
 }
 
 impl ModelInfo {
-  pub fn new(name: String, input_shape: Vec<i64>, classes: Vec<String>, mode: String, cache_layers: Vec<String>, budget: OrderedFloat<f64>) -> ModelInfo {
+  pub fn new<F7, F8, F9, F10, F11, F12>(name: String, input_shape: Vec<i64>, classes: Vec<String>, mode: String, cache_layers: Vec<String>, budget: OrderedFloat<f64>, input_layout: F7, colour: F8, mean: F9, std: F10, image_formats: F11, budget_unit: F12) -> ModelInfo where F7: Into<Option<String>>, F8: Into<Option<String>>, F9: Into<Option<Vec<OrderedFloat<f64>>>>, F10: Into<Option<Vec<OrderedFloat<f64>>>>, F11: Into<Option<Vec<String>>>, F12: Into<Option<String>> {
     ModelInfo {
       name,
       input_shape,
@@ -731,6 +737,12 @@ impl ModelInfo {
       mode,
       cache_layers,
       budget,
+      input_layout: input_layout.into(),
+      colour: colour.into(),
+      mean: mean.into(),
+      std: std.into(),
+      image_formats: image_formats.into(),
+      budget_unit: budget_unit.into(),
     }
   }
 }
@@ -744,6 +756,12 @@ impl TSerializable for ModelInfo {
     let mut f_4: Option<String> = None;
     let mut f_5: Option<Vec<String>> = None;
     let mut f_6: Option<OrderedFloat<f64>> = None;
+    let mut f_7: Option<String> = None;
+    let mut f_8: Option<String> = None;
+    let mut f_9: Option<Vec<OrderedFloat<f64>>> = None;
+    let mut f_10: Option<Vec<OrderedFloat<f64>>> = None;
+    let mut f_11: Option<Vec<String>> = None;
+    let mut f_12: Option<String> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -793,6 +811,48 @@ impl TSerializable for ModelInfo {
           let val = OrderedFloat::from(i_prot.read_double()?);
           f_6 = Some(val);
         },
+        7 => {
+          let val = i_prot.read_string()?;
+          f_7 = Some(val);
+        },
+        8 => {
+          let val = i_prot.read_string()?;
+          f_8 = Some(val);
+        },
+        9 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<OrderedFloat<f64>> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_5 = OrderedFloat::from(i_prot.read_double()?);
+            val.push(list_elem_5);
+          }
+          i_prot.read_list_end()?;
+          f_9 = Some(val);
+        },
+        10 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<OrderedFloat<f64>> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_6 = OrderedFloat::from(i_prot.read_double()?);
+            val.push(list_elem_6);
+          }
+          i_prot.read_list_end()?;
+          f_10 = Some(val);
+        },
+        11 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<String> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_7 = i_prot.read_string()?;
+            val.push(list_elem_7);
+          }
+          i_prot.read_list_end()?;
+          f_11 = Some(val);
+        },
+        12 => {
+          let val = i_prot.read_string()?;
+          f_12 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -813,6 +873,12 @@ impl TSerializable for ModelInfo {
       mode: f_4.expect("auto-generated code should have checked for presence of required fields"),
       cache_layers: f_5.expect("auto-generated code should have checked for presence of required fields"),
       budget: f_6.expect("auto-generated code should have checked for presence of required fields"),
+      input_layout: f_7,
+      colour: f_8,
+      mean: f_9,
+      std: f_10,
+      image_formats: f_11,
+      budget_unit: f_12,
     };
     Ok(ret)
   }
@@ -849,6 +915,48 @@ impl TSerializable for ModelInfo {
     o_prot.write_field_begin(&TFieldIdentifier::new("budget", TType::Double, 6))?;
     o_prot.write_double(self.budget.into())?;
     o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.input_layout {
+      o_prot.write_field_begin(&TFieldIdentifier::new("input_layout", TType::String, 7))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.colour {
+      o_prot.write_field_begin(&TFieldIdentifier::new("colour", TType::String, 8))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.mean {
+      o_prot.write_field_begin(&TFieldIdentifier::new("mean", TType::List, 9))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Double, fld_var.len() as i32))?;
+      for e in fld_var {
+        o_prot.write_double((*e).into())?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.std {
+      o_prot.write_field_begin(&TFieldIdentifier::new("std", TType::List, 10))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Double, fld_var.len() as i32))?;
+      for e in fld_var {
+        o_prot.write_double((*e).into())?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.image_formats {
+      o_prot.write_field_begin(&TFieldIdentifier::new("image_formats", TType::List, 11))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::String, fld_var.len() as i32))?;
+      for e in fld_var {
+        o_prot.write_string(e)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.budget_unit {
+      o_prot.write_field_begin(&TFieldIdentifier::new("budget_unit", TType::String, 12))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -893,9 +1001,9 @@ impl TSerializable for Health {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, bool> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_5 = i_prot.read_string()?;
-            let map_val_6 = i_prot.read_bool()?;
-            val.insert(map_key_5, map_val_6);
+            let map_key_8 = i_prot.read_string()?;
+            let map_val_9 = i_prot.read_bool()?;
+            val.insert(map_key_8, map_val_9);
           }
           i_prot.read_map_end()?;
           f_2 = Some(val);
@@ -997,9 +1105,9 @@ impl TSerializable for Stats {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, i64> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_7 = i_prot.read_string()?;
-            let map_val_8 = i_prot.read_i64()?;
-            val.insert(map_key_7, map_val_8);
+            let map_key_10 = i_prot.read_string()?;
+            let map_val_11 = i_prot.read_i64()?;
+            val.insert(map_key_10, map_val_11);
           }
           i_prot.read_map_end()?;
           f_5 = Some(val);
@@ -1605,8 +1713,8 @@ impl TSerializable for BaseRequest {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_9 = i_prot.read_i32()?;
-            val.push(list_elem_9);
+            let list_elem_12 = i_prot.read_i32()?;
+            val.push(list_elem_12);
           }
           i_prot.read_list_end()?;
           f_3 = Some(val);
@@ -1744,8 +1852,8 @@ impl TSerializable for BaseResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<OrderedFloat<f64>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_10 = OrderedFloat::from(i_prot.read_double()?);
-            val.push(list_elem_10);
+            let list_elem_13 = OrderedFloat::from(i_prot.read_double()?);
+            val.push(list_elem_13);
           }
           i_prot.read_list_end()?;
           f_3 = Some(val);
@@ -1895,8 +2003,8 @@ impl TSerializable for Sample {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<TensorData> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_11 = TensorData::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_11);
+            let list_elem_14 = TensorData::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_14);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -1905,8 +2013,8 @@ impl TSerializable for Sample {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<OrderedFloat<f64>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_12 = OrderedFloat::from(i_prot.read_double()?);
-            val.push(list_elem_12);
+            let list_elem_15 = OrderedFloat::from(i_prot.read_double()?);
+            val.push(list_elem_15);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -1995,8 +2103,8 @@ impl TSerializable for SampleBatch {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_13 = i_prot.read_i32()?;
-            val.push(list_elem_13);
+            let list_elem_16 = i_prot.read_i32()?;
+            val.push(list_elem_16);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -2005,8 +2113,8 @@ impl TSerializable for SampleBatch {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Sample> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_14 = Sample::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_14);
+            let list_elem_17 = Sample::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_17);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -2102,9 +2210,9 @@ impl TSerializable for CacheUpdate {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, TensorData> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_15 = i_prot.read_string()?;
-            let map_val_16 = TensorData::read_from_in_protocol(i_prot)?;
-            val.insert(map_key_15, map_val_16);
+            let map_key_18 = i_prot.read_string()?;
+            let map_val_19 = TensorData::read_from_in_protocol(i_prot)?;
+            val.insert(map_key_18, map_val_19);
           }
           i_prot.read_map_end()?;
           f_2 = Some(val);
@@ -2200,8 +2308,8 @@ impl TSerializable for CacheVersion {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<CacheUpdate> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_17 = CacheUpdate::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_17);
+            let list_elem_20 = CacheUpdate::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_20);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -2524,8 +2632,8 @@ impl TSerializable for CacheResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<OrderedFloat<f64>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_18 = OrderedFloat::from(i_prot.read_double()?);
-            val.push(list_elem_18);
+            let list_elem_21 = OrderedFloat::from(i_prot.read_double()?);
+            val.push(list_elem_21);
           }
           i_prot.read_list_end()?;
           f_8 = Some(val);
@@ -2648,8 +2756,8 @@ impl TSerializable for VersionInfo {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<String> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_19 = i_prot.read_string()?;
-            val.push(list_elem_19);
+            let list_elem_22 = i_prot.read_string()?;
+            val.push(list_elem_22);
           }
           i_prot.read_list_end()?;
           f_4 = Some(val);
@@ -2753,8 +2861,8 @@ impl TSerializable for Versions {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<VersionInfo> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_20 = VersionInfo::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_20);
+            let list_elem_23 = VersionInfo::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_23);
           }
           i_prot.read_list_end()?;
           f_4 = Some(val);
@@ -2763,9 +2871,9 @@ impl TSerializable for Versions {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, String> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_21 = i_prot.read_string()?;
-            let map_val_22 = i_prot.read_string()?;
-            val.insert(map_key_21, map_val_22);
+            let map_key_24 = i_prot.read_string()?;
+            let map_val_25 = i_prot.read_string()?;
+            val.insert(map_key_24, map_val_25);
           }
           i_prot.read_map_end()?;
           f_5 = Some(val);
@@ -3717,8 +3825,8 @@ impl GatiInferBatchArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_23 = InferRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_23);
+            let list_elem_26 = InferRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_26);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3809,8 +3917,8 @@ impl GatiInferBatchResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferResponse> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_24 = InferResponse::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_24);
+            let list_elem_27 = InferResponse::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_27);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3918,8 +4026,8 @@ impl GatiInferEachArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_25 = InferRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_25);
+            let list_elem_28 = InferRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_28);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3990,8 +4098,8 @@ impl GatiInferEachResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferOutcome> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_26 = InferOutcome::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_26);
+            let list_elem_29 = InferOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_29);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4099,8 +4207,8 @@ impl GatiModelsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<ModelInfo> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_27 = ModelInfo::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_27);
+            let list_elem_30 = ModelInfo::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_30);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -5125,8 +5233,8 @@ impl BaseWorkerRunBatchArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<BaseRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_28 = BaseRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_28);
+            let list_elem_31 = BaseRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_31);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -5197,8 +5305,8 @@ impl BaseWorkerRunBatchResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<BaseOutcome> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_29 = BaseOutcome::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_29);
+            let list_elem_32 = BaseOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_32);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
