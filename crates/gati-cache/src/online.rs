@@ -25,14 +25,14 @@
 
 use crate::decision::{decide, threshold_for, Decision, NEVER, PLAN_DECIDES};
 use crate::heads::CacheHead;
-use crate::runtime::{Answer, CacheState, EarlyExit, Hooks};
+use crate::runtime::{probs_rows, Answer, CacheState, EarlyExit, Hooks};
 use crate::train::{distillation_loss, lr_scale, sgd};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::VecDeque;
 use tch::nn;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct OnlineConfig {
@@ -552,12 +552,7 @@ impl Hooks for Collecting {
 
 /// Softmax rows of `head` on a batch of activations.
 fn softmax_rows(head: &CacheHead, x: &Tensor) -> Vec<Vec<f32>> {
-    tch::no_grad(|| {
-        let p = head.forward_t(x, false).softmax(-1, Kind::Float);
-        (0..p.size()[0])
-            .map(|i| Vec::<f32>::try_from(p.get(i)).expect("row"))
-            .collect()
-    })
+    tch::no_grad(|| probs_rows(&head.forward_t(x, false)))
 }
 
 fn named(vs: &nn::VarStore) -> Vec<(String, Tensor)> {

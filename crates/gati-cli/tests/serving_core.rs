@@ -226,19 +226,6 @@ impl Bound {
     }
 }
 
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-}
-
 /// True once the server has closed `s` (end of file or a reset), waiting at most `within`.
 fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).unwrap();
@@ -252,7 +239,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn the_frontend_holds_thousands_of_idle_connections_and_still_serves_new_clients() {
-    raise_fd_limit();
+    gati_server::net::raise_fd_limit();
     let c = Cluster::up_with("inline", &["--idle-timeout-ms", "60000"]);
     let addr: SocketAddr = c.endpoint().parse().unwrap();
     let good = std::fs::read(&test_images(1)[0]).unwrap();

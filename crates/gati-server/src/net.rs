@@ -234,7 +234,7 @@ fn token_matches(got: &[u8], want: &[u8]) -> bool {
 }
 
 /// Lets this process hold as many sockets as its hard limit allows (thousands of clients).
-fn raise_fd_limit() {
+pub fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit on a local, initialised struct.
     unsafe {
         let mut l = libc::rlimit {

@@ -54,10 +54,6 @@ impl<T> LeasePool<T> {
     pub fn free(&self) -> usize {
         self.take.len()
     }
-
-    pub fn size(&self) -> usize {
-        self.size
-    }
 }
 
 impl<T> Deref for Lease<'_, T> {
