@@ -3,6 +3,8 @@
 and thread counts, interleaved, median of --repeat runs. Prints a markdown table and one JSON line.
 
   .venv/bin/python scripts/bench_base.py --model resnet56 --threads 1,2 --samples 500 --repeat 3
+  .venv/bin/python scripts/bench_base.py --model face-resnet --threads 1,2 --samples 300 --repeat 3
+      (the face ResNet: LFW faces, its TF.js weights, the PyTorch port in scripts/py/face_resnet.py)
 """
 import argparse
 import glob
@@ -25,7 +27,16 @@ def main():
     ap.add_argument("--gati", default=os.path.join(ROOT, "target/release/gati"))
     args = ap.parse_args()
     shared = os.environ.get("GATI_SHARED", os.path.join(ROOT, "../shared"))
-    ckpt = glob.glob(f"{shared}/weights/resnet-cifar10/{args.model}-*.th")[0]
+    face = args.model == "face-resnet"
+    if face:
+        ckpt = f"{shared}/weights/face-resnet/face_recognition_model-weights_manifest.json"
+        reference = [os.path.join(ROOT, "scripts/py/face_resnet.py"), "bench", ckpt]
+        # `--limit` counts verification pairs per fold half there: enough pairs for the samples.
+        limit = str(args.samples // 20 + 1)
+    else:
+        ckpt = glob.glob(f"{shared}/weights/resnet-cifar10/{args.model}-*.th")[0]
+        reference = [os.path.join(ROOT, "scripts/py/cifar_resnet.py"), "bench", ckpt]
+        limit = str(args.samples)
     env = dict(os.environ, GATI_QUIET="1")
     tmp = tempfile.mkdtemp()
     inputs = os.path.join(tmp, "x.safetensors")
@@ -33,13 +44,12 @@ def main():
     for r in range(args.repeat):
         for t in [int(x) for x in args.threads.split(",")]:
             rust = json.loads(subprocess.check_output(
-                [args.gati, "eval", "--model", args.model, "--weights", ckpt, "--limit", str(args.samples),
+                [args.gati, "eval", "--model", args.model, "--weights", ckpt, "--limit", limit,
                  "--latency-samples", str(args.samples), "--threads", str(t), "--json",
                  "--save-inputs", inputs], env=env))
             py = json.loads(subprocess.check_output(
-                [sys.executable, os.path.join(ROOT, "scripts/py/cifar_resnet.py"), "bench", ckpt, inputs,
-                 str(t), str(args.samples)], env=env))
-            runs.setdefault(t, []).append((rust["latency_ms"], py))
+                [sys.executable, *reference, inputs, str(t), str(args.samples)], env=env))
+            runs.setdefault(t, []).append((rust["latency_ms"], py, rust["stages"]))
             print(f"run {r + 1} threads {t}: rust mean {rust['latency_ms']['mean']:.3f} ms, "
                   f"pytorch mean {py['mean']:.3f} ms", file=sys.stderr)
     rows = []
@@ -55,7 +65,9 @@ def main():
                      "ratio_min": min(ratios), "ratio_max": max(ratios)})
         print(f"| {t} | {rm:.3f} / {rp50:.3f} / {rp99:.3f} | {pm:.3f} / {pp50:.3f} / {pp99:.3f} | "
               f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
-    print(json.dumps({"model": args.model, "samples": args.samples, "repeat": args.repeat, "rows": rows}))
+    stages = [{"name": s["name"], "ms": s["ms"]} for s in runs[max(runs)][-1][2]]
+    print(json.dumps({"model": args.model, "samples": args.samples, "repeat": args.repeat, "rows": rows,
+                      "rust_stages_ms": stages}))
 
 
 if __name__ == "__main__":

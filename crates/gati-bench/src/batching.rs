@@ -128,7 +128,7 @@ pub fn run(o: &Options, data: &Dataset) -> Result<BatchReport> {
     gati_core::set_threads(1);
     let _g = tch::no_grad_guard();
     let n = o.requests.min(data.len());
-    let requests: Vec<Request> = (0..n).map(|index| Request { index, noise: None }).collect();
+    let requests: Vec<Request> = (0..n).map(Request::plain).collect();
     let prepared = inputs::prepare(data, requests)?;
     let xs = ee.model.preprocess(&Tensor::cat(&prepared.pixels, 0));
     let progress = gati_core::progress::bar((o.batch_sizes.len() * o.repeat) as u64, "bench-batch");
@@ -215,7 +215,7 @@ pub fn markdown(r: &BatchReport) -> String {
 /// The evaluation half of the test split (what plans are evaluated on).
 pub fn evaluation_data(plan_dir: &Path, data: Option<&Path>) -> Result<Dataset> {
     let plan = gati_cache::plan::Plan::load(plan_dir)?;
-    let dir = gati_core::paths::data_dir(data)?;
+    let dir = gati_core::paths::data_dir_for(&plan.model, data)?;
     let hw = {
         let m = gati_core::BaseModel::new(&plan.model, tch::Device::Cpu)?;
         let s = m.spec().input_shape;

@@ -117,7 +117,7 @@ pub fn run(o: &Options) -> Result<Report> {
 fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<ModelReport> {
     let (plan, ee) = EarlyExit::load(plan_dir)?;
     let model_name = plan.model.clone();
-    let dir = gati_core::paths::data_dir(o.data.as_deref())?;
+    let dir = gati_core::paths::data_dir_for(&model_name, o.data.as_deref())?;
     let [_, h, w] = ee.model.spec().input_shape;
     let test = gati_core::data::load(&dir, "test", plan.test_limit, (h, w))?;
     let (_, ei) = gati_cache::split::calibration_evaluation(&test.labels);

@@ -19,23 +19,30 @@ pub struct Prepared {
 }
 
 pub fn prepare(ds: &Dataset, requests: Vec<Request>) -> Result<Prepared> {
-    let mut files: HashMap<usize, Vec<u8>> = HashMap::new();
+    let mut files: HashMap<usize, Option<Vec<u8>>> = HashMap::new();
     let mut wire = Vec::with_capacity(requests.len());
     let mut pixels = Vec::with_capacity(requests.len());
     for r in &requests {
         let px = request_pixels(&ds.images, r);
         let src = std::path::Path::new(&ds.sources[r.index]);
-        let bytes = if r.noise.is_none() && src.is_file() {
-            match files.get(&r.index) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-                    files.insert(r.index, b.clone());
-                    b
-                }
+        // The original file when the server decodes it to exactly these pixels (CIFAR's JPEGs);
+        // a lossless PNG of the pixels otherwise (perturbed frames, LFW's 250x250 originals).
+        let original = match files.get(&r.index) {
+            Some(b) => b.clone(),
+            None => {
+                let [_, _, h, w] = px.size()[..] else {
+                    unreachable!("[1, 3, H, W]")
+                };
+                let b = std::fs::read(src)
+                    .ok()
+                    .filter(|b| gati_core::data::decode_image(b, h, w).is_ok());
+                files.insert(r.index, b.clone());
+                b
             }
-        } else {
-            encode_png(&px)?
+        };
+        let bytes = match original {
+            Some(b) if *r == Request::plain(r.index) => b,
+            _ => encode_png(&px)?,
         };
         wire.push(Input::Image(bytes));
         pixels.push(px);

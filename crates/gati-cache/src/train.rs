@@ -23,6 +23,13 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Train on the first N training images only.
     pub train_limit: Option<usize>,
+    /// The dataset split(s) heads learn from (`train`, or e.g. `train+others` on LFW).
+    #[serde(default = "default_train_split")]
+    pub train_split: String,
+}
+
+fn default_train_split() -> String {
+    "train".into()
 }
 
 impl Default for TrainConfig {
@@ -37,6 +44,7 @@ impl Default for TrainConfig {
             temperature: 6.0,
             seed: 0,
             train_limit: None,
+            train_split: default_train_split(),
         }
     }
 }

@@ -15,8 +15,10 @@ struct Cli {
 enum Command {
     /// Top-1 accuracy and batch-1 latency profile of a base model on a dataset split
     Eval(cmd::eval::Args),
-    /// Convert a PyTorch checkpoint (.th/.pth/.pt) into safetensors the Rust models load
+    /// Convert a PyTorch checkpoint (.th/.pth/.pt) or TF.js weights into safetensors the Rust models load
     ImportWeights(cmd::import::Args),
+    /// Fit face-lfw62's identification classifier on the face ResNet's LFW embeddings
+    FitClassifier(cmd::fit_classifier::Args),
     /// List a model's stages and their output shapes
     Stages(cmd::stages::Args),
     /// Train cache models, calibrate hit decisions and choose layers for a fidelity budget
@@ -61,6 +63,7 @@ fn main() {
     let result = match cli.command {
         Command::Eval(a) => cmd::eval::run(a),
         Command::ImportWeights(a) => cmd::import::run(a),
+        Command::FitClassifier(a) => cmd::fit_classifier::run(a),
         Command::Stages(a) => cmd::stages::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),

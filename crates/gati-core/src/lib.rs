@@ -1,6 +1,7 @@
 //! gati-core: the base models (run stage by stage), their weights, the datasets they read,
 //! and the latency measurements every other part of gati builds on.
 
+pub mod classifier;
 pub mod data;
 pub mod eval;
 pub mod files;
@@ -9,6 +10,8 @@ pub mod names;
 pub mod paths;
 pub mod progress;
 pub mod stats;
+pub mod tfjs;
+pub mod verify;
 pub mod weights;
 pub mod workload;
 

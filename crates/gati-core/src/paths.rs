@@ -57,12 +57,45 @@ pub fn cifar10_dir() -> Result<PathBuf> {
     )
 }
 
-/// `given`, or the default CIFAR-10 folder (`cifar10_dir`).
-pub fn data_dir(given: Option<&Path>) -> Result<PathBuf> {
+/// Face models (`face-resnet`, `face-lfw62`) read LFW and the TF.js face weights.
+pub fn is_face_model(model: &str) -> bool {
+    model.starts_with("face-")
+}
+
+/// `given`, or `model`'s default dataset: LFW for face models, CIFAR-10 otherwise.
+pub fn data_dir_for(model: &str, given: Option<&Path>) -> Result<PathBuf> {
     match given {
         Some(d) => Ok(d.to_path_buf()),
+        None if is_face_model(model) => lfw_dir(),
         None => cifar10_dir(),
     }
+}
+
+/// The LFW folder (`images/<Name>/*.jpg` + `pairs.txt`): shared, then `datasets/lfw`.
+pub fn lfw_dir() -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    if let Some(s) = shared_dir() {
+        tried.push(s.join("datasets/lfw"));
+    }
+    tried.push(project_root().join("datasets/lfw"));
+    for p in &tried {
+        if crate::data::lfw::looks_like_lfw(p) {
+            return Ok(p.clone());
+        }
+    }
+    bail!(
+        "no LFW found; tried {}. Pass --data DIR (a folder with images/<Name>/*.jpg and pairs.txt)",
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The identification classifier of `face-lfw62` (`gati fit-classifier` writes it; committed).
+pub fn face_classifier() -> PathBuf {
+    project_root().join("models/face-lfw62/classifier.safetensors")
 }
 
 /// The lossless PNG fixtures (`cifar10-png`) in the shared folder, if present.
@@ -87,6 +120,18 @@ fn known_model(model: &str) -> Result<()> {
 
 pub fn checkpoint(model: &str) -> Result<PathBuf> {
     known_model(model)?;
+    if is_face_model(model) {
+        let manifest = shared_dir()
+            .unwrap_or_else(|| project_root().join("datasets"))
+            .join("weights/face-resnet/face_recognition_model-weights_manifest.json");
+        if !manifest.is_file() {
+            bail!(
+                "no face weights at {}; pass --weights (a TF.js manifest or .safetensors)",
+                manifest.display()
+            );
+        }
+        return Ok(manifest);
+    }
     let mut dirs = Vec::new();
     if let Some(p) = std::env::var_os("GATI_WEIGHTS_DIR") {
         dirs.push(PathBuf::from(p));
@@ -141,7 +186,7 @@ pub fn home() -> PathBuf {
 }
 
 /// Safetensors weights for `model` from `given` (or the default checkpoint), converting a PyTorch
-/// checkpoint once into `home()/weights/` and reusing it afterwards.
+/// checkpoint or TF.js manifest once into `home()/weights/` and reusing it afterwards.
 pub fn resolve_weights(model: &str, given: Option<&Path>) -> Result<PathBuf> {
     known_model(model)?;
     let src = match given {
@@ -154,15 +199,30 @@ pub fn resolve_weights(model: &str, given: Option<&Path>) -> Result<PathBuf> {
     convert_cached(model, &src, &home().join("weights"))
 }
 
-/// Converts a PyTorch checkpoint into `dir/<model>-<sha256 prefix>.safetensors` unless already there.
+/// Converts a PyTorch checkpoint or a TF.js manifest (`.json`) into
+/// `dir/<model>-<sha256 prefix>.safetensors` unless already there. `face-lfw62` from the TF.js
+/// face weights gets the committed classifier (`face_classifier()`) added.
 pub fn convert_cached(model: &str, src: &Path, dir: &Path) -> Result<PathBuf> {
     known_model(model)?;
-    let hash = crate::weights::sha256_file(src)?;
+    let tfjs = src.extension().and_then(|e| e.to_str()) == Some("json");
+    if tfjs && model == "face-lfw62" {
+        let face = convert_cached("face-resnet", src, dir)?;
+        return crate::tfjs::with_classifier(model, &face, &face_classifier(), dir);
+    }
+    let hash = if tfjs {
+        crate::tfjs::fingerprint(src)?
+    } else {
+        crate::weights::sha256_file(src)?
+    };
     std::fs::create_dir_all(dir)?;
     let dst = dir.join(format!("{model}-{}.safetensors", &hash[..12]));
     if !dst.is_file() {
         eprintln!("converting {} -> {}", src.display(), dst.display());
-        crate::weights::import_pytorch(model, src, &dst)?;
+        if tfjs {
+            crate::tfjs::import(model, src, &dst)?;
+        } else {
+            crate::weights::import_pytorch(model, src, &dst)?;
+        }
     }
     Ok(dst)
 }

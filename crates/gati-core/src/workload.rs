@@ -7,6 +7,10 @@
 //! - `working-set[:k[:every]]`: `k` classes active at a time, redrawn every `every` requests;
 //! - `bursty-repeat[:r[:window]]`: each image recurs `r` times, interleaved with the other
 //!   images among `window` open bursts, every recurrence with small pixel noise (video frames).
+//! - `door-camera[:people[:burst]]`: a camera at a door: `people` identities (classes) are around
+//!   at a time; one at a time walks past and is seen as `burst` frames of one of their images, each
+//!   frame shifted by up to `CAMERA_SHIFT` pixels, with its own brightness, contrast and noise;
+//!   after each burst, one person leaves and another arrives with probability `CAMERA_TURNOVER`.
 
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
@@ -22,17 +26,39 @@ pub enum Stream {
     Zipf { s: f64 },
     WorkingSet { k: usize, every: usize },
     BurstyRepeat { r: usize, window: usize },
+    DoorCamera { people: usize, burst: usize },
 }
 
-/// One request of a stream: which image, and (for recurrences) the seed of its pixel noise.
+/// One request of a stream: which image, and (for recurrences) the seed of its pixel noise or
+/// (for camera frames) of its whole perturbation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub index: usize,
     pub noise: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<u64>,
+}
+
+impl Request {
+    /// The image as it is.
+    pub fn plain(index: usize) -> Self {
+        Self {
+            index,
+            noise: None,
+            camera: None,
+        }
+    }
 }
 
 /// Largest per-pixel change (in 0..255 units) a recurrence gets.
 pub const NOISE_AMPLITUDE: i64 = 3;
+/// Largest shift (pixels, each axis) of a camera frame.
+pub const CAMERA_SHIFT: i64 = 3;
+/// Brightness offset (0..255 units) and contrast factor ranges of a camera frame.
+pub const CAMERA_BRIGHTNESS: f64 = 12.0;
+pub const CAMERA_CONTRAST: f64 = 0.1;
+/// Chance that, after a burst, one person at the door is replaced by another.
+pub const CAMERA_TURNOVER: f64 = 0.25;
 
 impl Stream {
     /// `iid`, `zipf[:S]`, `working-set[:K[:EVERY]]`, `bursty-repeat[:R[:WINDOW]]`.
@@ -52,6 +78,7 @@ impl Stream {
         };
         let max_args = match name {
             "iid" => 0,
+            "door-camera" => 2,
             "zipf" => 1,
             _ => 2,
         };
@@ -69,8 +96,15 @@ impl Stream {
                 r: num(0, 5.0)? as usize,
                 window: num(1, 8.0)? as usize,
             },
+            "door-camera" => Stream::DoorCamera {
+                people: num(0, 3.0)? as usize,
+                burst: num(1, 8.0)? as usize,
+            },
             other => {
-                bail!("unknown stream '{other}' (iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]])")
+                bail!(
+                    "unknown stream '{other}' (iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]], \
+                     door-camera[:people[:burst]])"
+                )
             }
         })
     }
@@ -89,6 +123,7 @@ impl Stream {
             Stream::Zipf { s } => format!("zipf-{s}"),
             Stream::WorkingSet { k, every } => format!("working-set-{k}-{every}"),
             Stream::BurstyRepeat { r, window } => format!("bursty-repeat-{r}-{window}"),
+            Stream::DoorCamera { people, burst } => format!("door-camera-{people}-{burst}"),
         }
     }
 
@@ -99,7 +134,7 @@ impl Stream {
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let by_class = by_class(labels);
-        let plain = |index| Request { index, noise: None };
+        let plain = Request::plain;
         match *self {
             Stream::Iid => (0..n).map(|_| plain(rng.gen_range(0..labels.len()))).collect(),
             Stream::Zipf { s } => {
@@ -147,13 +182,36 @@ impl Stream {
                     let (index, left) = open[b];
                     let first = left == r.max(1);
                     out.push(Request {
-                        index,
                         noise: (!first).then(|| rng.gen()),
+                        ..Request::plain(index)
                     });
                     if left == 1 {
                         open.swap_remove(b);
                     } else {
                         open[b].1 = left - 1;
+                    }
+                }
+                out
+            }
+            Stream::DoorCamera { people, burst } => {
+                let people = people.clamp(1, by_class.len());
+                let mut classes: Vec<usize> = (0..by_class.len()).collect();
+                classes.shuffle(&mut rng);
+                // At the door: classes[..people]; the rest wait their turn.
+                let mut out = Vec::with_capacity(n);
+                while out.len() < n {
+                    let members = &by_class[classes[rng.gen_range(0..people)]];
+                    let index = members[rng.gen_range(0..members.len())];
+                    for _ in 0..burst.max(1).min(n - out.len()) {
+                        out.push(Request {
+                            camera: Some(rng.gen()),
+                            ..Request::plain(index)
+                        });
+                    }
+                    if people < classes.len() && rng.gen_bool(CAMERA_TURNOVER) {
+                        let leaving = rng.gen_range(0..people);
+                        let arriving = rng.gen_range(people..classes.len());
+                        classes.swap(leaving, arriving);
                     }
                 }
                 out
@@ -173,23 +231,49 @@ fn by_class(labels: &[i64]) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// The pixels a request carries: the image itself, or with uniform noise in
-/// `[-NOISE_AMPLITUDE, NOISE_AMPLITUDE]` (saturating), `u8 [1, 3, H, W]`.
+/// The pixels a request carries, `u8 [1, 3, H, W]`: the image itself, with uniform noise in
+/// `[-NOISE_AMPLITUDE, NOISE_AMPLITUDE]` (saturating), or as a camera frame (`camera_frame`).
 pub fn request_pixels(images: &Tensor, req: &Request) -> Tensor {
     let x = images.narrow(0, req.index as i64, 1);
-    match req.noise {
-        None => x.shallow_clone(),
-        Some(seed) => {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let n = x.numel();
-            let noise: Vec<i16> = (0..n)
-                .map(|_| rng.gen_range(-NOISE_AMPLITUDE..=NOISE_AMPLITUDE) as i16)
-                .collect();
-            (x.to_kind(Kind::Int16) + Tensor::from_slice(&noise).view(x.size().as_slice()))
-                .clamp(0, 255)
-                .to_kind(Kind::Uint8)
-        }
+    match (req.noise, req.camera) {
+        (_, Some(seed)) => camera_frame(&x, seed),
+        (Some(seed), None) => add_noise(&x, &mut StdRng::seed_from_u64(seed)),
+        (None, None) => x.shallow_clone(),
     }
+}
+
+fn add_noise(x: &Tensor, rng: &mut StdRng) -> Tensor {
+    let noise: Vec<i16> = (0..x.numel())
+        .map(|_| rng.gen_range(-NOISE_AMPLITUDE..=NOISE_AMPLITUDE) as i16)
+        .collect();
+    (x.to_kind(Kind::Int16) + Tensor::from_slice(&noise).view(x.size().as_slice()))
+        .clamp(0, 255)
+        .to_kind(Kind::Uint8)
+}
+
+/// One camera frame of `x` (`u8 [1, 3, H, W]`): shifted by up to `CAMERA_SHIFT` pixels per axis
+/// (edges repeated), contrast scaled about the mean by `1 ± CAMERA_CONTRAST`, brightness moved by
+/// up to `CAMERA_BRIGHTNESS`, then pixel noise; all drawn from `seed`.
+pub fn camera_frame(x: &Tensor, seed: u64) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (dx, dy) = (
+        rng.gen_range(-CAMERA_SHIFT..=CAMERA_SHIFT),
+        rng.gen_range(-CAMERA_SHIFT..=CAMERA_SHIFT),
+    );
+    let contrast = 1.0 + rng.gen_range(-CAMERA_CONTRAST..=CAMERA_CONTRAST);
+    let brightness = rng.gen_range(-CAMERA_BRIGHTNESS..=CAMERA_BRIGHTNESS);
+    let [_, _, h, w] = x.size()[..] else {
+        panic!("camera_frame needs [1, C, H, W]")
+    };
+    let s = CAMERA_SHIFT;
+    let f = x
+        .to_kind(Kind::Float)
+        .pad([s, s, s, s], "replicate", None)
+        .narrow(2, s - dy, h)
+        .narrow(3, s - dx, w);
+    let mean = f.mean(Kind::Float);
+    let f = ((f - &mean) * contrast + mean + brightness).round().clamp(0.0, 255.0);
+    add_noise(&f.to_kind(Kind::Uint8), &mut rng)
 }
 
 #[cfg(test)]
@@ -253,6 +337,37 @@ mod tests {
         let p = request_pixels(&images, noisy).to_kind(Kind::Int64) - 128;
         let max = p.abs().max().int64_value(&[]);
         assert!(max > 0 && max <= NOISE_AMPLITUDE, "{max}");
+    }
+
+    #[test]
+    fn door_camera_shows_few_people_in_bursts_of_perturbed_frames() {
+        let l: Vec<i64> = (0..620).map(|i| i % 62).collect();
+        let reqs = Stream::parse("door-camera:3:6").unwrap().generate(&l, 1200, 9);
+        assert!(reqs.iter().all(|r| r.camera.is_some()));
+        // Bursts: the same image 6 times in a row.
+        for b in reqs.chunks(6) {
+            assert!(b.iter().all(|r| r.index == b[0].index));
+        }
+        // Few people at a time, but people change over time.
+        let mut seen_overall = std::collections::HashSet::new();
+        let mut per_window = Vec::new();
+        for w in reqs.chunks(60) {
+            let people: std::collections::HashSet<i64> = w.iter().map(|r| l[r.index]).collect();
+            per_window.push(people.len());
+            seen_overall.extend(people);
+        }
+        // 3 at the door plus about 2.5 arrivals per 10 bursts.
+        let mean = per_window.iter().sum::<usize>() as f64 / per_window.len() as f64;
+        assert!(mean < 5.5, "{per_window:?}");
+        assert!(seen_overall.len() > 10, "{}", seen_overall.len());
+        // Frames differ from the image and from each other, but stay close to it.
+        let mut img = Tensor::arange(3 * 32 * 32, (Kind::Int64, tch::Device::Cpu));
+        img = (img.remainder(200) + 20).to_kind(Kind::Uint8).view([1, 3, 32, 32]);
+        let a = camera_frame(&img, 1).to_kind(Kind::Float);
+        let b = camera_frame(&img, 2).to_kind(Kind::Float);
+        assert_eq!(a.size(), [1, 3, 32, 32]);
+        let diff = (&a - &b).abs().mean(Kind::Float).double_value(&[]);
+        assert!(diff > 1.0, "{diff}");
     }
 
     #[test]

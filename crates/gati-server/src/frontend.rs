@@ -140,11 +140,7 @@ impl Frontend {
     pub fn new(cluster: &Cluster, selector_addr: &str, registry: &Registry) -> Result<Self> {
         let plan = Plan::load(&cluster.plan)?;
         let spec = BaseModel::new(&plan.model, tch::Device::Cpu)?.spec().clone();
-        let classes = if spec.num_classes == 10 {
-            gati_core::data::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect()
-        } else {
-            (0..spec.num_classes).map(|i| format!("class{i}")).collect()
-        };
+        let classes = spec.class_names();
         let timeout = Some(Duration::from_millis(cluster.default_deadline_ms.max(1000) * 2));
         let base = Arc::new(Pool::new(
             &cluster.base.listen,

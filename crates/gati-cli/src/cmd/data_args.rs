@@ -12,7 +12,8 @@ pub struct ModelData {
     /// Default: the model's checkpoint under ../shared/weights
     #[arg(long, env = "GATI_WEIGHTS")]
     pub weights: Option<PathBuf>,
-    /// Dataset folder (image folder or CIFAR binary). Default: ../shared CIFAR-10, then datasets/
+    /// Dataset folder (image folder, CIFAR binary or LFW). Default: ../shared CIFAR-10 (LFW for
+    /// face models), then datasets/
     #[arg(long, env = "GATI_DATA")]
     pub data: Option<PathBuf>,
 }
@@ -27,7 +28,7 @@ impl ModelData {
     }
 
     pub fn data_dir(&self) -> Result<PathBuf> {
-        paths::data_dir(self.data.as_deref())
+        paths::data_dir_for(&self.model, self.data.as_deref())
     }
 }
 

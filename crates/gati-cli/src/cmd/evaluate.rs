@@ -38,7 +38,7 @@ struct Output {
 pub fn run(a: Args) -> Result<()> {
     let (plan, ee) = EarlyExit::load(&a.plan)?;
     gati_core::set_threads(a.threads.unwrap_or(plan.threads.max(1) as usize));
-    let dir = gati_core::paths::data_dir(a.data.as_deref())?;
+    let dir = gati_core::paths::data_dir_for(&plan.model, a.data.as_deref())?;
     let test = load_split(&ee.model, &dir, "test", a.test_limit.or(plan.test_limit))?;
     let (_, ei) = split::calibration_evaluation(&test.labels);
     let eval_half = test.subset(&ei);

@@ -105,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
         .map_err(|e| anyhow!("models(): {}", describe(&e)))?
         .remove(0);
     let model = BaseModel::new(&info.name, tch::Device::Cpu)?;
-    let dir = paths::data_dir(a.data.as_deref())?;
+    let dir = paths::data_dir_for(&info.name, a.data.as_deref())?;
     let mut ds = load_split(&model, &dir, &a.split, a.limit)?;
     if !a.all {
         let (_, ei) = gati_cache::split::calibration_evaluation(&ds.labels);
@@ -116,7 +116,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let requests = match &a.stream {
         Some(spec) => Stream::parse(spec)?.generate(&ds.labels, a.stream_length, a.seed),
-        None => (0..ds.len()).map(|index| Request { index, noise: None }).collect(),
+        None => (0..ds.len()).map(Request::plain).collect(),
     };
     let sent = gati_bench::inputs::prepare(&ds, requests)?;
     let (labels, image_of): (&[i64], Vec<usize>) = (&sent.labels, sent.requests.iter().map(|r| r.index).collect());

@@ -43,6 +43,10 @@ pub struct Args {
     /// Train on the first N training images only (class-balanced)
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Split(s) the heads distil from, joined by '+' (LFW: train+others adds every face outside
+    /// the 62 identities; distillation needs no labels)
+    #[arg(long, default_value = "train")]
+    train_split: String,
     /// Use the first N test images (class-balanced) before cutting calibration/evaluation halves
     #[arg(long)]
     test_limit: Option<usize>,
@@ -131,7 +135,13 @@ pub fn run(a: Args) -> Result<()> {
     let (model, weights_path, dir) = a.md.load()?;
     let stages = candidate_stages(&model, &a.layers)?;
     let sha = weights::sha256_file(&weights_path)?;
-    let train = load_split(&model, &dir, "train", a.train_limit)?;
+    if model.spec().task != gati_core::models::Task::Classification {
+        bail!(
+            "--model {}: caches predict classes; plan an identification model (e.g. face-lfw62)",
+            a.md.model
+        );
+    }
+    let train = load_split(&model, &dir, &a.train_split, a.train_limit)?;
     let test = load_split(&model, &dir, "test", a.test_limit)?;
     let (ci, ei) = split::calibration_evaluation(&test.labels);
     let (calibration, evaluation) = (test.subset(&ci), test.subset(&ei));
@@ -141,6 +151,7 @@ pub fn run(a: Args) -> Result<()> {
         lr: a.lr,
         seed: a.seed,
         train_limit: a.train_limit,
+        train_split: a.train_split.clone(),
         ..Default::default()
     };
     let cand_dir = a.candidates.clone().unwrap_or_else(|| a.out.join("candidates"));

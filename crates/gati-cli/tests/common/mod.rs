@@ -88,6 +88,11 @@ impl Cluster {
 
     /// `gati up` with extra arguments.
     pub fn up_with(mode: &str, extra: &[&str]) -> Self {
+        Self::up_plan(plan_dir(), mode, extra)
+    }
+
+    /// `gati up` on another plan.
+    pub fn up_plan(plan: &std::path::Path, mode: &str, extra: &[&str]) -> Self {
         let mut child = gati()
             .args([
                 "up",
@@ -101,7 +106,7 @@ impl Cluster {
                 mode,
                 "--plan",
             ])
-            .arg(plan_dir())
+            .arg(plan)
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()

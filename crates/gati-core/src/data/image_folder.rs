@@ -41,23 +41,44 @@ pub fn load_image_folder(root: &Path, split: &str, limit: Option<usize>, hw: (i6
         files.sort();
         per_class.push(files);
     }
-    let longest = per_class.iter().map(Vec::len).max().unwrap_or(0);
-    let mut items: Vec<(PathBuf, i64)> = Vec::new();
-    'outer: for i in 0..longest {
-        for (label, files) in per_class.iter().enumerate() {
-            if let Some(f) = files.get(i) {
-                items.push((f.clone(), label as i64));
-                if limit.is_some_and(|n| items.len() >= n) {
-                    break 'outer;
-                }
-            }
-        }
-    }
+    let per_class: Vec<(i64, Vec<PathBuf>)> = per_class.into_iter().enumerate().map(|(l, f)| (l as i64, f)).collect();
+    let items = round_robin(&per_class, limit);
     if items.is_empty() {
         bail!("{} has class folders but no .jpg/.png images", dir.display());
     }
+    decode_items(&items, classes, hw, decode_image)
+}
+
+/// Files ordered round-robin over classes (the first file of every class, then the second, ...),
+/// so that any prefix, such as `limit`, is class-balanced.
+pub(super) fn round_robin(per_class: &[(i64, Vec<PathBuf>)], limit: Option<usize>) -> Vec<(PathBuf, i64)> {
+    let longest = per_class.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
+    let mut items = Vec::new();
+    for i in 0..longest {
+        for (label, files) in per_class {
+            if let Some(f) = files.get(i) {
+                if limit.is_some_and(|n| items.len() >= n) {
+                    return items;
+                }
+                items.push((f.clone(), *label));
+            }
+        }
+    }
+    items
+}
+
+/// A function from encoded bytes to CHW RGB `u8` of size `h`x`w`.
+pub(super) type Decoder = fn(&[u8], i64, i64) -> Result<Vec<u8>>;
+
+/// Decodes `items` into a dataset of `hw` images.
+pub(super) fn decode_items(
+    items: &[(PathBuf, i64)],
+    classes: Vec<String>,
+    hw: (i64, i64),
+    decode: Decoder,
+) -> Result<Dataset> {
     let (h, w) = hw;
-    let pixels = decode_all(&items, h, w)?;
+    let pixels = decode_all(items, h, w, decode)?;
     let n = items.len() as i64;
     Dataset {
         images: Tensor::from_slice(&pixels).view([n, 3, h, w]),
@@ -69,7 +90,7 @@ pub fn load_image_folder(root: &Path, split: &str, limit: Option<usize>, hw: (i6
 }
 
 /// Decodes on every core; pixels are CHW `u8`.
-fn decode_all(items: &[(PathBuf, i64)], h: i64, w: i64) -> Result<Vec<u8>> {
+fn decode_all(items: &[(PathBuf, i64)], h: i64, w: i64, decode: Decoder) -> Result<Vec<u8>> {
     let per = (3 * h * w) as usize;
     let mut out = vec![0u8; per * items.len()];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
@@ -84,7 +105,7 @@ fn decode_all(items: &[(PathBuf, i64)], h: i64, w: i64) -> Result<Vec<u8>> {
                 s.spawn(move || -> Result<()> {
                     for ((path, _), d) in src.iter().zip(dst.chunks_mut(per)) {
                         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                        let chw = decode_image(&bytes, h, w).with_context(|| format!("image {}", path.display()))?;
+                        let chw = decode(&bytes, h, w).with_context(|| format!("image {}", path.display()))?;
                         d.copy_from_slice(&chw);
                         pb.inc(1);
                     }
@@ -103,24 +124,34 @@ fn decode_all(items: &[(PathBuf, i64)], h: i64, w: i64) -> Result<Vec<u8>> {
 
 /// Decodes JPEG or PNG bytes to CHW RGB `u8`, refusing any size but `h`x`w`.
 pub fn decode_image(bytes: &[u8], h: i64, w: i64) -> Result<Vec<u8>> {
+    let img = decode_limited(bytes)?.to_rgb8();
+    if img.height() as i64 != h || img.width() as i64 != w {
+        bail!("is {}x{} (WxH), expected {w}x{h}", img.width(), img.height());
+    }
+    Ok(to_chw(&img))
+}
+
+/// Decodes JPEG or PNG bytes within size limits: a decompression bomb stops at the limit instead
+/// of allocating gigabytes.
+pub(super) fn decode_limited(bytes: &[u8]) -> Result<image::DynamicImage> {
     let format = image::guess_format(bytes).context("not a recognised image format")?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    // Small images only: a decompression bomb stops at the limit instead of allocating gigabytes.
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(4096);
     limits.max_image_height = Some(4096);
     limits.max_alloc = Some(64 << 20);
     reader.limits(limits);
-    let img = reader.decode().context("cannot decode")?.to_rgb8();
-    if img.height() as i64 != h || img.width() as i64 != w {
-        bail!("is {}x{} (WxH), expected {w}x{h}", img.width(), img.height());
-    }
-    let hw = (h * w) as usize;
+    reader.decode().context("cannot decode")
+}
+
+/// HWC RGB pixels to CHW.
+pub(super) fn to_chw(img: &image::RgbImage) -> Vec<u8> {
+    let hw = (img.width() * img.height()) as usize;
     let mut chw = vec![0u8; 3 * hw];
     for (i, px) in img.pixels().enumerate() {
         for c in 0..3 {
             chw[c * hw + i] = px[c];
         }
     }
-    Ok(chw)
+    chw
 }

@@ -5,6 +5,7 @@
 
 mod cifar_binary;
 mod image_folder;
+pub mod lfw;
 
 pub use cifar_binary::{load_cifar_binary, CIFAR10_CLASSES};
 pub use image_folder::{decode_image, load_image_folder};
@@ -62,6 +63,19 @@ impl Dataset {
         self.subset(&idx)
     }
 
+    /// The samples of every part, in order (classes from the first).
+    pub fn concat(parts: Vec<Dataset>) -> Dataset {
+        let images = Tensor::cat(&parts.iter().map(|d| &d.images).collect::<Vec<_>>(), 0);
+        let mut it = parts.into_iter();
+        let mut first = it.next().expect("at least one part");
+        for d in it {
+            first.labels.extend(d.labels);
+            first.sources.extend(d.sources);
+        }
+        first.images = images;
+        first
+    }
+
     fn check(self) -> Result<Dataset> {
         if self.images.kind() != Kind::Uint8 || self.images.dim() != 4 {
             bail!("internal: dataset images must be u8 [N, 3, H, W]");
@@ -70,11 +84,27 @@ impl Dataset {
     }
 }
 
+/// Face images (any size; centre crop, resize, grey → RGB as `lfw::decode_face`), labelled as given.
+pub fn decode_faces(items: &[(std::path::PathBuf, i64)], hw: (i64, i64)) -> Result<Dataset> {
+    image_folder::decode_items(items, Vec::new(), hw, lfw::decode_face)
+}
+
 /// Loads a dataset directory in whichever format it holds: CIFAR binary batches if
-/// `data_batch_1.bin`/`test_batch.bin`/`train.bin`/`test.bin` are there, an image folder otherwise.
+/// `data_batch_1.bin`/`test_batch.bin`/`train.bin`/`test.bin` are there, LFW if `images/` and
+/// `pairs.txt` are, an image folder otherwise. `split` may join several with `+`
+/// (`train+others`); `limit` then applies to each.
 pub fn load(root: &Path, split: &str, limit: Option<usize>, hw: (i64, i64)) -> Result<Dataset> {
+    if split.contains('+') {
+        let parts = split
+            .split('+')
+            .map(|s| load(root, s, limit, hw))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Dataset::concat(parts));
+    }
     let ds = if cifar_binary::looks_like_cifar(root) {
         load_cifar_binary(root, split)?
+    } else if lfw::looks_like_lfw(root) {
+        lfw::load_split(root, split, limit, hw)?
     } else {
         load_image_folder(root, split, limit, hw)?
     };

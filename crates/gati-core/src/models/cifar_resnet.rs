@@ -1,7 +1,7 @@
 //! CIFAR ResNet-20/32/44/56 (He et al. 2016) with "option A" shortcuts, parameter names as in
 //! akamaster/pytorch_resnet_cifar10 (`conv1`, `layer1.0.bn1`, `linear`, ...).
 
-use super::{bn, bn_eval, conv, Forward, ModelSpec, Stage, IMAGENET_NORM};
+use super::{bn, bn_eval, conv, Forward, ModelSpec, Stage, Task, IMAGENET_NORM};
 use tch::{nn, Tensor};
 
 #[derive(Debug)]
@@ -91,6 +91,7 @@ pub(super) fn build(p: &nn::Path, name: &str, blocks: usize, classes: i64) -> (M
         input_shape: [3, 32, 32],
         num_classes: classes,
         normalization: IMAGENET_NORM,
+        task: Task::Classification,
     };
     (spec, stages)
 }

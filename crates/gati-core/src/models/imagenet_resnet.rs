@@ -1,7 +1,7 @@
 //! ImageNet-layout ResNet-18/34/50 with torchvision's parameter names (`conv1`, `layer1.0.downsample.0`,
 //! `fc`, ...), so torchvision checkpoints convert with `gati import-weights`.
 
-use super::{bn, bn_eval, conv, Forward, ModelSpec, Stage, IMAGENET_NORM};
+use super::{bn, bn_eval, conv, Forward, ModelSpec, Stage, Task, IMAGENET_NORM};
 use tch::{nn, Tensor};
 
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +156,7 @@ pub(super) fn build(p: &nn::Path, name: &str, depth: Depth, classes: i64) -> (Mo
         input_shape: [3, 224, 224],
         num_classes: classes,
         normalization: IMAGENET_NORM,
+        task: Task::Classification,
     };
     (spec, stages)
 }

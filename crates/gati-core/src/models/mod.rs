@@ -2,6 +2,7 @@
 //! at a time, so a request can stop after any stage when a cache answers.
 
 mod cifar_resnet;
+pub mod face_resnet;
 mod imagenet_resnet;
 
 use anyhow::{bail, Context, Result};
@@ -28,17 +29,43 @@ pub const IMAGENET_NORM: Normalization = Normalization {
     std: [0.229, 0.224, 0.225],
 };
 
+/// What the last stage outputs.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Logits over `num_classes` classes: what caches predict.
+    Classification,
+    /// A `num_classes`-dimensional embedding (face verification); not cacheable as is.
+    Embedding,
+}
+
 /// What a caller must know about a model to feed it: input shape, classes, normalisation.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSpec {
     pub name: String,
     /// `[C, H, W]` of one input.
     pub input_shape: [i64; 3],
+    /// Classes, or the embedding's width for `Task::Embedding`.
     pub num_classes: i64,
     pub normalization: Normalization,
+    pub task: Task,
 }
 
 impl ModelSpec {
+    /// Names of the classes, in index order (`class<i>` where the model has none).
+    pub fn class_names(&self) -> Vec<String> {
+        let known: &[&str] = match self.name.as_str() {
+            "face-lfw62" => &face_resnet::LFW62_NAMES,
+            _ if self.num_classes == 10 => &crate::data::CIFAR10_CLASSES,
+            _ => &[],
+        };
+        if known.len() == self.num_classes as usize {
+            known.iter().map(|s| s.to_string()).collect()
+        } else {
+            (0..self.num_classes).map(|i| format!("class{i}")).collect()
+        }
+    }
+
     /// Pixels (`u8`, `[N, C, H, W]`) to the normalised float input of this model, on `device`.
     pub fn normalize(&self, pixels: &Tensor, device: Device) -> Tensor {
         let n = &self.normalization;
@@ -71,7 +98,15 @@ pub struct BaseModel {
 
 /// Every model name `BaseModel::new` accepts.
 pub const MODEL_NAMES: &[&str] = &[
-    "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "face-resnet",
+    "face-lfw62",
 ];
 
 impl BaseModel {
@@ -86,6 +121,8 @@ impl BaseModel {
             "resnet18" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R18, 1000),
             "resnet34" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R34, 1000),
             "resnet50" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R50, 1000),
+            "face-resnet" => face_resnet::build(&vs.root(), name, None),
+            "face-lfw62" => face_resnet::build(&vs.root(), name, Some(face_resnet::LFW62_CLASSES)),
             other => bail!("unknown model '{other}' (known: {})", MODEL_NAMES.join(", ")),
         };
         let mut model = Self {

@@ -38,3 +38,22 @@ pub fn python() -> PathBuf {
 pub fn scripts_py(name: &str) -> PathBuf {
     paths::project_root().join("scripts/py").join(name)
 }
+
+pub fn lfw() -> PathBuf {
+    shared().join("datasets/lfw")
+}
+
+pub fn face_manifest() -> PathBuf {
+    paths::checkpoint("face-resnet").expect("face-resnet TF.js weights in ../shared")
+}
+
+/// The face ResNet's TF.js weights, converted once into the test target dir.
+pub fn face_resnet() -> BaseModel {
+    let w = paths::convert_cached(
+        "face-resnet",
+        &face_manifest(),
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights"),
+    )
+    .expect("TF.js weights convert");
+    BaseModel::load("face-resnet", &w, tch::Device::Cpu).expect("face weights load")
+}
