@@ -25,12 +25,15 @@ def main():
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--gati", default=os.path.join(ROOT, "target/release/gati"))
+    ap.add_argument("--reference-channels-last", action="store_true",
+                    help="face-resnet: time PyTorch with channels-last weights and inputs too")
     args = ap.parse_args()
     shared = os.environ.get("GATI_SHARED", os.path.join(ROOT, "../shared"))
     face = args.model == "face-resnet"
     if face:
         ckpt = f"{shared}/weights/face-resnet/face_recognition_model-weights_manifest.json"
-        reference = [os.path.join(ROOT, "scripts/py/face_resnet.py"), "bench", ckpt]
+        mode = "bench-channels-last" if args.reference_channels_last else "bench"
+        reference = [os.path.join(ROOT, "scripts/py/face_resnet.py"), mode, ckpt]
         # `--limit` counts verification pairs per fold half there: enough pairs for the samples.
         limit = str(args.samples // 20 + 1)
     else:

@@ -7,6 +7,8 @@ PyTorch eager baseline for the Rust model.
       batched ('embeddings_batched').
   python face_resnet.py bench MANIFEST INPUTS.safetensors THREADS N
       batch-1 eager latency (torch.inference_mode) on the first N inputs; prints one JSON object.
+  python face_resnet.py bench-channels-last ...
+      the same with weights and inputs in channels-last memory layout (what gati's Rust model uses).
 """
 import json
 import os
@@ -113,10 +115,13 @@ def main():
             one = torch.cat([model(x[i : i + 1]) for i in range(x.shape[0])])
             batched = model(x)
         save_file({"embeddings": one.contiguous(), "embeddings_batched": batched.contiguous()}, sys.argv[4])
-    elif cmd == "bench":
+    elif cmd in ("bench", "bench-channels-last"):
         threads, n = int(sys.argv[4]), int(sys.argv[5])
         torch.set_num_threads(threads)
         samples = [x[i : i + 1].contiguous() for i in range(min(n, x.shape[0]))]
+        if cmd == "bench-channels-last":
+            model = model.to(memory_format=torch.channels_last)
+            samples = [s.to(memory_format=torch.channels_last) for s in samples]
         times = []
         with torch.inference_mode():
             for s in samples[:20]:

@@ -93,6 +93,15 @@ struct ConvScale {
     stride: i64,
     padding: i64,
     relu: bool,
+    /// After `prepare`: the scale folded into the conv (w·s, b·s + t), filters channels-last.
+    fused: Option<(Tensor, Tensor)>,
+}
+
+/// The same values laid out NHWC in memory (logical shape unchanged): oneDNN then runs the
+/// convolutions without reordering every input and output, about a quarter faster at batch 1
+/// (measured, docs/results.md).
+fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 impl ConvScale {
@@ -108,10 +117,31 @@ impl ConvScale {
             stride,
             padding,
             relu,
+            fused: None,
         }
     }
 
+    fn prepare(&mut self) {
+        let c = self.bias.size()[0];
+        let w = &self.filters * self.scale_w.view([c, 1, 1, 1]);
+        let b = &self.bias * &self.scale_w + &self.scale_b;
+        self.fused = Some((channels_last(&w), b));
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
+        let y = match &self.fused {
+            Some((w, b)) => x.conv2d(w, Some(b), [self.stride; 2], [self.padding; 2], [1, 1], 1),
+            None => self.forward_unfused(x),
+        };
+        if self.relu {
+            y.relu()
+        } else {
+            y
+        }
+    }
+
+    /// The TF.js graph's order of operations (fresh, untrained models use it).
+    fn forward_unfused(&self, x: &Tensor) -> Tensor {
         let c = self.bias.size()[0];
         let y = x.conv2d(
             &self.filters,
@@ -121,12 +151,7 @@ impl ConvScale {
             [1, 1],
             1,
         );
-        let y = y * self.scale_w.view([1, c, 1, 1]) + self.scale_b.view([1, c, 1, 1]);
-        if self.relu {
-            y.relu()
-        } else {
-            y
-        }
+        y * self.scale_w.view([1, c, 1, 1]) + self.scale_b.view([1, c, 1, 1])
     }
 }
 
@@ -138,7 +163,16 @@ struct Stem {
 
 impl Forward for Stem {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.conv.forward(x).max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
+        let x = if self.conv.fused.is_some() {
+            channels_last(x)
+        } else {
+            x.shallow_clone()
+        };
+        self.conv.forward(&x).max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
+    }
+
+    fn prepare(&mut self) {
+        self.conv.prepare();
     }
 }
 
@@ -154,6 +188,11 @@ struct Residual {
 }
 
 impl Forward for Residual {
+    fn prepare(&mut self) {
+        self.conv1.prepare();
+        self.conv2.prepare();
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         let out = self.conv2.forward(&self.conv1.forward(x));
         if !self.down {

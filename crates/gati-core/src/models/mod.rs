@@ -14,6 +14,10 @@ use tch::{nn, Device, Kind, Tensor};
 /// Not `Sync`: tch tensors are not, so each serving thread owns its model.
 pub trait Forward: Send + std::fmt::Debug {
     fn forward(&self, x: &Tensor) -> Tensor;
+
+    /// Called once the weights are loaded (they never change afterwards: base models are frozen):
+    /// precompute what makes the forward pass faster, e.g. fused weights in another layout.
+    fn prepare(&mut self) {}
 }
 
 /// Per-channel input normalisation applied to RGB pixels in [0, 1].
@@ -139,6 +143,7 @@ impl BaseModel {
     pub fn load(name: &str, weights: &Path, device: Device) -> Result<Self> {
         let mut model = Self::new(name, device)?;
         crate::weights::load_into(&mut model.vs, weights).with_context(|| format!("loading {name} weights"))?;
+        tch::no_grad(|| model.stages.iter_mut().for_each(|s| s.module.prepare()));
         Ok(model)
     }
 
@@ -164,10 +169,6 @@ impl BaseModel {
 
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
-    }
-
-    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
-        &mut self.vs
     }
 
     pub fn device(&self) -> Device {
