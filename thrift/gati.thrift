@@ -2,9 +2,17 @@
 // message); frames larger than the configured maximum (default 16 MiB) are refused.
 //
 // Public: service Gati (the frontend). Internal: BaseWorker, CacheWorker, Selector, Trainer.
+// A message that does not decode (a required field missing, a wrong type) is answered with a
+// TApplicationException of type PROTOCOL_ERROR whose message is "METHOD: what was wrong"; the
+// connection stays usable. docs/api.md: the calls, inputs, errors, and client examples.
 
 namespace rs gati
 namespace py gati
+namespace java ai.gati.thrift
+namespace go gati
+namespace cpp gati
+namespace js gati
+namespace netstd Gati.Thrift
 
 // A dense tensor: row-major little-endian values. Only "float32" is accepted.
 struct TensorData {

@@ -3616,7 +3616,7 @@ impl <H: GatiSyncHandler> TProcessor for GatiSyncProcessor<H> {
         )
       },
     };
-    thrift::server::handle_process_result(&message_ident, res, o_prot)
+    thrift::server::handle_process_result(&message_ident, res.map_err(|e| crate::readable(&message_ident.name, e)), o_prot)
   }
 }
 
@@ -5052,7 +5052,7 @@ impl <H: BaseWorkerSyncHandler> TProcessor for BaseWorkerSyncProcessor<H> {
         )
       },
     };
-    thrift::server::handle_process_result(&message_ident, res, o_prot)
+    thrift::server::handle_process_result(&message_ident, res.map_err(|e| crate::readable(&message_ident.name, e)), o_prot)
   }
 }
 
@@ -6253,7 +6253,7 @@ impl <H: CacheWorkerSyncHandler> TProcessor for CacheWorkerSyncProcessor<H> {
         )
       },
     };
-    thrift::server::handle_process_result(&message_ident, res, o_prot)
+    thrift::server::handle_process_result(&message_ident, res.map_err(|e| crate::readable(&message_ident.name, e)), o_prot)
   }
 }
 
@@ -6850,7 +6850,7 @@ impl <H: SelectorSyncHandler> TProcessor for SelectorSyncProcessor<H> {
         )
       },
     };
-    thrift::server::handle_process_result(&message_ident, res, o_prot)
+    thrift::server::handle_process_result(&message_ident, res.map_err(|e| crate::readable(&message_ident.name, e)), o_prot)
   }
 }
 
@@ -7380,7 +7380,7 @@ impl <H: TrainerSyncHandler> TProcessor for TrainerSyncProcessor<H> {
         )
       },
     };
-    thrift::server::handle_process_result(&message_ident, res, o_prot)
+    thrift::server::handle_process_result(&message_ident, res.map_err(|e| crate::readable(&message_ident.name, e)), o_prot)
   }
 }
 
