@@ -6,7 +6,7 @@
 # VM's latency drifts by tens of percent between runs). Writes reports/bench-online/*.json, a
 # table on stdout, and docs/img/online-hit-rate.svg (hit rate over time, first repeat).
 #
-#   scripts/bench-online.sh [PLAN_DIR] [REQUESTS] [STREAMS] [REPEAT]
+#   [OUT=DIR] [SVG=FILE] scripts/bench-online.sh [PLAN_DIR] [REQUESTS] [STREAMS] [REPEAT]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PLAN="${1:-reports/resnet56-full/plan-inline-0.01}"
@@ -14,7 +14,7 @@ N="${2:-4000}"
 STREAMS="${3:-working-set:2:1000 zipf}"
 REPEAT="${4:-3}"
 G=target/release/gati
-OUT=reports/bench-online
+OUT="${OUT:-reports/bench-online}"
 [ -x "$G" ] || cargo build --release -p gati-cli
 rm -rf "$OUT"; mkdir -p "$OUT"
 export GATI_QUIET=1
@@ -50,4 +50,4 @@ for R in $(seq 1 "$REPEAT"); do
     rm -rf "$STATE"
   done
 done
-python3 scripts/online_report.py "$OUT" docs/img/online-hit-rate.svg
+python3 scripts/online_report.py "$OUT" "${SVG:-docs/img/online-hit-rate.svg}"

@@ -14,7 +14,8 @@ pub struct Args {
     /// Dataset folder (default: ../shared CIFAR-10, then datasets/)
     #[arg(long, env = "GATI_DATA")]
     data: Option<PathBuf>,
-    /// Request streams over the evaluation half: iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]]
+    /// Request streams over the evaluation half: iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]],
+    /// door-camera[:people[:burst]]
     #[arg(long, default_value = "iid,zipf,working-set")]
     streams: String,
     /// Configurations: all, or a comma list of base-1, base-all, gati-in-process, thrift-base, thrift-inline, thrift-distributed

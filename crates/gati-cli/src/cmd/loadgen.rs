@@ -46,7 +46,8 @@ pub struct Args {
     /// A plan directory: its base model answers the same images in-process, for agreement figures
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Send a workload stream instead of the images in order: iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]]
+    /// Send a workload stream instead of the images in order: iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]],
+    /// door-camera[:people[:burst]]
     #[arg(long)]
     stream: Option<String>,
     /// Requests generated for --stream (cycled when the run is longer)
@@ -119,12 +120,20 @@ pub fn run(a: Args) -> Result<()> {
         None => (0..ds.len()).map(Request::plain).collect(),
     };
     let sent = gati_bench::inputs::prepare(&ds, requests)?;
-    let (labels, image_of): (&[i64], Vec<usize>) = (&sent.labels, sent.requests.iter().map(|r| r.index).collect());
+    let labels: &[i64] = &sent.labels;
+    // The base model's answer to exactly the pixels each request carries: a camera frame or a
+    // noisy repeat is not the image it came from, and the base model may answer it differently.
     let base_pred = match &a.plan {
         Some(p) => {
             let plan = gati_cache::plan::Plan::load(p)?;
             let m = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
-            Some(gati_core::eval::argmax(&gati_core::eval::predict(&m, &ds, 256)))
+            let _g = tch::no_grad_guard();
+            let preds: Vec<i64> = sent
+                .pixels
+                .chunks(256)
+                .flat_map(|c| gati_core::eval::argmax(&m.forward(&m.preprocess(&tch::Tensor::cat(c, 0)))))
+                .collect();
+            Some(preds)
         }
         None => None,
     };
@@ -153,7 +162,7 @@ pub fn run(a: Args) -> Result<()> {
     let n = recs.len().max(1) as f64;
     let m = labels.len();
     let per_layer = hit_rate_per_layer(recs);
-    let agrees = |r: &gati_bench::load::Record| base_pred.as_ref().map(|b| r.class == b[image_of[r.req % m]]);
+    let agrees = |r: &gati_bench::load::Record| base_pred.as_ref().map(|b| r.class == b[r.req % m]);
     let mut ordered: Vec<&gati_bench::load::Record> = recs.iter().collect();
     ordered.sort_by_key(|r| r.req);
     let timeline = match a.window {
