@@ -5,15 +5,15 @@
   python cifar_resnet.py bench CHECKPOINT INPUTS.safetensors THREADS N
       batch-1 eager latency (torch.inference_mode) on the first N inputs; prints one JSON object.
 """
-import json
 import re
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from latency import bench
 
 
 class BasicBlock(nn.Module):
@@ -72,21 +72,7 @@ def main():
         with torch.inference_mode():
             save_file({"logits": model(x).contiguous()}, sys.argv[4])
     elif cmd == "bench":
-        threads, n = int(sys.argv[4]), int(sys.argv[5])
-        torch.set_num_threads(threads)
-        samples = [x[i : i + 1].contiguous() for i in range(min(n, x.shape[0]))]
-        times = []
-        with torch.inference_mode():
-            for s in samples[:20]:
-                model(s)
-            for s in samples:
-                t = time.perf_counter()
-                model(s)
-                times.append((time.perf_counter() - t) * 1e3)
-        times.sort()
-        pct = lambda p: times[max(1, -(-len(times) * p // 100)) - 1]  # nearest rank
-        print(json.dumps({"threads": threads, "n": len(times), "mean": sum(times) / len(times),
-                          "p50": pct(50), "p99": pct(99), "torch": torch.__version__}))
+        bench(model, x, int(sys.argv[4]), int(sys.argv[5]))
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -12,15 +12,15 @@ PyTorch eager baseline for the Rust model.
 """
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from latency import bench
 
 BLOCKS = [
     ("conv32_1", False), ("conv32_2", False), ("conv32_3", False),
@@ -116,24 +116,7 @@ def main():
             batched = model(x)
         save_file({"embeddings": one.contiguous(), "embeddings_batched": batched.contiguous()}, sys.argv[4])
     elif cmd in ("bench", "bench-channels-last"):
-        threads, n = int(sys.argv[4]), int(sys.argv[5])
-        torch.set_num_threads(threads)
-        samples = [x[i : i + 1].contiguous() for i in range(min(n, x.shape[0]))]
-        if cmd == "bench-channels-last":
-            model = model.to(memory_format=torch.channels_last)
-            samples = [s.to(memory_format=torch.channels_last) for s in samples]
-        times = []
-        with torch.inference_mode():
-            for s in samples[:20]:
-                model(s)
-            for s in samples:
-                t = time.perf_counter()
-                model(s)
-                times.append((time.perf_counter() - t) * 1e3)
-        times.sort()
-        q = lambda p: times[min(len(times) - 1, int(p * len(times)))]
-        print(json.dumps({"threads": threads, "samples": len(times), "mean": statistics.mean(times),
-                          "p50": q(0.5), "p99": q(0.99), "torch": torch.__version__}))
+        bench(model, x, int(sys.argv[4]), int(sys.argv[5]), channels_last=cmd == "bench-channels-last")
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -20,11 +20,10 @@ fn lfw() -> PathBuf {
 }
 
 /// Caches at two late blocks, trained on 372 training faces (6 per person) for 6 epochs in
-/// batches of 16 (62 classes need more steps than 10 do); a 5% budget so that they answer often. Fixed costs: the plan does not depend on machine load.
+/// batches of 16 (62 classes need more steps than 10 do); a 5% budget so that they answer often.
 fn face_plan() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        use gati_cache::{decision::DecisionKind, pipeline, plan, planner::Mode, train::TrainConfig, Variant};
         gati_core::set_threads(2);
         let dir = tempfile::tempdir().unwrap().keep();
         let manifest = gati_core::paths::checkpoint(MODEL).unwrap();
@@ -32,43 +31,14 @@ fn face_plan() -> &'static PathBuf {
         let model = gati_core::BaseModel::load(MODEL, &w, tch::Device::Cpu).unwrap();
         let train = gati_core::data::load(&lfw(), "train", Some(372), (150, 150)).unwrap();
         let test = gati_core::data::load(&lfw(), "test", Some(TEST_LIMIT), (150, 150)).unwrap();
-        let (ci, ei) = gati_cache::split::calibration_evaluation(&test.labels);
-        let stages: Vec<usize> = ["conv128_2", "conv256_1"]
-            .iter()
-            .map(|n| model.stage_index(n).unwrap())
-            .collect();
-        let sha = gati_core::weights::sha256_file(&w).unwrap();
-        let config = TrainConfig {
+        let config = gati_cache::train::TrainConfig {
             epochs: 6,
             batch_size: 16,
             train_limit: Some(372),
             ..Default::default()
         };
-        let inputs = pipeline::Inputs {
-            model: &model,
-            weights_sha256: &sha,
-            train: &train,
-            calibration: &test.subset(&ci),
-            evaluation: &test.subset(&ei),
-            stages: &stages,
-            variants: &[Variant::Gap, Variant::ConvPool],
-            config: &config,
-        };
-        let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
-        let req = plan::PlanRequest {
-            mode: Mode::Distributed,
-            budget: 0.05,
-            margin_sigmas: 0.0,
-            decision: DecisionKind::Threshold,
-            send_ms: 0.001,
-            transfer_ms: 0.001,
-            memory_budget_mb: None,
-        };
-        let costs = vec![0.01; cands.bank.heads.len()];
-        let (mut p, tensors) = plan::make_plan(&cands, &costs, &vec![1.0; model.num_stages()], &req, &w, 2);
-        p.test_limit = Some(TEST_LIMIT);
-        let out = dir.join("plan");
-        p.save(&out, &tensors).unwrap();
+        let stages = ["conv128_2", "conv256_1"];
+        let (out, p) = common::plan_fixed_costs(&dir, &model, &w, &train, &test, &stages, &config, 1.0);
         assert!(!p.caches.is_empty(), "the face plan needs a cache: {:?}", p.expected);
         out
     })

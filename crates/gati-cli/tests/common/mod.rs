@@ -20,7 +20,6 @@ pub fn gati() -> Command {
 pub fn plan_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        use gati_cache::{decision::DecisionKind, pipeline, plan, planner::Mode, train::TrainConfig, Variant};
         // One intra-op thread: the trained caches, and so the plan, come out the same whatever
         // else the test process runs at the time.
         gati_core::set_threads(1);
@@ -31,42 +30,13 @@ pub fn plan_dir() -> &'static PathBuf {
         let cifar = gati_core::paths::cifar10_dir().unwrap();
         let train = gati_core::data::load(&cifar, "train", Some(1500), (32, 32)).unwrap();
         let test = gati_core::data::load(&cifar, "test", Some(1000), (32, 32)).unwrap();
-        let (ci, ei) = gati_cache::split::calibration_evaluation(&test.labels);
-        let stages: Vec<usize> = ["layer2.1", "layer2.2", "layer3.0", "layer3.1"]
-            .iter()
-            .map(|n| model.stage_index(n).unwrap())
-            .collect();
-        let sha = gati_core::weights::sha256_file(&w).unwrap();
-        let inputs = pipeline::Inputs {
-            model: &model,
-            weights_sha256: &sha,
-            train: &train,
-            calibration: &test.subset(&ci),
-            evaluation: &test.subset(&ei),
-            stages: &stages,
-            variants: &[Variant::ConvPool, Variant::Gap],
-            config: &TrainConfig {
-                epochs: 3,
-                train_limit: Some(1500),
-                ..Default::default()
-            },
+        let config = gati_cache::train::TrainConfig {
+            epochs: 3,
+            train_limit: Some(1500),
+            ..Default::default()
         };
-        let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
-        let req = plan::PlanRequest {
-            mode: Mode::Distributed,
-            budget: 0.05,
-            margin_sigmas: 0.0,
-            decision: DecisionKind::Threshold,
-            send_ms: 0.001,
-            transfer_ms: 0.001,
-            memory_budget_mb: None,
-        };
-        let costs = vec![0.01; cands.bank.heads.len()];
-        let (mut p, tensors) = plan::make_plan(&cands, &costs, &vec![0.2; model.num_stages()], &req, &w, 1);
-        p.test_limit = Some(1000);
-        p.candidates = Some(dir.join("candidates"));
-        let out = dir.join("plan");
-        p.save(&out, &tensors).unwrap();
+        let stages = ["layer2.1", "layer2.2", "layer3.0", "layer3.1"];
+        let (out, p) = plan_fixed_costs(&dir, &model, &w, &train, &test, &stages, &config, 0.2);
         assert!(
             p.caches.len() >= 2,
             "the test plan needs caches at two layers or more: {:?}",
@@ -74,6 +44,54 @@ pub fn plan_dir() -> &'static PathBuf {
         );
         out
     })
+}
+
+/// Trains `conv-pool` and `gap` heads at `stages` (names) on `train`, and plans them for a 5%
+/// budget in distributed mode with fixed costs (`stage_ms` per stage, 0.01 ms per cache) on the
+/// test split's calibration half; the plan is saved in `dir/plan`.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_fixed_costs(
+    dir: &std::path::Path,
+    model: &gati_core::BaseModel,
+    weights: &std::path::Path,
+    train: &gati_core::data::Dataset,
+    test: &gati_core::data::Dataset,
+    stages: &[&str],
+    config: &gati_cache::train::TrainConfig,
+    stage_ms: f64,
+) -> (PathBuf, gati_cache::plan::Plan) {
+    use gati_cache::{decision::DecisionKind, pipeline, plan, planner::Mode, Variant};
+    let (ci, ei) = gati_cache::split::calibration_evaluation(&test.labels);
+    let stages: Vec<usize> = stages.iter().map(|n| model.stage_index(n).unwrap()).collect();
+    let sha = gati_core::weights::sha256_file(weights).unwrap();
+    let inputs = pipeline::Inputs {
+        model,
+        weights_sha256: &sha,
+        train,
+        calibration: &test.subset(&ci),
+        evaluation: &test.subset(&ei),
+        stages: &stages,
+        variants: &[Variant::ConvPool, Variant::Gap],
+        config,
+    };
+    let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
+    let req = plan::PlanRequest {
+        mode: Mode::Distributed,
+        budget: 0.05,
+        margin_sigmas: 0.0,
+        decision: DecisionKind::Threshold,
+        send_ms: 0.001,
+        transfer_ms: 0.001,
+        memory_budget_mb: None,
+    };
+    let costs = vec![0.01; cands.bank.heads.len()];
+    let stage_costs = vec![stage_ms; model.num_stages()];
+    let (mut p, tensors) = plan::make_plan(&cands, &costs, &stage_costs, &req, weights, tch::get_num_threads());
+    p.test_limit = Some(test.len());
+    p.candidates = Some(dir.join("candidates"));
+    let out = dir.join("plan");
+    p.save(&out, &tensors).unwrap();
+    (out, p)
 }
 
 pub struct Cluster {
