@@ -25,7 +25,8 @@ def main():
             for s in m["streams"]:
                 for c in s["configs"]:
                     gati = c["config"] in ("gati-in-process", "thrift-inline", "thrift-distributed")
-                    print(f"| {m['plan_mode']} | {100 * m['budget']:.1f}% | {s['stream']} | {c['name']} | "
+                    plan = m["plan_mode"] + (" (camera-calibrated)" if "camera" in path else "")
+                    print(f"| {plan} | {100 * m['budget']:.1f}% | {s['stream']} | {c['name']} | "
                           f"{c['mean_ms']['median']:.2f} | {fig(c['speedup']) if gati else '1'} | "
                           f"{fig(c['fidelity_loss'], 100) if gati else '0'} | {c['top1']['median']:.1f} | "
                           f"{100 * c['hit_rate']['median']:.1f} |")

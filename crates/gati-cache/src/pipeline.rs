@@ -19,6 +19,10 @@ pub struct Inputs<'a> {
     pub stages: &'a [usize],
     pub variants: &'a [Variant],
     pub config: &'a TrainConfig,
+    /// How the calibration and evaluation halves were made (`split::SPLIT_RULE`, or a variant of
+    /// it such as `split::camera_frames_rule()`): outcomes recorded under another rule are
+    /// recorded again.
+    pub outcomes_rule: &'a str,
 }
 
 /// Loads the candidates in `dir` if they were trained the same way, else trains and saves them.
@@ -30,7 +34,7 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
                 && c.meta.train == *inp.config
                 && c.calibration.len() == inp.calibration.len()
                 && c.evaluation.len() == inp.evaluation.len();
-            if same && c.meta.split == crate::split::SPLIT_RULE {
+            if same && c.meta.split == inp.outcomes_rule {
                 eprintln!("reusing trained candidates in {}", dir.display());
                 return Ok((c, false));
             }
@@ -39,12 +43,12 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
                 eprintln!(
                     "re-recording outcomes in {} for split rule {}",
                     dir.display(),
-                    crate::split::SPLIT_RULE
+                    inp.outcomes_rule
                 );
                 let mut c = c;
                 c.calibration = Outcomes::record(inp.model, &c.bank, inp.calibration, 256);
                 c.evaluation = Outcomes::record(inp.model, &c.bank, inp.evaluation, 256);
-                c.meta.split = crate::split::SPLIT_RULE.to_string();
+                c.meta.split = inp.outcomes_rule.to_string();
                 c.save(dir)?;
                 return Ok((c, false));
             }
@@ -67,7 +71,7 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
     let evaluation = Outcomes::record(inp.model, &bank, inp.evaluation, 256);
     let meta = CandidateMeta {
         model: inp.model.spec().name.clone(),
-        split: crate::split::SPLIT_RULE.to_string(),
+        split: inp.outcomes_rule.to_string(),
         weights_sha256: inp.weights_sha256.to_string(),
         variants: inp.variants.to_vec(),
         stages: inp.stages.to_vec(),

@@ -60,6 +60,10 @@ pub struct Plan {
     /// Where the trained candidates (all heads, outcomes) are kept, for re-planning and the oracle.
     #[serde(default)]
     pub candidates: Option<PathBuf>,
+    /// The hit decisions were fitted on camera frames of the calibration images
+    /// (`gati plan --calibrate-on-camera-frames`): the traffic this plan is for.
+    #[serde(default)]
+    pub calibrated_on_camera_frames: bool,
     /// Measured batch-1 cost of every candidate head, at `threads`.
     #[serde(default)]
     pub candidate_costs_ms: Vec<f64>,
@@ -192,6 +196,7 @@ pub fn make_plan(
         planning_seconds,
         test_limit: None,
         candidates: None,
+        calibrated_on_camera_frames: false,
         candidate_costs_ms: costs.to_vec(),
         caches_file: legacy_caches_file(),
     };

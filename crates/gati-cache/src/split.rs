@@ -4,6 +4,12 @@
 /// Names the rule below; stored with recorded outcomes so a change of rule re-records them.
 pub const SPLIT_RULE: &str = "per-class-occurrence-parity";
 
+/// The rule when the calibration half holds one camera frame of each image
+/// (`workload::camera_frames`) instead of the image: thresholds for door-camera traffic.
+pub fn camera_frames_rule() -> String {
+    format!("{SPLIT_RULE}+camera-frames-calibration")
+}
+
 /// Within each class, even occurrences calibrate and odd ones evaluate: both halves are
 /// class-balanced whatever the order of the samples, and the cut is the same on every run.
 pub fn calibration_evaluation(labels: &[i64]) -> (Vec<usize>, Vec<usize>) {

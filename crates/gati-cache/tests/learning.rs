@@ -83,6 +83,7 @@ fn trained() -> (Candidates, std::path::PathBuf) {
             stages: &stages,
             variants: &[Variant::Conv, Variant::ConvPool],
             config: &config,
+            outcomes_rule: gati_cache::split::SPLIT_RULE,
         };
         let (c, trained) = pipeline::prepare(&inputs, dir, false).unwrap();
         // Trained exactly once; later callers get the saved candidates back unchanged.
@@ -247,6 +248,7 @@ fn training_is_reproducible_for_a_seed() {
             stages: &stages,
             variants: &[Variant::ConvPool, Variant::Gap],
             config: &config,
+            outcomes_rule: gati_cache::split::SPLIT_RULE,
         };
         // Something else draws from libtorch's generator first, as another test would.
         let _ = Tensor::rand([7], (Kind::Float, tch::Device::Cpu));

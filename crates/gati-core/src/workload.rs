@@ -251,6 +251,25 @@ fn add_noise(x: &Tensor, rng: &mut StdRng) -> Tensor {
         .to_kind(Kind::Uint8)
 }
 
+/// The dataset with every image replaced by one camera frame of it (seeded by `seed` and the
+/// sample's position), labels and sources kept.
+pub fn camera_frames(ds: &crate::data::Dataset, seed: u64) -> crate::data::Dataset {
+    let frames: Vec<Tensor> = (0..ds.len())
+        .map(|i| {
+            camera_frame(
+                &ds.images.narrow(0, i as i64, 1),
+                seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            )
+        })
+        .collect();
+    crate::data::Dataset {
+        images: Tensor::cat(&frames, 0),
+        labels: ds.labels.clone(),
+        classes: ds.classes.clone(),
+        sources: ds.sources.clone(),
+    }
+}
+
 /// One camera frame of `x` (`u8 [1, 3, H, W]`): shifted by up to `CAMERA_SHIFT` pixels per axis
 /// (edges repeated), contrast scaled about the mean by `1 ± CAMERA_CONTRAST`, brightness moved by
 /// up to `CAMERA_BRIGHTNESS`, then pixel noise; all drawn from `seed`.
@@ -368,6 +387,30 @@ mod tests {
         assert_eq!(a.size(), [1, 3, 32, 32]);
         let diff = (&a - &b).abs().mean(Kind::Float).double_value(&[]);
         assert!(diff > 1.0, "{diff}");
+    }
+
+    #[test]
+    fn camera_frames_perturb_every_image_reproducibly_and_keep_labels() {
+        let images = (Tensor::arange(4 * 3 * 16 * 16, (Kind::Int64, tch::Device::Cpu)).remainder(180) + 40)
+            .to_kind(Kind::Uint8)
+            .view([4, 3, 16, 16]);
+        let ds = crate::data::Dataset {
+            images,
+            labels: vec![0, 1, 2, 3],
+            classes: vec!["a".into(); 4],
+            sources: (0..4).map(|i| format!("img{i}")).collect(),
+        };
+        let a = camera_frames(&ds, 5);
+        assert_eq!(
+            (a.labels.clone(), a.sources.clone()),
+            (ds.labels.clone(), ds.sources.clone())
+        );
+        assert!(a.images.equal(&camera_frames(&ds, 5).images));
+        assert!(!a.images.equal(&camera_frames(&ds, 6).images));
+        for i in 0..4 {
+            let (x, y) = (ds.images.get(i), a.images.get(i));
+            assert!(!x.equal(&y), "image {i} unchanged");
+        }
     }
 
     #[test]

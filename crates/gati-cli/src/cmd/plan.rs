@@ -50,6 +50,10 @@ pub struct Args {
     /// Use the first N test images (class-balanced) before cutting calibration/evaluation halves
     #[arg(long)]
     test_limit: Option<usize>,
+    /// Fit the hit decisions on one camera frame of each calibration image (shifted, contrast,
+    /// brightness, noise: the door-camera stream's perturbations) instead of the image itself
+    #[arg(long)]
+    calibrate_on_camera_frames: bool,
     /// Candidate layers: all, or a comma list of stage names (e.g. layer1.2,layer2.0)
     #[arg(long, default_value = "all")]
     layers: String,
@@ -144,7 +148,13 @@ pub fn run(a: Args) -> Result<()> {
     let train = load_split(&model, &dir, &a.train_split, a.train_limit)?;
     let test = load_split(&model, &dir, "test", a.test_limit)?;
     let (ci, ei) = split::calibration_evaluation(&test.labels);
-    let (calibration, evaluation) = (test.subset(&ci), test.subset(&ei));
+    let (mut calibration, evaluation) = (test.subset(&ci), test.subset(&ei));
+    let outcomes_rule = if a.calibrate_on_camera_frames {
+        calibration = gati_core::workload::camera_frames(&calibration, a.seed);
+        split::camera_frames_rule()
+    } else {
+        split::SPLIT_RULE.to_string()
+    };
     let config = TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
@@ -164,6 +174,7 @@ pub fn run(a: Args) -> Result<()> {
         stages: &stages,
         variants: &variants,
         config: &config,
+        outcomes_rule: &outcomes_rule,
     };
     let (cands, trained) = pipeline::prepare(&inputs, &cand_dir, a.retrain)?;
 
@@ -182,6 +193,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let (mut plan, tensors) = make_plan(&cands, &costs, &stage_ms, &req, &weights_path, tch::get_num_threads());
     plan.test_limit = a.test_limit;
+    plan.calibrated_on_camera_frames = a.calibrate_on_camera_frames;
     plan.candidates = Some(std::path::absolute(&cand_dir)?);
     plan.save(&a.out, &tensors)?;
 

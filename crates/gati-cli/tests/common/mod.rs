@@ -73,6 +73,7 @@ pub fn plan_fixed_costs(
         stages: &stages,
         variants: &[Variant::ConvPool, Variant::Gap],
         config,
+        outcomes_rule: gati_cache::split::SPLIT_RULE,
     };
     let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
     let req = plan::PlanRequest {
