@@ -17,6 +17,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Convert a PyTorch checkpoint (.th/.pth/.pt) or TF.js weights into safetensors the Rust models load
     ImportWeights(cmd::import::Args),
+    /// Write a split's decoded pixels and labels as safetensors (for training in another framework)
+    ExportData(cmd::export_data::Args),
     /// Fit face-lfw62's identification classifier on the face ResNet's LFW embeddings
     FitClassifier(cmd::fit_classifier::Args),
     /// List a model's stages and their output shapes
@@ -63,6 +65,7 @@ fn main() {
     let result = match cli.command {
         Command::Eval(a) => cmd::eval::run(a),
         Command::ImportWeights(a) => cmd::import::run(a),
+        Command::ExportData(a) => cmd::export_data::run(a),
         Command::FitClassifier(a) => cmd::fit_classifier::run(a),
         Command::Stages(a) => cmd::stages::run(a),
         Command::Plan(a) => cmd::plan::run(a),

@@ -5,6 +5,7 @@ pub mod client;
 mod data_args;
 pub mod eval;
 pub mod evaluate;
+pub mod export_data;
 pub mod fit_classifier;
 pub mod import;
 pub mod loadgen;

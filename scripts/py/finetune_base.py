@@ -1,0 +1,147 @@
+"""Fine-tune a pretrained CIFAR ResNet on the pixels gati serves (the JPEG training split).
+
+  python finetune_base.py --checkpoint resnet56-4bfd9763.th --train train.safetensors \
+      --test test.safetensors --out weights.safetensors [--epochs 3] [--fit-images 45000] [--seed 0]
+
+The pixel files come from `gati export-data` ('pixels' u8 [N,3,32,32], 'labels' i64 [N]), so training
+sees exactly the decoded pixels the Rust models serve. Only the first --fit-images training images
+are used (gati's image-folder order is round-robin over classes, so that is the first 4,500 of every
+class); the rest stay unseen, for calibrating caches on data the base model never fit.
+
+Plain SGD with momentum, cosine learning rate, random crop (4-pixel zero padding) and horizontal
+flip. Writes the weights in the key layout gati loads and prints one JSON object (top-1 before and
+after, the settings, seconds) on stdout.
+"""
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from cifar_resnet import load
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def normalise(pixels):
+    return (pixels.float() / 255.0 - MEAN) / STD
+
+
+def augment(pixels, gen):
+    """Random 32x32 crop of the 4-pixel zero-padded image, then a horizontal flip with p = 1/2."""
+    n, _, h, w = pixels.shape
+    padded = F.pad(pixels, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(n, 3, h, w + 8)
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(n, 3, h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+@torch.inference_mode()
+def top1(model, pixels, labels, batch=500):
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch):
+        logits = model(normalise(pixels[i : i + batch]))
+        correct += (logits.argmax(1) == labels[i : i + batch]).sum().item()
+    return correct / len(labels)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--fit-images", type=int, default=45000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+
+    train, test = load_file(a.train), load_file(a.test)
+    x, y = train["pixels"][: a.fit_images], train["labels"][: a.fit_images]
+    tx, ty = test["pixels"], test["labels"]
+    if len(y) < a.fit_images:
+        sys.exit(f"{a.train} has {len(y)} images, fewer than --fit-images {a.fit_images}")
+
+    model = load(a.checkpoint)
+    before = top1(model, tx, ty)
+    print(f"top-1 before: {before:.4f}", file=sys.stderr)
+    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True)
+    steps_per_epoch = math.ceil(len(y) / a.batch)
+    total = steps_per_epoch * a.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    started = time.time()
+    per_epoch = []
+    for epoch in range(a.epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=gen)
+        loss_sum = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * a.batch : (step + 1) * a.batch]
+            logits = model(normalise(augment(x[idx], gen)))
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item()
+            if step % 50 == 0:
+                print(f"epoch {epoch + 1}/{a.epochs} step {step}/{steps_per_epoch} loss {loss.item():.3f} "
+                      f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+        acc = top1(model, tx, ty)
+        per_epoch.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch, "test_top1": acc})
+        print(f"epoch {epoch + 1}: loss {loss_sum / steps_per_epoch:.4f}, test top-1 {acc:.4f}", file=sys.stderr)
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, a.out)
+    print(json.dumps({
+        "checkpoint": a.checkpoint,
+        "checkpoint_sha256": sha256(a.checkpoint),
+        "train_pixels_sha256": sha256(a.train),
+        "fit_images": a.fit_images,
+        "epochs": a.epochs,
+        "batch": a.batch,
+        "lr": a.lr,
+        "weight_decay": a.weight_decay,
+        "seed": a.seed,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "top1_before": before,
+        "top1_after": per_epoch[-1]["test_top1"] if per_epoch else before,
+        "per_epoch": per_epoch,
+        "seconds": time.time() - started,
+        "out": a.out,
+        "out_sha256": sha256(a.out),
+    }))
+
+
+if __name__ == "__main__":
+    main()
