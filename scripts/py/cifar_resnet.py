@@ -4,7 +4,13 @@
       logits of the original checkpoint on normalised inputs ('x', [N,3,32,32]) written as 'logits'.
   python cifar_resnet.py bench CHECKPOINT INPUTS.safetensors THREADS N
       batch-1 eager latency (torch.inference_mode) on the first N inputs; prints one JSON object.
+  python cifar_resnet.py top1 CHECKPOINT PIXELS.safetensors
+      top-1 on the pixels and labels of `gati export-data` (same decoded JPEGs as the Rust model);
+      prints one JSON object.
+
+CHECKPOINT: a PyTorch checkpoint (.th) or a gati safetensors file (e.g. models/resnet56-jpeg).
 """
+import json
 import re
 import sys
 
@@ -57,20 +63,37 @@ class ResNet(nn.Module):
 def load(checkpoint):
     depth = int(re.search(r"resnet(\d+)", checkpoint).group(1))
     model = ResNet((depth - 2) // 6)
-    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd)
-    model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
+    if checkpoint.endswith(".safetensors"):
+        sd = load_file(checkpoint)
+    else:
+        sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd)
+    # gati's safetensors omit BatchNorm's num_batches_tracked (unused in inference).
+    r = model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=False)
+    missing = [k for k in r.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or r.unexpected_keys:
+        sys.exit(f"{checkpoint}: missing {missing}, unexpected {r.unexpected_keys}")
     return model.eval()
 
 
 def main():
     cmd, checkpoint, inputs = sys.argv[1:4]
     model = load(checkpoint)
-    x = load_file(inputs)["x"]
+    x = load_file(inputs).get("x")
     if cmd == "logits":
         torch.set_num_threads(1)
         with torch.inference_mode():
             save_file({"logits": model(x).contiguous()}, sys.argv[4])
+    elif cmd == "top1":
+        d = load_file(inputs)
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        correct = 0
+        with torch.inference_mode():
+            for i in range(0, len(d["labels"]), 500):
+                x = (d["pixels"][i : i + 500].float() / 255.0 - mean) / std
+                correct += (model(x).argmax(1) == d["labels"][i : i + 500]).sum().item()
+        print(json.dumps({"checkpoint": checkpoint, "images": len(d["labels"]), "top1": correct / len(d["labels"])}))
     elif cmd == "bench":
         bench(model, x, int(sys.argv[4]), int(sys.argv[5]))
     else:

@@ -93,6 +93,13 @@ pub fn lfw_dir() -> Result<PathBuf> {
     )
 }
 
+/// The committed weights of a base model fine-tuned by the project (`resnetNN-jpeg`).
+pub fn fine_tuned_weights(model: &str) -> Option<PathBuf> {
+    model
+        .ends_with("-jpeg")
+        .then(|| project_root().join("models").join(model).join("weights.safetensors"))
+}
+
 /// The identification classifier of `face-lfw62` (`gati fit-classifier` writes it; committed).
 pub fn face_classifier() -> PathBuf {
     project_root().join("models/face-lfw62/classifier.safetensors")
@@ -131,6 +138,15 @@ pub fn checkpoint(model: &str) -> Result<PathBuf> {
             );
         }
         return Ok(manifest);
+    }
+    if let Some(w) = fine_tuned_weights(model) {
+        if !w.is_file() {
+            bail!(
+                "no weights for {model} at {}; run scripts/finetune-bases.sh or pass --weights",
+                w.display()
+            );
+        }
+        return Ok(w);
     }
     let mut dirs = Vec::new();
     if let Some(p) = std::env::var_os("GATI_WEIGHTS_DIR") {

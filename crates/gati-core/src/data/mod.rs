@@ -92,7 +92,9 @@ pub fn decode_faces(items: &[(std::path::PathBuf, i64)], hw: (i64, i64)) -> Resu
 /// Loads a dataset directory in whichever format it holds: CIFAR binary batches if
 /// `data_batch_1.bin`/`test_batch.bin`/`train.bin`/`test.bin` are there, LFW if `images/` and
 /// `pairs.txt` are, an image folder otherwise. `split` may join several with `+`
-/// (`train+others`); `limit` then applies to each.
+/// (`train+others`); `limit` then applies to each. `name[a:b]` keeps samples `a..b` of a split
+/// (either bound may be left out): image folders load round-robin over classes, so
+/// `train[:45000]` and `train[45000:]` are two disjoint class-balanced parts of CIFAR-10's.
 pub fn load(root: &Path, split: &str, limit: Option<usize>, hw: (i64, i64)) -> Result<Dataset> {
     if split.contains('+') {
         let parts = split
@@ -100,6 +102,18 @@ pub fn load(root: &Path, split: &str, limit: Option<usize>, hw: (i64, i64)) -> R
             .map(|s| load(root, s, limit, hw))
             .collect::<Result<Vec<_>>>()?;
         return Ok(Dataset::concat(parts));
+    }
+    if let Some((name, range)) = parse_slice(split)? {
+        let ds = load(root, name, None, hw)?;
+        let end = range.end.unwrap_or(ds.len()).min(ds.len());
+        if range.start >= end {
+            bail!("split '{split}': {name} has {} samples, the slice is empty", ds.len());
+        }
+        let mut idx: Vec<usize> = (range.start..end).collect();
+        if let Some(n) = limit {
+            idx.truncate(n);
+        }
+        return Ok(ds.subset(&idx));
     }
     let ds = if cifar_binary::looks_like_cifar(root) {
         load_cifar_binary(root, split)?
@@ -112,4 +126,79 @@ pub fn load(root: &Path, split: &str, limit: Option<usize>, hw: (i64, i64)) -> R
         Some(n) => ds.truncate(n),
         None => ds,
     })
+}
+
+/// Half-open sample range of a `name[a:b]` split.
+#[derive(Debug, PartialEq)]
+pub struct Slice {
+    pub start: usize,
+    pub end: Option<usize>,
+}
+
+/// `name[a:b]` → `(name, a..b)`; a plain name → `None`.
+pub fn parse_slice(split: &str) -> Result<Option<(&str, Slice)>> {
+    let Some(open) = split.find('[') else {
+        return Ok(None);
+    };
+    let (name, rest) = split.split_at(open);
+    let inner = rest
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .filter(|r| r.contains(':'));
+    let Some(inner) = inner else {
+        bail!("split '{split}': expected name[start:end], e.g. train[:45000]");
+    };
+    let (a, b) = inner.split_once(':').expect("checked");
+    let bound = |v: &str| -> Result<Option<usize>> {
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        v.trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("split '{split}': '{v}' is not a sample index"))
+    };
+    Ok(Some((
+        name,
+        Slice {
+            start: bound(a)?.unwrap_or(0),
+            end: bound(b)?,
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_parse_and_bad_ones_name_the_split() {
+        assert_eq!(parse_slice("train").unwrap(), None);
+        let (n, s) = parse_slice("train[:45000]").unwrap().unwrap();
+        assert_eq!(
+            (n, s),
+            (
+                "train",
+                Slice {
+                    start: 0,
+                    end: Some(45000)
+                }
+            )
+        );
+        let (n, s) = parse_slice("train[45000:]").unwrap().unwrap();
+        assert_eq!(
+            (n, s),
+            (
+                "train",
+                Slice {
+                    start: 45000,
+                    end: None
+                }
+            )
+        );
+        for bad in ["train[3]", "train[a:]", "train[:5"] {
+            let e = parse_slice(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
 }

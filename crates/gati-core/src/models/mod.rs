@@ -100,12 +100,17 @@ pub struct BaseModel {
     infos: Vec<StageInfo>,
 }
 
-/// Every model name `BaseModel::new` accepts.
+/// Every model name `BaseModel::new` accepts. `resnetNN-jpeg` is `resnetNN` fine-tuned on the JPEG
+/// training split it serves (`scripts/finetune-bases.sh`; weights committed under `models/`).
 pub const MODEL_NAMES: &[&str] = &[
     "resnet20",
     "resnet32",
     "resnet44",
     "resnet56",
+    "resnet20-jpeg",
+    "resnet32-jpeg",
+    "resnet44-jpeg",
+    "resnet56-jpeg",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -118,8 +123,9 @@ impl BaseModel {
     pub fn new(name: &str, device: Device) -> Result<Self> {
         let vs = nn::VarStore::new(device);
         let (spec, stages) = match name {
-            "resnet20" | "resnet32" | "resnet44" | "resnet56" => {
-                let depth: usize = name[6..].parse().expect("digits");
+            "resnet20" | "resnet32" | "resnet44" | "resnet56" | "resnet20-jpeg" | "resnet32-jpeg" | "resnet44-jpeg"
+            | "resnet56-jpeg" => {
+                let depth: usize = name[6..8].parse().expect("digits");
                 cifar_resnet::build(&vs.root(), name, (depth - 2) / 6, 10)
             }
             "resnet18" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R18, 1000),
