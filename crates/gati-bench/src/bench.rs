@@ -153,6 +153,10 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
                 send_ms: plan.send_ms,
                 transfer_ms: plan.transfer_ms,
                 memory_budget_mb: plan.memory_budget_mb,
+                budget_kind: plan.budget_kind,
+                survivor_rounds: plan.survivor_rounds,
+                calibration_limit: plan.calibration_limit,
+                variants: plan.planned_variants.clone(),
             };
             let (mut p, tensors) = make_plan(
                 c,

@@ -38,6 +38,35 @@ impl gati_core::names::Named for DecisionKind {
     }
 }
 
+/// What a budget limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BudgetKind {
+    /// Answers that differ from the base model's: what a production system can measure.
+    #[default]
+    Fidelity,
+    /// Top-1 lost against ground-truth labels (labelled data): a hit costs only where the base
+    /// model is right and the cache is not.
+    Accuracy,
+}
+
+impl gati_core::names::Named for BudgetKind {
+    fn what() -> &'static str {
+        "budget kind"
+    }
+}
+
+impl BudgetKind {
+    /// Does answering `class` for sample `i` of `o` count against this budget?
+    pub fn costly(self, o: &Outcomes, i: usize, class: usize) -> bool {
+        let c = class as i64;
+        match self {
+            BudgetKind::Fidelity => c != o.base_pred[i],
+            BudgetKind::Accuracy => c != o.labels[i] && o.base_pred[i] == o.labels[i],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Decision {
@@ -127,11 +156,11 @@ pub(crate) fn threshold_for(sorted: &[(f32, bool)], target: f64) -> f32 {
 }
 
 /// The ladder of per-class threshold settings of head `h`.
-pub fn threshold_ladder(o: &Outcomes, h: usize) -> Vec<Decision> {
+pub fn threshold_ladder(o: &Outcomes, h: usize, budget: BudgetKind) -> Vec<Decision> {
     let mut per_class: Vec<Vec<(f32, bool)>> = vec![Vec::new(); o.classes];
     for i in 0..o.len() {
         let (c, p) = o.top(h, i);
-        per_class[c].push((p, c as i64 != o.base_pred[i]));
+        per_class[c].push((p, budget.costly(o, i, c)));
     }
     for v in &mut per_class {
         v.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -178,13 +207,13 @@ pub fn fit_selector(o: &Outcomes, h: usize) -> (Vec<f32>, f32) {
 }
 
 /// The ladder of selector settings of head `h`: one fitted selector, one threshold per target.
-pub fn selector_ladder(o: &Outcomes, h: usize) -> Vec<Decision> {
+pub fn selector_ladder(o: &Outcomes, h: usize, budget: BudgetKind) -> Vec<Decision> {
     let (weights, bias) = fit_selector(o, h);
     let mut scored: Vec<(f32, bool)> = (0..o.len())
         .map(|i| {
             (
                 selector_score(&weights, bias, o.row(h, i)),
-                o.top(h, i).0 as i64 != o.base_pred[i],
+                budget.costly(o, i, o.top(h, i).0),
             )
         })
         .collect();
@@ -199,10 +228,10 @@ pub fn selector_ladder(o: &Outcomes, h: usize) -> Vec<Decision> {
         .collect()
 }
 
-pub fn ladder(kind: DecisionKind, o: &Outcomes, h: usize) -> Vec<Decision> {
+pub fn ladder(kind: DecisionKind, budget: BudgetKind, o: &Outcomes, h: usize) -> Vec<Decision> {
     match kind {
-        DecisionKind::Threshold => threshold_ladder(o, h),
-        DecisionKind::Selector => selector_ladder(o, h),
+        DecisionKind::Threshold => threshold_ladder(o, h, budget),
+        DecisionKind::Selector => selector_ladder(o, h, budget),
     }
 }
 
@@ -225,5 +254,27 @@ mod tests {
         assert_eq!(threshold_for(&s, 0.2), 0.7); // 1 wrong in 5
         assert_eq!(threshold_for(&s, 0.34), 0.6); // 2 in 6
         assert_eq!(threshold_for(&[(0.9, true)], 0.0), NEVER);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn an_accuracy_budget_counts_only_answers_the_base_had_right() {
+        // Sample 0: base right (label 1); sample 1: base wrong (label 2, base 1).
+        let o = Outcomes {
+            labels: vec![1, 2],
+            base_pred: vec![1, 1],
+            classes: 3,
+            probs: vec![vec![0.0; 6]],
+        };
+        let (f, a) = (BudgetKind::Fidelity, BudgetKind::Accuracy);
+        assert!(!f.costly(&o, 0, 1) && !a.costly(&o, 0, 1));
+        assert!(f.costly(&o, 0, 0) && a.costly(&o, 0, 0));
+        // Differing from a wrong base answer costs fidelity, never accuracy.
+        assert!(f.costly(&o, 1, 0) && !a.costly(&o, 1, 0));
+        assert!(f.costly(&o, 1, 2) && !a.costly(&o, 1, 2));
     }
 }

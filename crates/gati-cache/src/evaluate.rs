@@ -22,6 +22,8 @@ pub struct Report {
     pub base_top1: f64,
     pub gati_top1: f64,
     pub fidelity_loss: f64,
+    /// Top-1 lost against the labels, as a fraction (base_top1 − gati_top1, over 100).
+    pub accuracy_loss: f64,
     pub hit_rate: f64,
     pub hit_rate_per_layer: Vec<LayerHits>,
     pub base_latency_ms: LatencyStats,
@@ -85,6 +87,7 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
         base_top1: 100.0 * base_ok as f64 / n,
         gati_top1: 100.0 * gati_ok as f64 / n,
         fidelity_loss: differ as f64 / n,
+        accuracy_loss: (base_ok as f64 - gati_ok as f64) / n,
         hit_rate: hits.iter().sum::<usize>() as f64 / n,
         hit_rate_per_layer: ee
             .caches

@@ -1,8 +1,10 @@
 //! Cache model variants. Each maps one stage's activation `[B, C, H, W]` to class logits `[B, K]`.
 //!
 //! The paper's three work on the flattened activation (D = C·H·W): `fc`, `pool`, `conv`. Ours keep
-//! the spatial layout and cost a fraction: `gap` (global average pool + MLP) and `conv-pool`
-//! (1x1 conv + BN + ReLU + 4x4 adaptive pool + linear).
+//! the spatial layout and cost a fraction: `gap` (global average pool + MLP), `conv-pool`
+//! (1x1 conv + BN + ReLU + 4x4 adaptive pool + linear), and the stronger 3x3 heads of published
+//! frozen-backbone early exits: `conv3-pool` (3x3 conv) and `conv3-mix` (3x3 conv, then a learned
+//! mix of max and average pooling).
 
 use anyhow::{bail, Context, Result};
 use gati_core::names::Named;
@@ -25,14 +27,21 @@ pub enum Variant {
     Gap,
     /// Conv1x1(C→32) – BN – ReLU – AdaptiveAvgPool2d(4x4) – Linear(512, K).
     ConvPool,
+    /// Conv3x3(C→32; stride 2 on maps of 32x32 and more) – BN – ReLU – AdaptiveAvgPool2d(4x4) –
+    /// Linear(512, K).
+    Conv3Pool,
+    /// Conv3x3(C→32) – BN – ReLU – (σ(a)·max + (1−σ(a))·avg) pooling to 4x4, a learned – Linear(512, K).
+    Conv3Mix,
 }
 
-pub const ALL_VARIANTS: [Variant; 5] = [
+pub const ALL_VARIANTS: [Variant; 7] = [
     Variant::Fc,
     Variant::Pool,
     Variant::Conv,
     Variant::Gap,
     Variant::ConvPool,
+    Variant::Conv3Pool,
+    Variant::Conv3Mix,
 ];
 
 impl Named for Variant {
@@ -86,6 +95,8 @@ enum Layers {
     ConvPool {
         conv: nn::Conv2D,
         bn: nn::BatchNorm,
+        /// Mixed pooling's logit (None: average pooling).
+        mix: Option<Tensor>,
         l: nn::Linear,
     },
 }
@@ -135,20 +146,29 @@ impl CacheHead {
                 l1: lin("l1", c, GAP_HIDDEN),
                 l2: lin("l2", GAP_HIDDEN, classes),
             },
-            Variant::ConvPool => Layers::ConvPool {
-                conv: nn::conv2d(
-                    p / "conv",
-                    c,
-                    REDUCED,
-                    1,
-                    nn::ConvConfig {
-                        bias: false,
-                        ..Default::default()
-                    },
-                ),
-                bn: nn::batch_norm2d(p / "bn", REDUCED, Default::default()),
-                l: lin("l", REDUCED * GRID * GRID, classes),
-            },
+            Variant::ConvPool | Variant::Conv3Pool | Variant::Conv3Mix => {
+                let k = if variant == Variant::ConvPool { 1 } else { 3 };
+                // A 3x3 conv at full resolution costs as much as a residual block of the first
+                // stage; pooling to 4x4 follows anyway, so large maps are read at stride 2.
+                let stride = if k == 3 && h >= 32 { 2 } else { 1 };
+                Layers::ConvPool {
+                    conv: nn::conv2d(
+                        p / "conv",
+                        c,
+                        REDUCED,
+                        k,
+                        nn::ConvConfig {
+                            bias: false,
+                            padding: k / 2,
+                            stride,
+                            ..Default::default()
+                        },
+                    ),
+                    bn: nn::batch_norm2d(p / "bn", REDUCED, Default::default()),
+                    mix: (variant == Variant::Conv3Mix).then(|| p.zeros("mix", &[1])),
+                    l: lin("l", REDUCED * GRID * GRID, classes),
+                }
+            }
         };
         Self { variant, layers }
     }
@@ -158,7 +178,10 @@ impl CacheHead {
         match &self.layers {
             Layers::Fc { l1, .. } | Layers::Pool { l1, .. } | Layers::Gap { l1, .. } => l1.ws.size()[1],
             Layers::Conv { l, .. } => l.ws.size()[1],
-            Layers::ConvPool { conv, .. } => conv.ws.size()[1],
+            Layers::ConvPool { conv, .. } => {
+                let s = conv.ws.size();
+                s[1] * s[2] * s[3]
+            }
         }
     }
 
@@ -176,9 +199,17 @@ impl CacheHead {
                 .apply(l2),
             Layers::Conv { conv, l } => x.reshape([b, 1, -1]).apply(conv).relu().reshape([b, -1]).apply(l),
             Layers::Gap { l1, l2 } => x.mean_dim([2i64, 3].as_slice(), false, None).apply(l1).relu().apply(l2),
-            Layers::ConvPool { conv, bn, l } => {
+            Layers::ConvPool { conv, bn, mix, l } => {
                 let y = bn.forward_t(&x.apply(conv), train).relu();
-                y.adaptive_avg_pool2d([GRID, GRID]).reshape([b, -1]).apply(l)
+                let avg = y.adaptive_avg_pool2d([GRID, GRID]);
+                let pooled = match mix {
+                    None => avg,
+                    Some(a) => {
+                        let w = a.sigmoid();
+                        y.adaptive_max_pool2d([GRID, GRID]).0 * &w + avg * (1.0 - w)
+                    }
+                };
+                pooled.reshape([b, -1]).apply(l)
             }
         }
     }

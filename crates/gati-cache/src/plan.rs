@@ -2,8 +2,9 @@
 //! caches' weights in `PLAN_DIR/caches.safetensors`.
 
 use crate::candidates::Candidates;
-use crate::decision::{self, Decision, DecisionKind};
+use crate::decision::{self, BudgetKind, Decision, DecisionKind};
 use crate::heads::Variant;
+use crate::outcomes::Outcomes;
 use crate::planner::{Choice, HeadOption, Mode, Outcome, Problem};
 use anyhow::{Context, Result};
 use gati_core::files::write_json_atomic;
@@ -30,6 +31,9 @@ pub struct PlannedCache {
 pub struct Expected {
     pub hit_rate: f64,
     pub fidelity_loss: f64,
+    /// Top-1 lost against the labels (net of hits that fix the base model's mistakes).
+    #[serde(default)]
+    pub accuracy_loss: Option<f64>,
     pub latency_ms: f64,
     pub base_latency_ms: f64,
     pub speedup: f64,
@@ -42,7 +46,19 @@ pub struct Plan {
     pub weights_sha256: String,
     pub mode: Mode,
     pub budget: f64,
+    /// What `budget` limits.
+    #[serde(default)]
+    pub budget_kind: BudgetKind,
     pub decision: DecisionKind,
+    /// Rounds of survivor-aware re-fitting the planner could run (`PlanRequest::survivor_rounds`).
+    #[serde(default)]
+    pub survivor_rounds: usize,
+    /// `PlanRequest::calibration_limit` as planned.
+    #[serde(default)]
+    pub calibration_limit: Option<usize>,
+    /// `PlanRequest::variants` as planned (None: every trained variant).
+    #[serde(default)]
+    pub planned_variants: Option<Vec<Variant>>,
     pub threads: i32,
     pub send_ms: f64,
     pub transfer_ms: f64,
@@ -88,31 +104,72 @@ pub struct PlanRequest {
     pub send_ms: f64,
     pub transfer_ms: f64,
     pub memory_budget_mb: Option<f64>,
+    pub budget_kind: BudgetKind,
+    /// Survivor-aware calibration: after planning, re-fit each chosen cache's decision ladder on
+    /// the samples that reach it (the earlier caches' misses), add those settings, and plan again;
+    /// at most this many rounds, stopping when a round does not lower the expected latency.
+    pub survivor_rounds: usize,
+    /// Calibrate on the first N calibration samples only (ablation: the test split's half
+    /// without the held-out training images, which come after it).
+    pub calibration_limit: Option<usize>,
+    /// Plan with these variants only (ablation); None: every trained variant.
+    pub variants: Option<Vec<Variant>>,
 }
 
-/// The planner's problem for a candidate set. The calibration half is cut again (per class): the
-/// decision ladders are fitted on one part and the planner scores configurations on the other, so
-/// that the thresholds' fit to their own data does not make the fidelity estimate optimistic.
+impl Default for PlanRequest {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Inline,
+            budget: 0.01,
+            margin_sigmas: 1.0,
+            decision: DecisionKind::Threshold,
+            send_ms: 0.05,
+            transfer_ms: 0.3,
+            memory_budget_mb: None,
+            budget_kind: BudgetKind::Fidelity,
+            survivor_rounds: 0,
+            calibration_limit: None,
+            variants: None,
+        }
+    }
+}
+
+/// The calibration half cut again per class: (fit, score). Decision ladders are fitted on the
+/// first, configurations scored on the second, so that the thresholds' fit to their own data does
+/// not make the expected loss optimistic.
+pub fn fit_and_score(c: &Candidates, req: &PlanRequest) -> (Outcomes, Outcomes) {
+    let n = req.calibration_limit.unwrap_or(usize::MAX).min(c.calibration.len());
+    let all = c.calibration.subset(&(0..n).collect::<Vec<_>>());
+    let (fit_idx, score_idx) = crate::split::calibration_evaluation(&all.labels);
+    (all.subset(&fit_idx), all.subset(&score_idx))
+}
+
+/// Outcome of every sample of `o` under decision `d` of head `h`.
+fn score(d: &Decision, o: &Outcomes, h: usize, kind: BudgetKind) -> Vec<Outcome> {
+    (0..o.len())
+        .map(|i| match d.hit(o.row(h, i)) {
+            None => Outcome::Miss,
+            Some((cls, _)) if kind.costly(o, i, cls) => Outcome::Disagree,
+            Some(_) => Outcome::Agree,
+        })
+        .collect()
+}
+
+/// The planner's problem for a candidate set: every head with its ladder fitted on the fit part,
+/// scored on the score part (`fit_and_score`).
 pub fn problem(c: &Candidates, costs: &[f64], stage_ms: &[f64], req: &PlanRequest) -> (Problem, Vec<Vec<Decision>>) {
-    let (fit_idx, score_idx) = crate::split::calibration_evaluation(&c.calibration.labels);
-    let fit = c.calibration.subset(&fit_idx);
-    let o = &c.calibration.subset(&score_idx);
+    let (fit, o) = &fit_and_score(c, req);
     let mut options = Vec::new();
     let mut ladders = Vec::new();
     for (h, entry) in c.bank.heads.iter().enumerate() {
-        let ladder = decision::ladder(req.decision, &fit, h);
-        let settings = ladder
-            .iter()
-            .map(|d| {
-                (0..o.len())
-                    .map(|i| match d.hit(o.row(h, i)) {
-                        None => Outcome::Miss,
-                        Some((cls, _)) if cls as i64 == o.base_pred[i] => Outcome::Agree,
-                        Some(_) => Outcome::Disagree,
-                    })
-                    .collect()
-            })
-            .collect();
+        let excluded = req.variants.as_ref().is_some_and(|v| !v.contains(&entry.variant));
+        // An excluded variant keeps its place (option = head index) but has no setting to pick.
+        let ladder = if excluded {
+            Vec::new()
+        } else {
+            decision::ladder(req.decision, req.budget_kind, fit, h)
+        };
+        let settings = ladder.iter().map(|d| score(d, o, h, req.budget_kind)).collect();
         options.push(HeadOption {
             stage: entry.stage,
             cost_ms: costs[h],
@@ -146,10 +203,30 @@ pub fn make_plan(
     threads: i32,
 ) -> (Plan, Vec<(String, Tensor)>) {
     let t0 = std::time::Instant::now();
-    let (problem, ladders) = problem(c, costs, stage_ms, req);
-    let choices: Vec<Choice> = problem.solve();
+    let (mut problem, mut ladders) = problem(c, costs, stage_ms, req);
+    let mut choices: Vec<Choice> = problem.solve();
+    let (fit, scored) = fit_and_score(c, req);
+    let mut rounds = 0;
+    while rounds < req.survivor_rounds && !choices.is_empty() {
+        rounds += 1;
+        let before = problem.evaluate(&choices).mean_latency_ms;
+        add_survivor_ladders(&mut problem, &mut ladders, &choices, &fit, &scored, req);
+        let next = problem.solve();
+        if problem.evaluate(&next).mean_latency_ms >= before - 1e-9 {
+            break;
+        }
+        choices = next;
+    }
+    if req.survivor_rounds > 0 {
+        eprintln!("survivor-aware calibration: {rounds} round(s)");
+    }
     let planning_seconds = t0.elapsed().as_secs_f64();
     let ev = problem.evaluate(&choices);
+    let chosen: Vec<(usize, &Decision)> = choices
+        .iter()
+        .map(|ch| (ch.option, &ladders[ch.option][ch.setting]))
+        .collect();
+    let accuracy_loss = cascade_losses(&scored, &chosen).1;
     let vars = c.bank.vs.variables();
     let mut tensors = Vec::new();
     let caches: Vec<PlannedCache> = choices
@@ -178,7 +255,11 @@ pub fn make_plan(
         weights_sha256: c.meta.weights_sha256.clone(),
         mode: req.mode,
         budget: req.budget,
+        budget_kind: req.budget_kind,
         decision: req.decision,
+        survivor_rounds: req.survivor_rounds,
+        calibration_limit: req.calibration_limit,
+        planned_variants: req.variants.clone(),
         threads,
         send_ms: req.send_ms,
         transfer_ms: req.transfer_ms,
@@ -186,7 +267,8 @@ pub fn make_plan(
         calibration_samples: problem.samples,
         expected: Expected {
             hit_rate: ev.hit_rates.iter().sum(),
-            fidelity_loss: ev.fidelity_loss,
+            fidelity_loss: cascade_losses(&scored, &chosen).0,
+            accuracy_loss: Some(accuracy_loss),
             latency_ms: ev.mean_latency_ms,
             base_latency_ms: ev.base_latency_ms,
             speedup: ev.base_latency_ms / ev.mean_latency_ms,
@@ -201,6 +283,52 @@ pub fn make_plan(
         caches_file: legacy_caches_file(),
     };
     (plan, tensors)
+}
+
+/// Survivor-aware ladders: each chosen cache's ladder re-fitted on the fit samples that reach it
+/// (missed by every chosen cache before it), added to its head's options as further settings. The
+/// planner scores them on the score part like every other setting, so they are used only where
+/// they lower the expected latency within budget.
+fn add_survivor_ladders(
+    problem: &mut Problem,
+    ladders: &mut [Vec<Decision>],
+    choices: &[Choice],
+    fit: &Outcomes,
+    scored: &Outcomes,
+    req: &PlanRequest,
+) {
+    let mut alive: Vec<usize> = (0..fit.len()).collect();
+    for ch in choices {
+        let h = ch.option;
+        if alive.len() < 2 * fit.classes {
+            break;
+        }
+        let survivors = fit.subset(&alive);
+        for d in decision::ladder(req.decision, req.budget_kind, &survivors, h) {
+            if !ladders[h].contains(&d) {
+                problem.options[h].settings.push(score(&d, scored, h, req.budget_kind));
+                ladders[h].push(d);
+            }
+        }
+        let d = &ladders[h][ch.setting];
+        alive.retain(|&i| d.hit(fit.row(h, i)).is_none());
+    }
+}
+
+/// (fidelity loss, accuracy loss) of running `chosen` caches (head index, decision; in stage
+/// order) over the samples of `o`: the first hit answers, else the base model.
+pub fn cascade_losses(o: &Outcomes, chosen: &[(usize, &Decision)]) -> (f64, f64) {
+    let (mut differ, mut lost) = (0i64, 0i64);
+    for i in 0..o.len() {
+        let answer = chosen
+            .iter()
+            .find_map(|(h, d)| d.hit(o.row(*h, i)))
+            .map_or(o.base_pred[i], |(c, _)| c as i64);
+        differ += (answer != o.base_pred[i]) as i64;
+        lost += (o.base_pred[i] == o.labels[i]) as i64 - (answer == o.labels[i]) as i64;
+    }
+    let n = o.len().max(1) as f64;
+    (differ as f64 / n, lost as f64 / n)
 }
 
 impl Plan {

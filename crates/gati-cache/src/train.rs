@@ -26,6 +26,12 @@ pub struct TrainConfig {
     /// The dataset split(s) heads learn from (`train`, or e.g. `train+others` on LFW).
     #[serde(default = "default_train_split")]
     pub train_split: String,
+    /// Random crops (4-pixel zero padding) and horizontal flips of the training images.
+    #[serde(default)]
+    pub augment: bool,
+    /// The last N images of the training split were held out of training (for calibration).
+    #[serde(default)]
+    pub holdout: usize,
 }
 
 fn default_train_split() -> String {
@@ -45,6 +51,8 @@ impl Default for TrainConfig {
             seed: 0,
             train_limit: None,
             train_split: default_train_split(),
+            augment: false,
+            holdout: 0,
         }
     }
 }
@@ -97,7 +105,13 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
                 opt.set_lr_group(g, lr * scale);
             }
             let (z_base, acts) = tch::no_grad(|| {
-                let x = model.preprocess(&train.pixels(chunk));
+                let pixels = train.pixels(chunk);
+                let pixels = if cfg.augment {
+                    augment(&pixels, &mut rng)
+                } else {
+                    pixels
+                };
+                let x = model.preprocess(&pixels);
                 model.forward_collect(&x, &stages)
             });
             let base_pred = z_base.argmax(-1, false);
@@ -141,6 +155,30 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
         seconds: start.elapsed().as_secs_f64(),
         train_fidelity: agree.iter().map(|&a| a as f64 / n.max(1) as f64).collect(),
     }
+}
+
+/// Padding of the random crops: what the base models' own training used on CIFAR.
+const CROP_PAD: i64 = 4;
+
+/// Each image of a `u8` batch `[B, C, H, W]` cropped at a random offset from its zero-padded copy
+/// and mirrored left-right with probability 1/2.
+pub fn augment(pixels: &Tensor, rng: &mut StdRng) -> Tensor {
+    use rand::Rng;
+    let size = pixels.size();
+    let (h, w) = (size[2], size[3]);
+    let padded = pixels.constant_pad_nd([CROP_PAD, CROP_PAD, CROP_PAD, CROP_PAD]);
+    let crops: Vec<Tensor> = (0..size[0])
+        .map(|i| {
+            let (dy, dx) = (rng.gen_range(0..=2 * CROP_PAD), rng.gen_range(0..=2 * CROP_PAD));
+            let c = padded.get(i).narrow(1, dy, h).narrow(2, dx, w);
+            if rng.gen_bool(0.5) {
+                c.flip([2])
+            } else {
+                c
+            }
+        })
+        .collect();
+    Tensor::stack(&crops, 0)
 }
 
 /// The optimiser every cache head trains with, offline and online: SGD with Nesterov momentum and
@@ -197,4 +235,35 @@ fn progress_message(bank: &HeadBank, agree: &[i64], seen: usize) -> String {
         parts.push(format!("{layer} {:.1}%", 100.0 * best));
     }
     format!("fidelity {}", parts.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every crop is a window of the zero-padded image, mirrored or not; the draws differ.
+    #[test]
+    fn augment_crops_windows_of_the_padded_image_and_flips_some() {
+        let img = Tensor::arange(3 * 8 * 8, (Kind::Int64, tch::Device::Cpu))
+            .remainder(251)
+            .to_kind(Kind::Uint8)
+            .view([1, 3, 8, 8]);
+        let batch = img.repeat([64, 1, 1, 1]);
+        let out = augment(&batch, &mut StdRng::seed_from_u64(1));
+        assert_eq!(out.size(), vec![64, 3, 8, 8]);
+        let padded = img.get(0).constant_pad_nd([CROP_PAD, CROP_PAD, CROP_PAD, CROP_PAD]);
+        let mut distinct = std::collections::HashSet::new();
+        for i in 0..64 {
+            let crop = out.get(i);
+            let found = (0..=2 * CROP_PAD).any(|dy| {
+                (0..=2 * CROP_PAD).any(|dx| {
+                    let w = padded.narrow(1, dy, 8).narrow(2, dx, 8);
+                    w.equal(&crop) || w.flip([2]).equal(&crop)
+                })
+            });
+            assert!(found, "crop {i} is not a (mirrored) window of the padded image");
+            distinct.insert(Vec::<u8>::try_from(crop.flatten(0, -1)).unwrap());
+        }
+        assert!(distinct.len() > 20, "only {} distinct crops in 64", distinct.len());
+    }
 }

@@ -50,7 +50,8 @@ fn training_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Trains conv and conv-pool heads at three depths of ResNet-20 on 2,000 real training images.
+/// Trains conv, conv-pool and the two 3x3 heads at three depths of ResNet-20 on 1,000 real
+/// training images (random crops and flips).
 /// The first caller trains (into a per-process folder); the others reuse what it saved.
 fn trained() -> (Candidates, std::path::PathBuf) {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -72,6 +73,7 @@ fn trained() -> (Candidates, std::path::PathBuf) {
         let config = TrainConfig {
             epochs: 4,
             train_limit: Some(1000),
+            augment: true,
             ..Default::default()
         };
         let inputs = pipeline::Inputs {
@@ -81,7 +83,7 @@ fn trained() -> (Candidates, std::path::PathBuf) {
             calibration: &test.subset(&ci),
             evaluation: &test.subset(&ei),
             stages: &stages,
-            variants: &[Variant::Conv, Variant::ConvPool],
+            variants: &[Variant::Conv, Variant::ConvPool, Variant::Conv3Pool, Variant::Conv3Mix],
             config: &config,
             outcomes_rule: gati_cache::split::SPLIT_RULE,
         };
@@ -130,7 +132,7 @@ fn thresholds_hold_their_error_targets_on_calibration_data() {
     let o = &c.calibration;
     for kind in [DecisionKind::Threshold, DecisionKind::Selector] {
         for h in 0..c.bank.heads.len() {
-            let ladder = decision::ladder(kind, o, h);
+            let ladder = decision::ladder(kind, decision::BudgetKind::Fidelity, o, h);
             assert_eq!(ladder.len(), ERROR_TARGETS.len());
             let mut prev_hits = 0;
             for (d, &target) in ladder.iter().zip(&ERROR_TARGETS) {
@@ -169,6 +171,7 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
         send_ms: 0.0,
         transfer_ms: 0.0,
         memory_budget_mb: None,
+        ..PlanRequest::default()
     };
     let (mut plan, tensors) = make_plan(c, &costs, &stage_ms, &req, w, 1);
     assert!(!plan.caches.is_empty(), "some cache pays off at a 2% budget");
@@ -219,6 +222,74 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
         differ as f64 <= (0.02 + 0.005) * calib.len() as f64,
         "{differ} answers differ from the base"
     );
+}
+
+/// Survivor-aware calibration only adds settings that the planner scores like any other, so it
+/// never plans a slower cascade; an accuracy budget counts only answers the base model had right
+/// and the cache gets wrong. Both plans keep their budgets under real early exit on the
+/// evaluation half.
+#[test]
+fn survivor_aware_and_accuracy_budgets_hold_on_the_evaluation_half() {
+    use gati_cache::decision::BudgetKind;
+    let (c, w) = &trained();
+    let (model, _) = resnet20();
+    let costs = vec![0.01; c.bank.heads.len()];
+    let stage_ms = vec![0.1; model.num_stages()];
+    let budget = 0.03;
+    let plan_with = |survivor_rounds, budget_kind| {
+        let req = PlanRequest {
+            budget,
+            survivor_rounds,
+            budget_kind,
+            send_ms: 0.0,
+            transfer_ms: 0.0,
+            ..PlanRequest::default()
+        };
+        make_plan(c, &costs, &stage_ms, &req, w, 1)
+    };
+    let plain = plan_with(0, BudgetKind::Fidelity).0;
+    let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
+    let (_, ei) = split::calibration_evaluation(&test.labels);
+    let eval = test.subset(&ei);
+    let base = gati_core::eval::argmax(&gati_core::eval::predict(&model, &eval, 250));
+    for (kind, rounds) in [(BudgetKind::Fidelity, 3), (BudgetKind::Accuracy, 2)] {
+        let (mut plan, tensors) = plan_with(rounds, kind);
+        assert!(!plan.caches.is_empty(), "{kind:?}: some cache pays at 3%");
+        let e = &plan.expected;
+        let accuracy_loss = e.accuracy_loss.expect("reported");
+        eprintln!(
+            "{kind:?}: expected {:.3}x, fidelity loss {:.4}, accuracy loss {accuracy_loss:.4}",
+            e.speedup, e.fidelity_loss
+        );
+        match kind {
+            BudgetKind::Fidelity => {
+                assert!(e.latency_ms <= plain.expected.latency_ms + 1e-9);
+                assert!(e.fidelity_loss <= budget);
+            }
+            BudgetKind::Accuracy => assert!(accuracy_loss <= budget),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        plan.save(dir.path(), &tensors).unwrap();
+        let ee = EarlyExit::load(dir.path()).unwrap().1;
+        let (mut differ, mut lost) = (0i64, 0i64);
+        for (i, (&b, &label)) in base.iter().zip(&eval.labels).enumerate() {
+            let a = ee.infer(&ee.model.preprocess(&eval.pixel_range(i, i + 1)));
+            differ += (a.class as i64 != b) as i64;
+            lost += (b == label) as i64 - (a.class as i64 == label) as i64;
+        }
+        let n = eval.len() as f64;
+        eprintln!(
+            "{kind:?} on the evaluation half: fidelity loss {:.4}, accuracy loss {:.4}",
+            differ as f64 / n,
+            lost as f64 / n
+        );
+        // 500 unseen images: allow two standard errors of a 3% rate (±1.5 pp).
+        let measured = match kind {
+            BudgetKind::Fidelity => differ,
+            BudgetKind::Accuracy => lost,
+        };
+        assert!(measured as f64 <= (budget + 0.015) * n, "{kind:?}: {measured} of {n}");
+    }
 }
 
 /// The same seed trains the same caches: head initialisation is seeded too, not only the order.
@@ -277,6 +348,7 @@ fn planned_at(budget: f64) -> (tempfile::TempDir, BaseModel, data::Dataset, Vec<
         send_ms: 0.0,
         transfer_ms: 0.0,
         memory_budget_mb: None,
+        ..PlanRequest::default()
     };
     let (mut plan, tensors) = make_plan(
         c,

@@ -3,6 +3,7 @@ use anyhow::Result;
 use gati_cache::candidates::Candidates;
 use gati_cache::runtime::EarlyExit;
 use gati_cache::{evaluate, split};
+use gati_core::names::Named;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -30,6 +31,7 @@ struct Output {
     model: String,
     mode: gati_cache::planner::Mode,
     budget: f64,
+    budget_kind: gati_cache::decision::BudgetKind,
     expected: gati_cache::plan::Expected,
     #[serde(flatten)]
     report: evaluate::Report,
@@ -60,6 +62,7 @@ pub fn run(a: Args) -> Result<()> {
         model: plan.model.clone(),
         mode: plan.mode,
         budget: plan.budget,
+        budget_kind: plan.budget_kind,
         expected: plan.expected.clone(),
         report,
     };
@@ -75,11 +78,13 @@ pub fn run(a: Args) -> Result<()> {
         r.threads
     );
     println!(
-        "top-1: base {:.2}%, gati {:.2}%; fidelity loss {:.2}% (budget {:.2}%)",
+        "top-1: base {:.2}%, gati {:.2}%; fidelity loss {:.2}%, accuracy loss {:.2}% (budget {:.2}% {})",
         r.base_top1,
         r.gati_top1,
         100.0 * r.fidelity_loss,
-        100.0 * out.budget
+        100.0 * r.accuracy_loss,
+        100.0 * out.budget,
+        out.budget_kind.name()
     );
     for l in &r.hit_rate_per_layer {
         println!(

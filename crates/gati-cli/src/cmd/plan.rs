@@ -1,6 +1,6 @@
 use super::data_args::{load_split, ModelData};
 use anyhow::{bail, Result};
-use gati_cache::decision::DecisionKind;
+use gati_cache::decision::{BudgetKind, DecisionKind};
 use gati_cache::plan::{make_plan, PlanRequest};
 use gati_cache::planner::Mode;
 use gati_cache::train::TrainConfig;
@@ -14,9 +14,25 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     md: ModelData,
-    /// Fidelity-loss budget: the fraction of requests whose answer may differ from the base model's
+    /// Budget: the fraction of requests whose answer may differ from the base model's (fidelity),
+    /// or of top-1 accuracy that may be lost (--budget-kind accuracy)
     #[arg(long, default_value_t = 0.01)]
     budget: f64,
+    /// What the budget limits: fidelity (agreement with the base model) or accuracy (top-1 against
+    /// the labels; labelled data only)
+    #[arg(long, value_enum, default_value_t = BudgetKind::Fidelity)]
+    budget_kind: BudgetKind,
+    /// Survivor-aware calibration: rounds of re-fitting each chosen cache's thresholds on the
+    /// samples the caches before it miss, then planning again (0: off)
+    #[arg(long, default_value_t = 2)]
+    survivor_rounds: usize,
+    /// Calibrate on the first N calibration samples only (the test split's half comes first, then
+    /// the --holdout images): for ablations
+    #[arg(long)]
+    calibration_limit: Option<usize>,
+    /// Plan with these trained variants only (comma list; default: all trained): for ablations
+    #[arg(long)]
+    plan_variants: Option<String>,
     /// inline (caches in the base model's thread) or distributed (caches on other cores/processes)
     #[arg(long, value_enum, default_value_t = Mode::Inline)]
     mode: Mode,
@@ -47,6 +63,14 @@ pub struct Args {
     /// the 62 identities; distillation needs no labels)
     #[arg(long, default_value = "train")]
     train_split: String,
+    /// Hold the last N images of the training split out of head training and calibrate on them
+    /// beside the test split's calibration half (CIFAR: 5000 = the 500 per class that
+    /// scripts/finetune-bases.sh also kept from the fine-tuned bases)
+    #[arg(long, default_value_t = 0)]
+    holdout: usize,
+    /// Train heads on random crops and horizontal flips (--augment false: the images as they are)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    augment: bool,
     /// Use the first N test images (class-balanced) before cutting calibration/evaluation halves
     #[arg(long)]
     test_limit: Option<usize>,
@@ -145,10 +169,23 @@ pub fn run(a: Args) -> Result<()> {
             a.md.model
         );
     }
-    let train = load_split(&model, &dir, &a.train_split, a.train_limit)?;
+    let mut train = load_split(&model, &dir, &a.train_split, a.train_limit)?;
     let test = load_split(&model, &dir, "test", a.test_limit)?;
     let (ci, ei) = split::calibration_evaluation(&test.labels);
     let (mut calibration, evaluation) = (test.subset(&ci), test.subset(&ei));
+    if a.holdout > 0 {
+        if a.holdout >= train.len() {
+            bail!(
+                "--holdout {} leaves no training images (the split has {})",
+                a.holdout,
+                train.len()
+            );
+        }
+        let cut = train.len() - a.holdout;
+        let held = train.subset(&(cut..train.len()).collect::<Vec<_>>());
+        train = train.truncate(cut);
+        calibration = gati_core::data::Dataset::concat(vec![calibration, held]);
+    }
     let outcomes_rule = if a.calibrate_on_camera_frames {
         calibration = gati_core::workload::camera_frames(&calibration, a.seed);
         split::camera_frames_rule()
@@ -162,6 +199,8 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         train_limit: a.train_limit,
         train_split: a.train_split.clone(),
+        holdout: a.holdout,
+        augment: a.augment,
         ..Default::default()
     };
     let cand_dir = a.candidates.clone().unwrap_or_else(|| a.out.join("candidates"));
@@ -190,6 +229,10 @@ pub fn run(a: Args) -> Result<()> {
         send_ms: a.send_ms,
         transfer_ms: a.transfer_ms,
         memory_budget_mb: a.memory_budget_mb,
+        budget_kind: a.budget_kind,
+        survivor_rounds: a.survivor_rounds,
+        calibration_limit: a.calibration_limit,
+        variants: a.plan_variants.as_deref().map(Variant::parse_list).transpose()?,
     };
     let (mut plan, tensors) = make_plan(&cands, &costs, &stage_ms, &req, &weights_path, tch::get_num_threads());
     plan.test_limit = a.test_limit;
@@ -241,10 +284,11 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     println!(
-        "expected on {} calibration images: hit rate {:.1}%, fidelity loss {:.2}%, latency {:.3} ms vs base {:.3} ms ({:.2}x); planned in {:.3} s",
+        "expected on {} calibration images: hit rate {:.1}%, fidelity loss {:.2}%, accuracy loss {:.2}%, latency {:.3} ms vs base {:.3} ms ({:.2}x); planned in {:.3} s",
         plan.calibration_samples,
         100.0 * e.hit_rate,
         100.0 * e.fidelity_loss,
+        100.0 * e.accuracy_loss.unwrap_or(f64::NAN),
         e.latency_ms,
         e.base_latency_ms,
         e.speedup,

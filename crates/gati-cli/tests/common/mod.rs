@@ -84,6 +84,7 @@ pub fn plan_fixed_costs(
         send_ms: 0.001,
         transfer_ms: 0.001,
         memory_budget_mb: None,
+        ..plan::PlanRequest::default()
     };
     let costs = vec![0.01; cands.bank.heads.len()];
     let stage_costs = vec![stage_ms; model.num_stages()];
