@@ -50,16 +50,35 @@ fn training_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Trains conv, conv-pool and the two 3x3 heads at three depths of ResNet-20 on 1,000 real
-/// training images (random crops and flips).
+/// Trains conv and conv-pool heads at three depths of ResNet-20 on 1,000 real training images.
 /// The first caller trains (into a per-process folder); the others reuse what it saved.
 fn trained() -> (Candidates, std::path::PathBuf) {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    train_at(&DIR, &[Variant::Conv, Variant::ConvPool], 4, false)
+}
+
+/// The 3x3 heads beside conv-pool, trained on random crops and flips of the same images.
+fn trained_3x3() -> (Candidates, std::path::PathBuf) {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    train_at(
+        &DIR,
+        &[Variant::ConvPool, Variant::Conv3Pool, Variant::Conv3Mix],
+        3,
+        true,
+    )
+}
+
+fn train_at(
+    dir: &std::sync::OnceLock<std::path::PathBuf>,
+    variants: &[Variant],
+    epochs: usize,
+    augment: bool,
+) -> (Candidates, std::path::PathBuf) {
     let _guard = training_lock();
     gati_core::tune_allocator();
     // One intra-op thread: training gives the same caches whatever else the test process runs.
     gati_core::set_threads(1);
-    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap().keep());
+    let dir = dir.get_or_init(|| tempfile::tempdir().unwrap().keep());
     let first = !dir.join("meta.json").exists();
     {
         let (model, w) = resnet20();
@@ -71,9 +90,9 @@ fn trained() -> (Candidates, std::path::PathBuf) {
             .map(|n| model.stage_index(n).unwrap())
             .collect();
         let config = TrainConfig {
-            epochs: 4,
+            epochs,
             train_limit: Some(1000),
-            augment: true,
+            augment,
             ..Default::default()
         };
         let inputs = pipeline::Inputs {
@@ -83,7 +102,7 @@ fn trained() -> (Candidates, std::path::PathBuf) {
             calibration: &test.subset(&ci),
             evaluation: &test.subset(&ei),
             stages: &stages,
-            variants: &[Variant::Conv, Variant::ConvPool, Variant::Conv3Pool, Variant::Conv3Mix],
+            variants,
             config: &config,
             outcomes_rule: gati_cache::split::SPLIT_RULE,
         };
@@ -96,7 +115,15 @@ fn trained() -> (Candidates, std::path::PathBuf) {
 
 #[test]
 fn caches_learn_the_base_models_answers() {
-    let (c, _) = &trained();
+    caches_learn(&trained().0);
+}
+
+#[test]
+fn the_3x3_heads_learn_from_crops_and_flips() {
+    caches_learn(&trained_3x3().0);
+}
+
+fn caches_learn(c: &Candidates) {
     let (model, _) = resnet20();
     let untrained = HeadBank::new(&model, &c.meta.stages, &c.meta.variants).unwrap();
     let test = data::load(&cifar(), "test", Some(1000), (32, 32)).unwrap();
@@ -231,14 +258,16 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
 #[test]
 fn survivor_aware_and_accuracy_budgets_hold_on_the_evaluation_half() {
     use gati_cache::decision::BudgetKind;
-    let (c, w) = &trained();
+    let (c, w) = &trained_3x3();
     let (model, _) = resnet20();
     let costs = vec![0.01; c.bank.heads.len()];
     let stage_ms = vec![0.1; model.num_stages()];
-    let budget = 0.03;
+    let budget = 0.05;
     let plan_with = |survivor_rounds, budget_kind| {
+        // 250 scoring samples: a 2σ margin keeps the winner's curse of the search in check.
         let req = PlanRequest {
             budget,
+            margin_sigmas: 2.0,
             survivor_rounds,
             budget_kind,
             send_ms: 0.0,
@@ -254,7 +283,7 @@ fn survivor_aware_and_accuracy_budgets_hold_on_the_evaluation_half() {
     let base = gati_core::eval::argmax(&gati_core::eval::predict(&model, &eval, 250));
     for (kind, rounds) in [(BudgetKind::Fidelity, 3), (BudgetKind::Accuracy, 2)] {
         let (mut plan, tensors) = plan_with(rounds, kind);
-        assert!(!plan.caches.is_empty(), "{kind:?}: some cache pays at 3%");
+        assert!(!plan.caches.is_empty(), "{kind:?}: some cache pays at 5%");
         let e = &plan.expected;
         let accuracy_loss = e.accuracy_loss.expect("reported");
         eprintln!(
@@ -283,7 +312,7 @@ fn survivor_aware_and_accuracy_budgets_hold_on_the_evaluation_half() {
             differ as f64 / n,
             lost as f64 / n
         );
-        // 500 unseen images: allow two standard errors of a 3% rate (±1.5 pp).
+        // 500 unseen images: allow about 1.5 standard errors of a 5% rate (±1.5 pp).
         let measured = match kind {
             BudgetKind::Fidelity => differ,
             BudgetKind::Accuracy => lost,
