@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up, build, and run the main job on the bundled data (../shared/ or datasets/):
-#   1. ResNet-56's accuracy and per-stage latency profile on the CIFAR-10 test split (gati eval);
+#   1. ResNet-56's accuracy and per-stage latency profile on the CIFAR-10 test split (gati eval), as
+#      fine-tuned on the JPEG training split it serves (resnet56-jpeg, committed in models/);
 #   2. train cache models on 5,000 training images and plan for a 1% fidelity budget (gati plan);
 #   3. measure the plan in-process against the base model (gati evaluate);
 #   4. serve it as Thrift microservices (gati up), classify a few images and run 10 s of load.
@@ -12,12 +13,12 @@ cargo build --release -p gati-cli
 G=target/release/gati
 PLAN=reports/demo-plan
 
-echo "== 1. gati eval (ResNet-56, CIFAR-10 test split)"
-$G eval --model resnet56 --split test --threads 1 "$@"
+echo "== 1. gati eval (ResNet-56 fine-tuned on the JPEG training split, CIFAR-10 test split)"
+$G eval --model resnet56-jpeg --split test --threads 1 "$@"
 
 echo "== 2. gati plan (ResNet-56, 1% budget, quick training)"
-$G plan --model resnet56 --budget 0.01 --mode inline --train-limit 5000 --epochs 2 --test-limit 4000 \
-  --variants gap,conv-pool,conv --out "$PLAN" --threads 1
+$G plan --model resnet56-jpeg --budget 0.01 --mode inline --train-limit 5000 --epochs 2 --test-limit 4000 \
+  --variants gap,conv-pool --out "$PLAN" --threads 1
 
 echo "== 3. gati evaluate"
 $G evaluate --plan "$PLAN"

@@ -19,6 +19,9 @@ mkdir -p "$WORK"
 for split in train test; do
   [ -f "$WORK/cifar10-$split.safetensors" ] || "$GATI" export-data --model resnet20 --split "$split" --out "$WORK/cifar10-$split.safetensors"
 done
+# The sample the tests check a committed checkpoint on: the first 2,000 test images (class-balanced).
+[ -f "$WORK/cifar10-test-2000.safetensors" ] || "$GATI" export-data --model resnet20 --split test --limit 2000 \
+  --out "$WORK/cifar10-test-2000.safetensors"
 MODELS=("$@")
 [ ${#MODELS[@]} -gt 0 ] || MODELS=(resnet56 resnet20 resnet32 resnet44)
 for m in "${MODELS[@]}"; do
@@ -29,10 +32,12 @@ for m in "${MODELS[@]}"; do
   (cd scripts/py && "$PY" finetune_base.py --checkpoint "$ckpt" \
      --train "$WORK/cifar10-train.safetensors" --test "$WORK/cifar10-test.safetensors" \
      --out "$out/weights.safetensors" --epochs "$EPOCHS" --seed "$SEED") > "$WORK/$m.json" 2> "$WORK/$m.log"
-  "$PY" - "$WORK/$m.json" "$out/finetune.json" "$(git rev-parse HEAD)" "EPOCHS=$EPOCHS SEED=$SEED scripts/finetune-bases.sh $m" <<'PYEOF'
+  (cd scripts/py && "$PY" cifar_resnet.py top1 "$out/weights.safetensors" "$WORK/cifar10-test-2000.safetensors") > "$WORK/$m-2000.json"
+  "$PY" - "$WORK/$m.json" "$out/finetune.json" "$(git rev-parse HEAD)" "EPOCHS=$EPOCHS SEED=$SEED scripts/finetune-bases.sh $m" "$WORK/$m-2000.json" <<'PYEOF'
 import json, os, sys
 r = json.load(open(sys.argv[1]))
 r["commit"], r["command"] = sys.argv[3], sys.argv[4]
+r["top1_test_first_2000"] = json.load(open(sys.argv[5]))["top1"]
 r["checkpoint"] = os.path.basename(r["checkpoint"])
 r["out"] = os.path.basename(r["out"])
 json.dump(r, open(sys.argv[2], "w"), indent=1)

@@ -29,6 +29,7 @@ union Input {
 }
 
 struct InferRequest {
+  // A name from models() (ModelNotFound otherwise).
   1: required string model,
   2: required Input input,
   // Echoed back; assigned by the frontend when absent.
@@ -47,6 +48,8 @@ enum AnswerSource {
   BASE = 2,
 }
 
+// One class of an answer. class_index: 0-based, into ModelInfo.classes; confidence: the answering
+// model's softmax probability of the class, in [0, 1] (a cache's own softmax on cache hits).
 struct ClassScore {
   1: required i32 class_index,
   2: required string class_name,
@@ -64,14 +67,19 @@ struct Timing {
   5: required double cache_ms,
 }
 
+// The answer: the first cache confident enough under the plan's budget, else the base model's.
 struct InferResponse {
+  // The request's own id, or the one the frontend assigned.
   1: required string request_id,
+  // The top class, as top_k[0]: 0-based index, name, and softmax probability in [0, 1].
   2: required i32 class_index,
   3: required string class_name,
   4: required double confidence,
+  // top_k entries, best first (InferRequest.top_k).
   5: required list<ClassScore> top_k,
   6: required AnswerSource source,
-  // When source == CACHE: the layer (stage name) whose cache answered, and the cache version.
+  // When source == CACHE: the layer (stage name) whose cache answered, and the cache version
+  // ("v0" is the plan's; online learning promotes "v1", "v2", ...).
   7: optional string cache_layer,
   8: optional string cache_version,
   9: required Timing timing,
@@ -97,16 +105,21 @@ struct ModelInfo {
   10: optional list<double> std,
   // Encodings accepted in Input.image.
   11: optional list<string> image_formats,
-  // "fidelity": the fraction of answers allowed to differ from the base model's own.
+  // "fidelity": the fraction of answers allowed to differ from the base model's own (the default);
+  // "accuracy": the fraction of top-1 accuracy against labelled data the plan may lose.
   12: optional string budget_unit,
 }
 
+// ok: the frontend can answer (the base worker is reachable; cache workers are optional, a dead one
+// only costs its hits).
 struct Health {
   1: required bool ok,
   // Worker address -> reachable.
   2: required map<string, bool> workers,
 }
 
+// Counters since the frontend started: requests answered or failed (requests = hits + misses +
+// errors), hits per cache layer, and requests in flight now.
 struct Stats {
   1: required i64 requests,
   2: required i64 hits,
@@ -116,10 +129,16 @@ struct Stats {
   6: required i64 in_flight,
 }
 
+// The request itself is wrong (undecodable image, wrong size or shape, dtype, top_k, deadline_ms
+// <= 0, an empty batch); the message names the field and value. Not worth retrying.
 exception InvalidInput { 1: required string message }
+// InferRequest.model is not served here; the message lists the models that are.
 exception ModelNotFound { 1: required string message }
+// More requests in flight than the frontend admits (max_in_flight): retry with back-off.
 exception Overloaded { 1: required string message }
+// The base worker cannot be reached or failed the run: retry with back-off.
 exception Unavailable { 1: required string message }
+// The request's deadline passed before it could be answered.
 exception DeadlineExceeded { 1: required string message }
 
 // One request's outcome in `infer_each`: its response, or the error it alone raised.
@@ -145,6 +164,7 @@ service Gati {
   // One outcome per request, in order: a bad item fails alone, the others run as one batch. The
   // whole call counts once against the in-flight limit (every item is Overloaded past it).
   list<InferOutcome> infer_each(1: list<InferRequest> requests),
+  // The models served and how to call them.
   list<ModelInfo> models(),
   Health health(),
   Stats stats(),

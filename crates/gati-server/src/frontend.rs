@@ -799,7 +799,7 @@ impl GatiSyncHandler for GatiHandler {
                     .collect(),
             ),
             image_formats: Some(vec!["jpeg".into(), "png".into()]),
-            budget_unit: Some("fidelity".into()),
+            budget_unit: Some(gati_core::names::Named::name(&f.plan.budget_kind)),
         }])
     }
 
