@@ -305,8 +305,13 @@ fn idle_and_slow_connections_time_out() {
 fn deadlines_top_k_and_queue_time_hold_in_every_mode() {
     let good = std::fs::read(&test_images(1)[0]).unwrap();
     let images: Vec<Vec<u8>> = test_images(40).iter().map(|p| std::fs::read(p).unwrap()).collect();
-    for mode in ["inline", "base-only", "distributed"] {
-        let c = Cluster::up(mode);
+    // "online": inline with the trainer learning from the traffic; the contract is the same.
+    let state = tempfile::tempdir().unwrap();
+    for mode in ["inline", "base-only", "distributed", "online"] {
+        let c = match mode {
+            "online" => Cluster::up_with("inline", &["--online", "--state-dir", state.path().to_str().unwrap()]),
+            m => Cluster::up(m),
+        };
         let mut client = c.client();
         // top_k: k entries whoever answers (distributed cache hits included); out of range refused.
         let mut hits = 0;
