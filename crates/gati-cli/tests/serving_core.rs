@@ -318,7 +318,23 @@ fn deadlines_top_k_and_queue_time_hold_in_every_mode() {
         for img in &images {
             let mut r = image_request("resnet20", img.clone());
             r.top_k = Some(3);
+            let t = Instant::now();
             let resp = client.infer(r).unwrap();
+            // The server's total is within what the client saw, less only the loopback hops.
+            let observed = t.elapsed().as_secs_f64() * 1e3;
+            let tm = &resp.timing;
+            assert!(
+                tm.total_ms.0 <= observed + 0.5,
+                "{mode}: {tm:?} vs observed {observed:.2} ms"
+            );
+            assert!(
+                observed - tm.total_ms.0 < 25.0,
+                "{mode}: {tm:?} vs observed {observed:.2} ms"
+            );
+            assert!(
+                tm.preprocess_ms.0 + tm.queue_ms.0 + tm.base_ms.0 <= tm.total_ms.0 + 0.5,
+                "{mode}: {tm:?}"
+            );
             assert_eq!(resp.top_k.len(), 3, "{mode}: {:?}", resp.source);
             assert_eq!(resp.top_k[0].class_index, resp.class_index, "{mode}");
             assert!(
@@ -337,6 +353,23 @@ fn deadlines_top_k_and_queue_time_hold_in_every_mode() {
                 "{mode}: top_k {k}: {e}"
             );
         }
+        // infer_each: the bad item fails alone, typed; the others are answered.
+        let mut batch: Vec<InferRequest> = images[..4]
+            .iter()
+            .map(|i| image_request("resnet20", i.clone()))
+            .collect();
+        batch.insert(2, tensor_request(vec![1, 3, 8, 8]));
+        let outcomes = client.infer_each(batch).unwrap();
+        assert!(
+            matches!(&outcomes[2], InferOutcome::Invalid(_)),
+            "{mode}: {:?}",
+            outcomes[2]
+        );
+        let answered = outcomes
+            .into_iter()
+            .filter(|o| matches!(o, InferOutcome::Response(_)))
+            .count();
+        assert_eq!(answered, 4, "{mode}");
         // A deadline shorter than the model's latency: DeadlineExceeded, soon after the deadline.
         for deadline in [1, 3] {
             let mut r = image_request("resnet20", good.clone());
