@@ -202,6 +202,16 @@ impl Cluster {
         let bytes = std::fs::read(path).with_context(|| format!("reading cluster config {}", path.display()))?;
         let mut c: Cluster =
             serde_json::from_slice(&bytes).with_context(|| format!("parsing cluster config {}", path.display()))?;
+        let given: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let unknown = unknown_keys(&given, &serde_json::to_value(&c)?, "");
+        if !unknown.is_empty() {
+            // A mistyped key (say `auth_token_fle`) would otherwise leave its setting at the default.
+            bail!(
+                "cluster config {}: unknown key(s) {}",
+                path.display(),
+                unknown.join(", ")
+            );
+        }
         c.check()?;
         c.load_token()?;
         Ok(c)
@@ -291,6 +301,35 @@ impl Cluster {
     }
 }
 
+/// Keys of `given` (a config as written) that `known` (the parsed config written back, which
+/// names every field) lacks, as dotted paths (`caches[1].layer`).
+pub fn unknown_keys(given: &serde_json::Value, known: &serde_json::Value, at: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => g
+            .iter()
+            .flat_map(|(key, v)| {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_keys(v, kv, &path),
+                    None => vec![path],
+                }
+            })
+            .collect(),
+        (Value::Array(g), Value::Array(k)) => g
+            .iter()
+            .zip(k)
+            .enumerate()
+            .flat_map(|(i, (gv, kv))| unknown_keys(gv, kv, &format!("{at}[{i}]")))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Applies an endpoint's thread count and CPU pinning to this process.
 pub fn apply_placement(e: &Endpoint) -> Result<()> {
     gati_core::set_threads(e.threads);
@@ -318,4 +357,24 @@ fn pin_to(cpus: &[usize]) -> Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn pin_to(_cpus: &[usize]) -> Result<()> {
     bail!("CPU pinning is only supported on Linux")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let given = serde_json::json!({
+            "plan": "p", "mode": "distributed", "selector": "f:7001",
+            "frontend": {"listen": "0.0.0.0:7000"},
+            "base": {"listen": "b:7002", "thread": 2},
+            "caches": [{"listen": "c:7003", "layers": ["layer3.1"]}, {"listen": "c:7004", "layers": [], "layer": "x"}],
+            "auth_token_fle": "/run/secret"
+        });
+        let c: Cluster = serde_json::from_value(given.clone()).unwrap();
+        let mut unknown = unknown_keys(&given, &serde_json::to_value(&c).unwrap(), "");
+        unknown.sort();
+        assert_eq!(unknown, ["auth_token_fle", "base.thread", "caches[1].layer"]);
+    }
 }

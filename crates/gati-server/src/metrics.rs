@@ -9,6 +9,8 @@ pub fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M
     Ok(metric)
 }
 
+const PLAIN: &str = "text/plain; charset=utf-8";
+
 /// Serves `registry` at `addr` on a background thread; `/health` answers `ok`.
 pub fn serve(addr: &str, registry: Registry) -> anyhow::Result<String> {
     let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
@@ -19,16 +21,24 @@ pub fn serve(addr: &str, registry: Registry) -> anyhow::Result<String> {
         .unwrap_or_else(|| addr.to_string());
     std::thread::spawn(move || {
         for req in server.incoming_requests() {
-            let (code, body) = match req.url() {
+            let encoder = TextEncoder::new();
+            let (code, body, content_type) = match req.url() {
                 "/metrics" => {
                     let mut buf = Vec::new();
-                    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
-                    (200, buf)
+                    let _ = encoder.encode(&registry.gather(), &mut buf);
+                    // Prometheus 3 refuses a scrape without a Content-Type.
+                    (200, buf, encoder.format_type().to_string())
                 }
-                "/health" => (200, b"ok\n".to_vec()),
-                _ => (404, b"not found\n".to_vec()),
+                "/health" => (200, b"ok\n".to_vec(), PLAIN.to_string()),
+                _ => (404, b"not found\n".to_vec(), PLAIN.to_string()),
             };
-            let _ = req.respond(tiny_http::Response::from_data(body).with_status_code(code));
+            let header =
+                tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).expect("a valid header");
+            let _ = req.respond(
+                tiny_http::Response::from_data(body)
+                    .with_status_code(code)
+                    .with_header(header),
+            );
         }
     });
     Ok(local)
