@@ -460,3 +460,79 @@ fn model_info_says_how_to_normalise_and_a_client_doing_so_gets_the_image_answer(
         );
     }
 }
+
+/// (status code, body) of `GET path` on `addr`.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `/health` says the process is alive; `/ready` whether it can answer: a frontend whose base
+/// worker is not there yet is alive but not ready, and becomes ready once the worker is up.
+#[test]
+fn a_frontend_without_its_base_worker_is_alive_but_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("127.0.0.1:{}", free_port());
+    let config = serde_json::json!({
+        "plan": plan_dir(), "mode": "inline", "selector": "127.0.0.1:0",
+        "frontend": {"listen": "127.0.0.1:0", "metrics": "127.0.0.1:0"},
+        "base": {"listen": base},
+    });
+    let path = dir.path().join("cluster.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let serve = |role: &str| {
+        common::gati()
+            .args(["serve", role, "--config", path.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut frontend = serve("frontend");
+    let mut stderr = std::io::BufReader::new(frontend.stderr.take().unwrap());
+    let metrics = loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "frontend exited"
+        );
+        if let Some(rest) = line.trim().strip_prefix("metrics on http://") {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    assert_eq!(http_get(&metrics, "/health"), (200, "ok\n".into()));
+    assert_eq!(http_get(&metrics, "/ready").0, 503);
+    let mut worker = serve("base");
+    let t = Instant::now();
+    while http_get(&metrics, "/ready").0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "not ready 60 s after the base worker started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for p in [&mut frontend, &mut worker] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}

@@ -576,6 +576,12 @@ impl Frontend {
         })
     }
 
+    /// Ready for traffic: the base worker answers (cache workers are optional: a dead one only
+    /// costs its hits).
+    pub fn is_ready(&self) -> bool {
+        self.health().ok
+    }
+
     /// Checks every worker; a worker that fails is marked down and its pooled connections are
     /// dropped, so the next call reconnects (to the restarted process).
     fn health(&self) -> Health {

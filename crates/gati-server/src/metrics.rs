@@ -1,4 +1,4 @@
-//! Prometheus metrics over HTTP (`/metrics`, `/health`), one registry per process.
+//! Prometheus metrics over HTTP (`/metrics`, `/health`, `/ready`), one registry per process.
 
 use prometheus::core::Collector;
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -11,8 +11,13 @@ pub fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
-/// Serves `registry` at `addr` on a background thread; `/health` answers `ok`.
-pub fn serve(addr: &str, registry: Registry) -> anyhow::Result<String> {
+/// Whether a process can take traffic now (`/ready`).
+pub type Readiness = Box<dyn Fn() -> bool + Send>;
+
+/// Serves `registry` at `addr` on a background thread. `/health` answers `ok` while the process
+/// runs (liveness); `/ready` answers 200 when `ready()` holds, else 503 (readiness: a frontend whose
+/// base worker is unreachable should get no traffic).
+pub fn serve(addr: &str, registry: Registry, ready: Readiness) -> anyhow::Result<String> {
     let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
     let local = server
         .server_addr()
@@ -30,6 +35,8 @@ pub fn serve(addr: &str, registry: Registry) -> anyhow::Result<String> {
                     (200, buf, encoder.format_type().to_string())
                 }
                 "/health" => (200, b"ok\n".to_vec(), PLAIN.to_string()),
+                "/ready" if ready() => (200, b"ready\n".to_vec(), PLAIN.to_string()),
+                "/ready" => (503, b"not ready\n".to_vec(), PLAIN.to_string()),
                 _ => (404, b"not found\n".to_vec(), PLAIN.to_string()),
             };
             let header =

@@ -16,9 +16,11 @@ pub enum Role {
     Trainer,
 }
 
-fn start_metrics(addr: &Option<String>, registry: &Registry) -> Result<()> {
+/// Starts `/metrics`, `/health` and `/ready`; workers start it once their model is loaded, so they
+/// are ready from then on.
+fn start_metrics(addr: &Option<String>, registry: &Registry, ready: Option<crate::metrics::Readiness>) -> Result<()> {
     if let Some(a) = addr {
-        let bound = crate::metrics::serve(a, registry.clone())?;
+        let bound = crate::metrics::serve(a, registry.clone(), ready.unwrap_or_else(|| Box::new(|| true)))?;
         eprintln!("metrics on http://{bound}/metrics");
     }
     Ok(())
@@ -32,7 +34,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             apply_placement(&cluster.base)?;
             let (listener, addr) = net::bind(&cluster.base.listen)?;
             let worker = Arc::new(base_worker::BaseWorker::new(cluster, &registry, 1)?);
-            start_metrics(&cluster.base.metrics, &registry)?;
+            start_metrics(&cluster.base.metrics, &registry, None)?;
             eprintln!("base worker ({:?} mode) on {addr}", cluster.mode);
             net::serve(
                 listener,
@@ -48,7 +50,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             apply_placement(&me.endpoint)?;
             let (listener, addr) = net::bind(&me.endpoint.listen)?;
             let worker = Arc::new(cache_worker::CacheWorker::new(cluster, i, &registry)?);
-            start_metrics(&me.endpoint.metrics, &registry)?;
+            start_metrics(&me.endpoint.metrics, &registry, None)?;
             eprintln!("cache worker {i} ({}) on {addr}", me.layers.join(","));
             net::serve(
                 listener,
@@ -65,7 +67,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             trainer::set_nice(me.nice);
             let (listener, addr) = net::bind(&me.endpoint.listen)?;
             let t = Arc::new(trainer::Trainer::new(cluster, &registry)?);
-            start_metrics(&me.endpoint.metrics, &registry)?;
+            start_metrics(&me.endpoint.metrics, &registry, None)?;
             let l = t.clone();
             std::thread::spawn(move || l.run());
             eprintln!("trainer on {addr}");
@@ -80,7 +82,12 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             let (sel_listener, sel_addr) = net::bind(&cluster.selector)?;
             let (listener, addr) = net::bind(&cluster.frontend.listen)?;
             let fe = Arc::new(frontend::Frontend::new(cluster, &sel_addr, &registry)?);
-            start_metrics(&cluster.frontend.metrics, &registry)?;
+            let probe = fe.clone();
+            start_metrics(
+                &cluster.frontend.metrics,
+                &registry,
+                Some(Box::new(move || probe.is_ready())),
+            )?;
             let sel = Arc::new(SelectorSyncProcessor::new(frontend::SelectorHandler(fe.clone())));
             let l = cluster.internal_limits();
             std::thread::spawn(move || net::serve(sel_listener, sel, l));
