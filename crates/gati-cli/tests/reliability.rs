@@ -611,3 +611,37 @@ fn a_candidate_writer_killed_at_any_moment_leaves_a_consistent_set() {
     }
     eprintln!("RESULT candidates-kill: 5 re-trainings killed with SIGKILL at 800..3600 ms; every time the set on disk loaded and its heads reproduced its outcomes");
 }
+
+/// SIGTERM, as a rolling update sends it: the frontend stops taking connections, still answers the
+/// batch it had admitted, and exits.
+#[test]
+fn sigterm_lets_admitted_requests_finish_then_the_process_exits() {
+    let _serial = serial();
+    let c = Cluster::up("inline");
+    let fe = *pids(&c).last().unwrap();
+    let images: Vec<Vec<u8>> = test_images(300).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let endpoint = c.endpoint();
+    let batch = std::thread::spawn(move || {
+        let mut client = gati_server::client::connect(&endpoint, Duration::from_secs(60)).unwrap();
+        client.infer_batch(images.into_iter().map(|i| image_request("resnet20", i)).collect())
+    });
+    // Admitted: counted in flight by the frontend.
+    let mut watcher = c.client();
+    let t = Instant::now();
+    while watcher.stats().unwrap().in_flight == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the batch was never admitted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on a process this test's cluster started.
+    unsafe { libc::kill(fe, libc::SIGTERM) };
+    let answers = batch.join().unwrap().expect("the admitted batch is answered");
+    assert_eq!(answers.len(), 300);
+    let t = Instant::now();
+    while alive(fe) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the frontend did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -8,7 +8,7 @@ use crate::wire::BoundedBinaryInput;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
@@ -42,7 +42,35 @@ pub fn bind(addr: &str) -> anyhow::Result<(TcpListener, String)> {
     Ok((l, local))
 }
 
-/// Serves `processor` on `listener` until the process ends.
+/// How long a stopping server waits for its requests in progress.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Requests in progress, and whether the server is stopping (SIGTERM).
+#[derive(Default)]
+struct Drain {
+    busy: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+/// Counts one request in progress for as long as it lives, whatever way it ends.
+struct Busy<'a>(&'a Drain);
+
+impl<'a> Busy<'a> {
+    fn new(d: &'a Drain) -> Self {
+        d.busy.fetch_add(1, Ordering::AcqRel);
+        Self(d)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `processor` on `listener` until SIGTERM: then it stops accepting, lets the requests in
+/// progress finish and answer (at most `DRAIN_TIMEOUT`), closes each connection after its current
+/// request, and returns, so a rolling update loses no request that was already admitted.
 pub fn serve<P: TProcessor + Send + Sync + 'static>(listener: TcpListener, processor: Arc<P>, limits: Limits) {
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -63,8 +91,14 @@ async fn accept_loop<P: TProcessor + Send + Sync + 'static>(
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let open = Arc::new(AtomicUsize::new(0));
     let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let drain = Arc::new(Drain::default());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = terminated(&mut term) => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(_) => {
                 // Out of file descriptors, or a connection reset before accept: try again shortly.
@@ -75,11 +109,32 @@ async fn accept_loop<P: TProcessor + Send + Sync + 'static>(
         let Some(slot) = Slot::take(&open, &peers, peer.ip(), &limits) else {
             continue; // dropped: closed at once
         };
-        let (p, limits) = (processor.clone(), limits.clone());
+        let (p, limits, d) = (processor.clone(), limits.clone(), drain.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = connection(stream, p, &limits).await;
+            let _ = connection(stream, p, &limits, &d).await;
         });
+    }
+    drop(listener);
+    drain.stopping.store(true, Ordering::Release);
+    let started = std::time::Instant::now();
+    while drain.busy.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "SIGTERM: stopped accepting; {} request(s) still running after {:.0} ms of draining",
+        drain.busy.load(Ordering::Acquire),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// Resolves when SIGTERM arrives (never, if its handler could not be installed).
+async fn terminated(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            t.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -164,6 +219,7 @@ async fn connection<P: TProcessor + Send + Sync + 'static>(
     mut s: tokio::net::TcpStream,
     p: Arc<P>,
     limits: &Limits,
+    drain: &Drain,
 ) -> io::Result<()> {
     s.set_nodelay(true)?;
     if let Some(token) = &limits.token {
@@ -172,6 +228,7 @@ async fn connection<P: TProcessor + Send + Sync + 'static>(
         }
     }
     while let Some(frame) = next_frame(&mut s, limits).await? {
+        let _busy = Busy::new(drain);
         let (p, max) = (p.clone(), limits.max_frame_bytes);
         // A panic in a handler (a bug) ends this connection only.
         let Ok((ok, reply)) = tokio::task::spawn_blocking(move || process_frame(&*p, frame, max)).await else {
@@ -182,7 +239,7 @@ async fn connection<P: TProcessor + Send + Sync + 'static>(
                 .await
                 .map_err(|_| timed_out())??;
         }
-        if !ok {
+        if !ok || drain.stopping.load(Ordering::Acquire) {
             return Ok(());
         }
     }
