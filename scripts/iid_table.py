@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from faces_table import bench_rows
+
 
 def load(plan_dir):
     p = json.load(open(plan_dir + ".plan.json"))["plan"]
@@ -29,10 +31,6 @@ def line(plan_dir):
             f"{e['speedup']:.2f}x fidelity loss {100 * e['fidelity_loss']:.2f}% accuracy loss "
             f"{100 * e['accuracy_loss']:.2f}%; top-1 {e['base_top1']:.2f} -> {e['gati_top1']:.2f}; oracle "
             f"{e['oracle_speedup'] or float('nan'):.2f}x")
-
-
-def fig(f, scale=1.0):
-    return f"{f['median'] * scale:.2f} ({f['min'] * scale:.2f}–{f['max'] * scale:.2f})"
 
 
 def main():
@@ -57,16 +55,8 @@ def main():
     print()
     print("| bench | configuration | mean ms | speed-up (min–max) | fidelity loss % | top-1 % | hit rate % |")
     print("|---|---|---|---|---|---|---|")
-    for path in sorted(glob.glob(os.path.join(out, "bench-*", "report.json"))):
-        r = json.load(open(path))
-        for m in r["models"]:
-            for s in m["streams"]:
-                for c in s["configs"]:
-                    gati = c["config"] in ("gati-in-process", "thrift-inline", "thrift-distributed")
-                    print(f"| {os.path.basename(os.path.dirname(path))} {s['stream']} | {c['name']} | "
-                          f"{c['mean_ms']['median']:.2f} | {fig(c['speedup']) if gati else '1'} | "
-                          f"{fig(c['fidelity_loss'], 100) if gati else '0'} | {c['top1']['median']:.1f} | "
-                          f"{100 * c['hit_rate']['median']:.1f} |")
+    for path, _, s, c, cells in bench_rows(out):
+        print(f"| {os.path.basename(os.path.dirname(path))} {s['stream']} | {c['name']} | {cells}")
 
 
 if __name__ == "__main__":
