@@ -100,5 +100,17 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             );
         }
     }
-    Ok(())
+    // Drained (SIGTERM): leave now. A normal exit would run libtorch's static destructors while
+    // this process's other threads (trainer loop, sample collection) may still call into it.
+    exit_now()
+}
+
+/// Ends the process at once with status 0, after flushing what it printed.
+fn exit_now() -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit(2) ends the process without running atexit handlers; nothing is left to save
+    // (every file gati writes is written atomically before it is used).
+    unsafe { libc::_exit(0) }
 }
