@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --release -p gati-cli
 G=target/release/gati
-PLAN=reports/demo-plan
+PLAN=reports/demo-plan-resnet56-jpeg
 
 echo "== 1. gati eval (ResNet-56 fine-tuned on the JPEG training split, CIFAR-10 test split)"
 $G eval --model resnet56-jpeg --split test --threads 1 "$@"
