@@ -155,10 +155,15 @@ fn score(d: &Decision, o: &Outcomes, h: usize, kind: BudgetKind) -> Vec<Outcome>
         .collect()
 }
 
-/// The planner's problem for a candidate set: every head with its ladder fitted on the fit part,
-/// scored on the score part (`fit_and_score`).
-pub fn problem(c: &Candidates, costs: &[f64], stage_ms: &[f64], req: &PlanRequest) -> (Problem, Vec<Vec<Decision>>) {
-    let (fit, o) = &fit_and_score(c, req);
+/// The planner's problem for a candidate set: every head with its ladder fitted on `fit`, scored
+/// on `o` (the two parts from `fit_and_score`).
+pub fn problem(
+    c: &Candidates,
+    (fit, o): (&Outcomes, &Outcomes),
+    costs: &[f64],
+    stage_ms: &[f64],
+    req: &PlanRequest,
+) -> (Problem, Vec<Vec<Decision>>) {
     let mut options = Vec::new();
     let mut ladders = Vec::new();
     for (h, entry) in c.bank.heads.iter().enumerate() {
@@ -203,9 +208,9 @@ pub fn make_plan(
     threads: i32,
 ) -> (Plan, Vec<(String, Tensor)>) {
     let t0 = std::time::Instant::now();
-    let (mut problem, mut ladders) = problem(c, costs, stage_ms, req);
-    let mut choices: Vec<Choice> = problem.solve();
     let (fit, scored) = fit_and_score(c, req);
+    let (mut problem, mut ladders) = problem(c, (&fit, &scored), costs, stage_ms, req);
+    let mut choices: Vec<Choice> = problem.solve();
     let mut rounds = 0;
     while rounds < req.survivor_rounds && !choices.is_empty() {
         rounds += 1;
@@ -226,7 +231,7 @@ pub fn make_plan(
         .iter()
         .map(|ch| (ch.option, &ladders[ch.option][ch.setting]))
         .collect();
-    let accuracy_loss = cascade_losses(&scored, &chosen).1;
+    let (fidelity_loss, accuracy_loss) = cascade_losses(&scored, &chosen);
     let vars = c.bank.vs.variables();
     let mut tensors = Vec::new();
     let caches: Vec<PlannedCache> = choices
@@ -267,7 +272,7 @@ pub fn make_plan(
         calibration_samples: problem.samples,
         expected: Expected {
             hit_rate: ev.hit_rates.iter().sum(),
-            fidelity_loss: cascade_losses(&scored, &chosen).0,
+            fidelity_loss,
             accuracy_loss: Some(accuracy_loss),
             latency_ms: ev.mean_latency_ms,
             base_latency_ms: ev.base_latency_ms,
