@@ -30,7 +30,8 @@ pub enum Variant {
     /// Conv3x3(C→32; stride 2 on maps of 32x32 and more) – BN – ReLU – AdaptiveAvgPool2d(4x4) –
     /// Linear(512, K).
     Conv3Pool,
-    /// Conv3x3(C→32) – BN – ReLU – (σ(a)·max + (1−σ(a))·avg) pooling to 4x4, a learned – Linear(512, K).
+    /// As `conv3-pool` (same conv and stride), but pooled to 4x4 by σ(a)·max + (1−σ(a))·avg, a
+    /// learned – Linear(512, K).
     Conv3Mix,
 }
 
