@@ -83,6 +83,9 @@ struct InferResponse {
   7: optional string cache_layer,
   8: optional string cache_version,
   9: required Timing timing,
+  // When source == CACHE: "learned" (a cache model answered) or "memory" (the memory cache gave the
+  // answer the base model gave a near-duplicate of this input).
+  10: optional string cache_kind,
 }
 
 struct ModelInfo {
@@ -207,6 +210,8 @@ struct BaseResult {
   9: optional double queue_ms,
   // The run stopped because it passed its deadline_ms (completed is false).
   10: optional bool deadline_passed,
+  // Inline mode, on a hit: "learned" (a cache model) or "memory" (a stored answer to a near-duplicate).
+  11: optional string cache_kind,
 }
 
 // ---- online learning ----
@@ -266,6 +271,9 @@ service BaseWorker {
   // finish on the version they started with).
   void install(1: CacheVersion version) throws (1: InvalidInput invalid),
   string serving_version(),
+  // Forgets every entry of the memory cache (benchmarks start each run from an empty store);
+  // returns how many there were (0 without a memory cache).
+  i64 clear_memory(),
 }
 
 struct Activation {

@@ -148,11 +148,18 @@ pub fn gati_in_process(ee: &EarlyExit, p: &Prepared, threads: usize, warmup: usi
     for x in xs.iter().take(warmup) {
         let _ = ee.infer(x);
     }
+    if let Some(mem) = &ee.memory {
+        mem.clear();
+    }
     timed_in_process(&xs, |x| {
         let a = ee.infer(x);
         let layer = match a.exit {
             Exit::Cache(c) => Some(ee.caches[c].layer.clone()),
-            _ => None,
+            Exit::Memory => ee
+                .memory
+                .as_ref()
+                .map(|m| gati_cache::evaluate::memory_label(&m.spec.layer)),
+            Exit::Base => None,
         };
         (a.class as i64, layer)
     })
@@ -249,6 +256,20 @@ impl LocalCluster {
         })
     }
 
+    /// Empties the base worker's memory cache (a no-op without one).
+    pub fn clear_memory(&self) {
+        let c = &self.cluster;
+        let pool = gati_server::net::Pool::new(
+            &c.base.listen,
+            Some(Duration::from_secs(10)),
+            c.token.clone(),
+            gati_rpc::BaseWorkerSyncClient::new,
+        );
+        if let Err(e) = pool.call(gati_rpc::TBaseWorkerSyncClient::clear_memory) {
+            eprintln!("bench: clearing the memory cache failed: {e}");
+        }
+    }
+
     pub fn cpu_s(&self) -> f64 {
         self.sup.pids().into_iter().map(proc_cpu_s).sum()
     }
@@ -267,6 +288,8 @@ impl LocalCluster {
             Until::Requests(warmup),
             seed,
         );
+        // Each run starts from an empty memory store: no run hits on a request an earlier one sent.
+        self.clear_memory();
         let cpu0 = self.cpu_s();
         let latency = load::drive(
             ep,
@@ -277,6 +300,7 @@ impl LocalCluster {
             seed,
         );
         let cpu_s = self.cpu_s() - cpu0;
+        self.clear_memory();
         let sat = load::drive(
             ep,
             &self.model,

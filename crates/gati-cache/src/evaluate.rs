@@ -36,6 +36,11 @@ pub struct Report {
     pub threads: i32,
 }
 
+/// How reports name the memory cache's hits (`memory:layer1.0`), apart from a cache model's there.
+pub fn memory_label(layer: &str) -> String {
+    format!("memory:{layer}")
+}
+
 /// Runs every sample of `ds` through the base model alone and through the plan (batch 1).
 pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
     let _g = tch::no_grad_guard();
@@ -45,9 +50,14 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
         let _ = m.forward(x);
         let _ = ee.infer(x);
     }
+    // The measured run starts with an empty memory: warm-up requests are not repeats.
+    if let Some(mem) = &ee.memory {
+        mem.clear();
+    }
     let (mut base_ms, mut gati_ms) = (Vec::new(), Vec::new());
     let (mut base_ok, mut gati_ok, mut differ) = (0usize, 0usize, 0usize);
     let mut hits = vec![0usize; ee.caches.len()];
+    let mut memory_hits = 0usize;
     let pb = gati_core::progress::bar(ds.len() as u64, "evaluate");
     for (i, x) in inputs.iter().enumerate() {
         let run_base = || {
@@ -73,8 +83,10 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
         base_ok += (bp == ds.labels[i]) as usize;
         gati_ok += (ga.class as i64 == ds.labels[i]) as usize;
         differ += (ga.class as i64 != bp) as usize;
-        if let Exit::Cache(c) = ga.exit {
-            hits[c] += 1;
+        match ga.exit {
+            Exit::Cache(c) => hits[c] += 1,
+            Exit::Memory => memory_hits += 1,
+            Exit::Base => {}
         }
         pb.inc(1);
     }
@@ -88,16 +100,20 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
         gati_top1: 100.0 * gati_ok as f64 / n,
         fidelity_loss: differ as f64 / n,
         accuracy_loss: (base_ok as f64 - gati_ok as f64) / n,
-        hit_rate: hits.iter().sum::<usize>() as f64 / n,
+        hit_rate: (hits.iter().sum::<usize>() + memory_hits) as f64 / n,
         hit_rate_per_layer: ee
-            .caches
+            .memory
             .iter()
-            .zip(&hits)
-            .map(|(c, &h)| LayerHits {
+            .map(|m| LayerHits {
+                layer: memory_label(&m.spec.layer),
+                variant: "memory".into(),
+                hit_rate: memory_hits as f64 / n,
+            })
+            .chain(ee.caches.iter().zip(&hits).map(|(c, &h)| LayerHits {
                 layer: c.layer.clone(),
                 variant: c.head.variant.name(),
                 hit_rate: h as f64 / n,
-            })
+            }))
             .collect(),
         speedup: base.mean / gati.mean,
         base_latency_ms: base,

@@ -6,6 +6,8 @@ pub mod candidates;
 pub mod decision;
 pub mod evaluate;
 pub mod heads;
+pub mod memory;
+pub mod memory_plan;
 pub mod online;
 pub mod outcomes;
 pub mod pipeline;

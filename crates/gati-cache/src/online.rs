@@ -545,7 +545,7 @@ impl Hooks for Collecting {
         }
     }
 
-    fn run_on_after_hit(&mut self, _sample: usize, _cache: usize) -> bool {
+    fn run_on_after_hit(&mut self, _sample: usize) -> bool {
         self.uniform
     }
 }

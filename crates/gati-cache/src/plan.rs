@@ -87,6 +87,28 @@ pub struct Plan {
     /// replacing plan.json (one atomic rename) switches plan and weights together.
     #[serde(default = "legacy_caches_file")]
     pub caches_file: String,
+    /// A memory cache for traffic with locality (`gati plan-memory`), planned on a request stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<PlannedMemory>,
+}
+
+/// The memory cache a plan serves, and what it was planned for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedMemory {
+    #[serde(flatten)]
+    pub spec: crate::memory::MemorySpec,
+    /// The calibration stream it was planned on (the traffic this plan is for).
+    pub stream: String,
+    /// Requests of that stream it was calibrated on.
+    pub stream_requests: usize,
+    /// Measured lookup cost at a full store, batch 1.
+    pub cost_ms: f64,
+    /// Expected figures over the calibration stream, learned caches included.
+    pub expected: Expected,
+    /// The learned caches' expected speed-up over the same stream without the memory cache.
+    pub expected_without_memory: f64,
+    /// Each request that repeats an earlier one exits at the memory layer; the rest run the base model.
+    pub locality_oracle_speedup: f64,
 }
 
 fn legacy_caches_file() -> String {
@@ -286,6 +308,7 @@ pub fn make_plan(
         calibrated_on_camera_frames: false,
         candidate_costs_ms: costs.to_vec(),
         caches_file: legacy_caches_file(),
+        memory: None,
     };
     (plan, tensors)
 }

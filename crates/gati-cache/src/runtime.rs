@@ -3,10 +3,12 @@
 
 use crate::decision::{decide, Decision};
 use crate::heads::CacheHead;
+use crate::memory::MemoryCache;
 use crate::plan::Plan;
 use anyhow::{bail, Result};
 use gati_core::BaseModel;
 use std::path::Path;
+use std::sync::Arc;
 use tch::{nn, Kind, Tensor};
 
 pub struct RuntimeCache {
@@ -74,6 +76,8 @@ pub struct CacheState {
 pub enum Exit {
     /// The cache at this position of the plan.
     Cache(usize),
+    /// The memory cache (a stored answer to a near-duplicate).
+    Memory,
     Base,
 }
 
@@ -87,6 +91,8 @@ pub struct Answer {
 pub struct EarlyExit {
     pub model: BaseModel,
     pub caches: Vec<RuntimeCache>,
+    /// The plan's memory cache, shared by every replica that serves the plan.
+    pub memory: Option<Arc<MemoryCache>>,
     vs: nn::VarStore,
     plan_vs: nn::VarStore,
 }
@@ -142,9 +148,14 @@ impl EarlyExit {
             gati_core::weights::load_subset(&mut vs, weights)?;
             gati_core::weights::load_subset(&mut plan_vs, weights)?;
         }
+        let memory = match &plan.memory {
+            Some(m) if layers.is_none() => Some(Arc::new(memory_cache(&model, &m.spec)?)),
+            _ => None,
+        };
         Ok(Self {
             model,
             caches,
+            memory,
             vs,
             plan_vs,
         })
@@ -283,6 +294,9 @@ impl EarlyExit {
         let mut rows: Vec<usize> = (0..n).collect();
         let mut h = x.shallow_clone();
         let consult = hooks.consult_caches();
+        let memory = self.memory.as_deref().filter(|_| consult);
+        // Memory keys of the samples looked up, stored with their base answer if they run to the end.
+        let mut keys: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
         let m = &self.model;
         for k in from..m.num_stages() {
             let stopped = hooks.stop_before(k, &rows);
@@ -301,20 +315,46 @@ impl EarlyExit {
             for &r in &rows {
                 out[r].stages_run = k + 1;
             }
+            if let Some(mem) = memory.filter(|m| m.spec.stage == k) {
+                let t = std::time::Instant::now();
+                let k_all = mem.keys(&h);
+                let asking: Vec<usize> = (0..rows.len()).filter(|&i| out[rows[i]].hit.is_none()).collect();
+                let answers = mem.answer_rows(&select_rows(&k_all, &asking, rows.len()));
+                let ms = t.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
+                for (i, &r) in rows.iter().enumerate() {
+                    keys[r] = Some(k_all.get(i as i64));
+                }
+                let mut leaving = Vec::new();
+                for (&i, answer) in asking.iter().zip(answers) {
+                    let r = rows[i];
+                    out[r].cache_ms += ms;
+                    if let Some((probs, class, confidence)) = answer {
+                        out[r].hit = Some(Hit {
+                            cache: None,
+                            stage: k,
+                            probs,
+                            class,
+                            confidence,
+                        });
+                        if !hooks.run_on_after_hit(r) {
+                            leaving.push(r);
+                        }
+                    }
+                }
+                if !leaving.is_empty() {
+                    (h, rows) = keep_rows(&h, &rows, |r| !leaving.contains(&r));
+                    if rows.is_empty() {
+                        return out;
+                    }
+                }
+            }
             for (c, cache) in self.caches.iter().enumerate().filter(|(_, c)| c.stage == k && consult) {
                 let asking: Vec<usize> = (0..rows.len()).filter(|&i| out[rows[i]].hit.is_none()).collect();
                 if asking.is_empty() {
                     continue;
                 }
                 let t = std::time::Instant::now();
-                let acts = if asking.len() == rows.len() {
-                    h.shallow_clone()
-                } else {
-                    h.index_select(
-                        0,
-                        &Tensor::from_slice(&asking.iter().map(|&i| i as i64).collect::<Vec<_>>()),
-                    )
-                };
+                let acts = select_rows(&h, &asking, rows.len());
                 let answers = cache.answer_rows(&acts);
                 let ms = t.elapsed().as_secs_f64() * 1e3 / asking.len() as f64;
                 let mut leaving = Vec::new();
@@ -322,14 +362,19 @@ impl EarlyExit {
                     let r = rows[i];
                     out[r].cache_ms += ms;
                     if let Some((class, confidence)) = hit {
+                        if let Some(mem) = memory.filter(|m| m.spec.remember_cache_hits) {
+                            if let Some(key) = keys[r].take() {
+                                mem.remember(&key, probs.clone());
+                            }
+                        }
                         out[r].hit = Some(Hit {
-                            cache: c,
+                            cache: Some(c),
                             stage: k,
                             probs,
                             class,
                             confidence,
                         });
-                        if !hooks.run_on_after_hit(r, c) {
+                        if !hooks.run_on_after_hit(r) {
                             leaving.push(r);
                         }
                     }
@@ -344,7 +389,11 @@ impl EarlyExit {
         }
         let logits = h.to_kind(Kind::Float);
         for (i, &r) in rows.iter().enumerate() {
-            out[r].logits = Some(logits.get(i as i64));
+            let z = logits.get(i as i64);
+            if let (Some(mem), Some(key)) = (memory, keys[r].take()) {
+                mem.remember(&key, probs_row(&z));
+            }
+            out[r].logits = Some(z);
         }
         out
     }
@@ -367,8 +416,8 @@ pub struct Walked {
 
 #[derive(Debug, Clone)]
 pub struct Hit {
-    /// Position of the cache in the plan.
-    pub cache: usize,
+    /// Position of the cache in the plan; None: the memory cache.
+    pub cache: Option<usize>,
     pub stage: usize,
     /// The softmax row it answered with.
     pub probs: Vec<f32>,
@@ -384,7 +433,7 @@ impl Walked {
             Some(h) => Answer {
                 class: h.class,
                 confidence: h.confidence,
-                exit: Exit::Cache(h.cache),
+                exit: h.cache.map_or(Exit::Memory, Exit::Cache),
             },
             None => {
                 let logits = self.logits.as_ref().expect("a sample that ran to the end");
@@ -421,9 +470,9 @@ pub trait Hooks {
     }
     /// After stage `k` ran on `rows`, with its output `h` and how long it took.
     fn after_stage(&mut self, _k: usize, _h: &Tensor, _rows: &[usize], _took: std::time::Duration) {}
-    /// Cache `cache` answered `sample`: true keeps it running to the end (it is not consulted
-    /// again), false lets it leave the batch.
-    fn run_on_after_hit(&mut self, _sample: usize, _cache: usize) -> bool {
+    /// A cache answered `sample`: true keeps it running to the end (it is not consulted again),
+    /// false lets it leave the batch.
+    fn run_on_after_hit(&mut self, _sample: usize) -> bool {
         false
     }
 }
@@ -432,6 +481,30 @@ pub trait Hooks {
 pub struct NoHooks;
 
 impl Hooks for NoHooks {}
+
+/// Rows `asking` of `h` (which has `n` rows), without a copy when that is all of them.
+fn select_rows(h: &Tensor, asking: &[usize], n: usize) -> Tensor {
+    if asking.len() == n {
+        return h.shallow_clone();
+    }
+    h.index_select(
+        0,
+        &Tensor::from_slice(&asking.iter().map(|&i| i as i64).collect::<Vec<_>>()),
+    )
+}
+
+/// The memory cache `spec` describes, for `model`'s activations at its stage.
+pub fn memory_cache(model: &BaseModel, spec: &crate::memory::MemorySpec) -> Result<MemoryCache> {
+    let Some(info) = model.stages().get(spec.stage).filter(|i| i.name == spec.layer) else {
+        bail!(
+            "plan memory cache at stage {} ('{}') does not exist",
+            spec.stage,
+            spec.layer
+        );
+    };
+    let s = &info.output_shape;
+    MemoryCache::new(spec.clone(), [s[1], s[2], s[3]], model.spec().num_classes)
+}
 
 /// The rows of `h` (and their sample indices) whose sample passes `keep`.
 fn keep_rows(h: &Tensor, rows: &[usize], keep: impl Fn(usize) -> bool) -> (Tensor, Vec<usize>) {

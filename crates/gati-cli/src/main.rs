@@ -25,6 +25,9 @@ enum Command {
     Stages(cmd::stages::Args),
     /// Train cache models, calibrate hit decisions and choose layers for a fidelity budget
     Plan(cmd::plan::Args),
+    /// Plan a memory cache for traffic with locality: scored with the plan's learned caches on a
+    /// calibration stream (repeats, camera frames)
+    PlanMemory(cmd::plan_memory::Args),
     /// Measure a plan in-process on the evaluation half: early exit vs the base model alone
     Evaluate(cmd::evaluate::Args),
     /// Run one process role of a cluster (frontend, base, cache, trainer)
@@ -69,6 +72,7 @@ fn main() {
         Command::FitClassifier(a) => cmd::fit_classifier::run(a),
         Command::Stages(a) => cmd::stages::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::PlanMemory(a) => cmd::plan_memory::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Up(a) => cmd::up::run(a),

@@ -66,6 +66,7 @@ fn outcome(ee: &EarlyExit, image: &str, a: &Answer) -> Outcome {
         exit: match a.exit {
             Exit::Cache(c) => ee.caches[c].layer.clone(),
             Exit::Base => "base".into(),
+            Exit::Memory => "memory".into(),
         },
         confidence: a.confidence,
     }

@@ -41,6 +41,7 @@ fn inline_cluster_answers_exactly_as_in_process_evaluation() {
                 assert_eq!(r.cache_layer.as_deref(), Some(ee.caches[i].layer.as_str()));
             }
             Exit::Base => assert_eq!(r.source, AnswerSource::BASE),
+            Exit::Memory => unreachable!("the test plan has no memory cache"),
         }
     }
     assert!(hits > 0, "some requests should exit early");
@@ -378,4 +379,86 @@ fn bench_report_is_consistent_with_its_records() {
             }
         }
     }
+}
+
+#[test]
+fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() {
+    // Plan a memory cache for the test plan on a repeat stream over its calibration half.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("memory-plan");
+    let planned = gati()
+        .args(["plan-memory", "--plan"])
+        .arg(plan_dir())
+        .args([
+            "--stream",
+            "bursty-repeat:4:4",
+            "--requests",
+            "400",
+            "--budget",
+            "0.05",
+            "--layers",
+            "stem,layer1.0",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(planned.status.success(), "{}", String::from_utf8_lossy(&planned.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&planned.stdout).unwrap();
+    let chosen = &report["chosen"];
+    assert!(
+        chosen["memory_hit_rate"].as_f64().unwrap() > 0.2,
+        "a 4-fold repeat stream should be answered from memory often: {chosen}"
+    );
+    assert!(chosen["fidelity_loss"].as_f64().unwrap() <= 0.05);
+    let layer = chosen["layer"].as_str().unwrap().to_string();
+
+    // Served inline: ten new images, then each again twice (exact repeats).
+    let c = Cluster::up_plan(&out, "inline", &[]);
+    let mut client = c.client();
+    let images = test_images(10);
+    let mut first = Vec::new();
+    for path in &images {
+        let r = client
+            .infer(image_request("resnet20", std::fs::read(path).unwrap()))
+            .unwrap();
+        assert_ne!(
+            r.cache_kind.as_deref(),
+            Some("memory"),
+            "a first sight hit memory: {}",
+            path.display()
+        );
+        first.push(r.class_index);
+    }
+    let mut memory_hits = 0;
+    for _ in 0..2 {
+        for (path, &class) in images.iter().zip(&first) {
+            let r = client
+                .infer(image_request("resnet20", std::fs::read(path).unwrap()))
+                .unwrap();
+            if r.cache_kind.as_deref() == Some("memory") {
+                memory_hits += 1;
+                assert_eq!(r.source, AnswerSource::CACHE);
+                assert_eq!(r.cache_layer.as_deref(), Some(layer.as_str()));
+                // The stored answer is the one the base model gave this image.
+                assert_eq!(r.class_index, class, "{}", path.display());
+            }
+        }
+    }
+    assert!(
+        memory_hits >= 5,
+        "only {memory_hits} of 20 repeats answered from memory"
+    );
+    let bm = c.info["metrics"]["base"].as_str().unwrap().to_string();
+    assert_eq!(
+        metric(&bm, "gati_memory_events_total{event=\"hit\""),
+        memory_hits as f64
+    );
+    assert!(metric(&bm, "gati_memory{figure=\"entries\"") >= 1.0);
+    let fm = c.info["metrics"]["frontend"].as_str().unwrap().to_string();
+    assert_eq!(
+        metric(&fm, &format!("gati_cache_hits_total{{layer=\"memory:{layer}\"}}")),
+        memory_hits as f64
+    );
 }

@@ -160,6 +160,7 @@ fn the_dynamic_batcher_groups_concurrent_requests_and_answers_as_in_process() {
         match local.exit {
             Exit::Cache(i) => assert_eq!(r.cache_layer.as_deref(), Some(ee.caches[i].layer.as_str())),
             Exit::Base => assert_eq!(r.source, AnswerSource::BASE),
+            Exit::Memory => unreachable!("the test plan has no memory cache"),
         }
     }
     let base = metrics_of(&c, "base");

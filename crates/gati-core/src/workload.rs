@@ -11,6 +11,11 @@
 //!   at a time; one at a time walks past and is seen as `burst` frames of one of their images, each
 //!   frame shifted by up to `CAMERA_SHIFT` pixels, with its own brightness, contrast and noise;
 //!   after each burst, one person leaves and another arrives with probability `CAMERA_TURNOVER`.
+//! - `frames[:burst[:window]]`: video of objects passing by: each image is seen as `burst`
+//!   consecutive frames, interleaved with the other images among `window` in view. A burst's first
+//!   frame has door-camera's perturbations; each next one moves by at most a pixel per axis from the
+//!   last (within `CAMERA_SHIFT`), with brightness and contrast drifting, fresh noise, and every
+//!   frame JPEG-encoded at a quality drawn from `FRAME_JPEG_QUALITY` (`Frame`).
 
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
@@ -27,16 +32,61 @@ pub enum Stream {
     WorkingSet { k: usize, every: usize },
     BurstyRepeat { r: usize, window: usize },
     DoorCamera { people: usize, burst: usize },
+    Frames { burst: usize, window: usize },
 }
 
 /// One request of a stream: which image, and (for recurrences) the seed of its pixel noise or
 /// (for camera frames) of its whole perturbation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub index: usize,
     pub noise: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub camera: Option<u64>,
+    /// A video frame with these camera settings (`frames` streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<Frame>,
+}
+
+/// What the camera did to one video frame of an image: shifted by (`dx`, `dy`) pixels (edges
+/// repeated), contrast scaled about the mean by `contrast`, brightness moved by `brightness`,
+/// pixel noise drawn from `noise_seed`, then JPEG at `quality`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    pub dx: i64,
+    pub dy: i64,
+    pub contrast: f64,
+    pub brightness: f64,
+    pub noise_seed: u64,
+    pub quality: u8,
+}
+
+impl Frame {
+    /// A burst's first frame: settings drawn uniformly, as a door-camera frame's.
+    fn first(rng: &mut StdRng) -> Self {
+        Self {
+            dx: rng.gen_range(-CAMERA_SHIFT..=CAMERA_SHIFT),
+            dy: rng.gen_range(-CAMERA_SHIFT..=CAMERA_SHIFT),
+            contrast: 1.0 + rng.gen_range(-CAMERA_CONTRAST..=CAMERA_CONTRAST),
+            brightness: rng.gen_range(-CAMERA_BRIGHTNESS..=CAMERA_BRIGHTNESS),
+            noise_seed: rng.gen(),
+            quality: rng.gen_range(FRAME_JPEG_QUALITY.0..=FRAME_JPEG_QUALITY.1),
+        }
+    }
+
+    /// The next frame of the same scene: the object moves by at most a pixel per axis, light
+    /// drifts a little, fresh sensor noise, and the encoder picks a new quality.
+    fn next(&self, rng: &mut StdRng) -> Self {
+        let step = |v: i64, rng: &mut StdRng| (v + rng.gen_range(-1..=1)).clamp(-CAMERA_SHIFT, CAMERA_SHIFT);
+        Self {
+            dx: step(self.dx, rng),
+            dy: step(self.dy, rng),
+            contrast: (self.contrast + rng.gen_range(-0.02..=0.02)).clamp(1.0 - CAMERA_CONTRAST, 1.0 + CAMERA_CONTRAST),
+            brightness: (self.brightness + rng.gen_range(-3.0..=3.0)).clamp(-CAMERA_BRIGHTNESS, CAMERA_BRIGHTNESS),
+            noise_seed: rng.gen(),
+            quality: rng.gen_range(FRAME_JPEG_QUALITY.0..=FRAME_JPEG_QUALITY.1),
+        }
+    }
 }
 
 impl Request {
@@ -46,6 +96,7 @@ impl Request {
             index,
             noise: None,
             camera: None,
+            frame: None,
         }
     }
 }
@@ -59,6 +110,8 @@ pub const CAMERA_BRIGHTNESS: f64 = 12.0;
 pub const CAMERA_CONTRAST: f64 = 0.1;
 /// Chance that, after a burst, one person at the door is replaced by another.
 pub const CAMERA_TURNOVER: f64 = 0.25;
+/// JPEG quality range of a `frames` frame.
+pub const FRAME_JPEG_QUALITY: (u8, u8) = (60, 95);
 
 impl Stream {
     /// `iid`, `zipf[:S]`, `working-set[:K[:EVERY]]`, `bursty-repeat[:R[:WINDOW]]`.
@@ -78,7 +131,7 @@ impl Stream {
         };
         let max_args = match name {
             "iid" => 0,
-            "door-camera" => 2,
+            "door-camera" | "frames" => 2,
             "zipf" => 1,
             _ => 2,
         };
@@ -100,10 +153,14 @@ impl Stream {
                 people: num(0, 3.0)? as usize,
                 burst: num(1, 8.0)? as usize,
             },
+            "frames" => Stream::Frames {
+                burst: num(0, 8.0)? as usize,
+                window: num(1, 4.0)? as usize,
+            },
             other => {
                 bail!(
                     "unknown stream '{other}' (iid, zipf[:s], working-set[:k[:every]], bursty-repeat[:r[:window]], \
-                     door-camera[:people[:burst]])"
+                     door-camera[:people[:burst]], frames[:burst[:window]])"
                 )
             }
         })
@@ -124,6 +181,7 @@ impl Stream {
             Stream::WorkingSet { k, every } => format!("working-set-{k}-{every}"),
             Stream::BurstyRepeat { r, window } => format!("bursty-repeat-{r}-{window}"),
             Stream::DoorCamera { people, burst } => format!("door-camera-{people}-{burst}"),
+            Stream::Frames { burst, window } => format!("frames-{burst}-{window}"),
         }
     }
 
@@ -170,23 +228,37 @@ impl Stream {
                     })
                     .collect()
             }
-            Stream::BurstyRepeat { r, window } => {
-                // Open bursts: (image, recurrences left). Every emission is noisy but the first.
-                let mut open: Vec<(usize, usize)> = Vec::new();
+            Stream::BurstyRepeat { r, window } | Stream::Frames { burst: r, window } => {
+                let video = matches!(self, Stream::Frames { .. });
+                // Open bursts: (image, recurrences left, its last video frame). Every emission is
+                // noisy but the first; in video, every frame follows the burst's last one.
+                let mut open: Vec<(usize, usize, Option<Frame>)> = Vec::new();
                 let mut out = Vec::with_capacity(n);
                 while out.len() < n {
                     while open.len() < window.max(1) {
-                        open.push((rng.gen_range(0..labels.len()), r.max(1)));
+                        open.push((rng.gen_range(0..labels.len()), r.max(1), None));
                     }
                     let b = rng.gen_range(0..open.len());
-                    let (index, left) = open[b];
+                    let (index, left, last) = open[b];
                     let first = left == r.max(1);
-                    out.push(Request {
-                        noise: (!first).then(|| rng.gen()),
-                        ..Request::plain(index)
-                    });
+                    if video {
+                        let f = match last {
+                            None => Frame::first(&mut rng),
+                            Some(l) => l.next(&mut rng),
+                        };
+                        open[b].2 = Some(f);
+                        out.push(Request {
+                            frame: Some(f),
+                            ..Request::plain(index)
+                        });
+                    } else {
+                        out.push(Request {
+                            noise: (!first).then(|| rng.gen()),
+                            ..Request::plain(index)
+                        });
+                    }
                     if left == 1 {
-                        open.swap_remove(b);
+                        let _ = open.swap_remove(b);
                     } else {
                         open[b].1 = left - 1;
                     }
@@ -235,6 +307,9 @@ fn by_class(labels: &[i64]) -> Vec<Vec<usize>> {
 /// `[-NOISE_AMPLITUDE, NOISE_AMPLITUDE]` (saturating), or as a camera frame (`camera_frame`).
 pub fn request_pixels(images: &Tensor, req: &Request) -> Tensor {
     let x = images.narrow(0, req.index as i64, 1);
+    if let Some(f) = &req.frame {
+        return video_frame(&x, f);
+    }
     match (req.noise, req.camera) {
         (_, Some(seed)) => camera_frame(&x, seed),
         (Some(seed), None) => add_noise(&x, &mut StdRng::seed_from_u64(seed)),
@@ -281,8 +356,22 @@ pub fn camera_frame(x: &Tensor, seed: u64) -> Tensor {
     );
     let contrast = 1.0 + rng.gen_range(-CAMERA_CONTRAST..=CAMERA_CONTRAST);
     let brightness = rng.gen_range(-CAMERA_BRIGHTNESS..=CAMERA_BRIGHTNESS);
+    let f = shift_and_light(x, dx, dy, contrast, brightness);
+    add_noise(&f, &mut rng)
+}
+
+/// One video frame of `x` with the camera settings `f`.
+pub fn video_frame(x: &Tensor, f: &Frame) -> Tensor {
+    let lit = shift_and_light(x, f.dx, f.dy, f.contrast, f.brightness);
+    let noisy = add_noise(&lit, &mut StdRng::seed_from_u64(f.noise_seed));
+    jpeg_reencode(&noisy, f.quality)
+}
+
+/// `x` shifted by (`dx`, `dy`) pixels (edges repeated), contrast scaled about its mean, brightness
+/// moved; rounded back to `u8`.
+fn shift_and_light(x: &Tensor, dx: i64, dy: i64, contrast: f64, brightness: f64) -> Tensor {
     let [_, _, h, w] = x.size()[..] else {
-        panic!("camera_frame needs [1, C, H, W]")
+        panic!("camera frames need [1, C, H, W]")
     };
     let s = CAMERA_SHIFT;
     let f = x
@@ -291,8 +380,51 @@ pub fn camera_frame(x: &Tensor, seed: u64) -> Tensor {
         .narrow(2, s - dy, h)
         .narrow(3, s - dx, w);
     let mean = f.mean(Kind::Float);
-    let f = ((f - &mean) * contrast + mean + brightness).round().clamp(0.0, 255.0);
-    add_noise(&f.to_kind(Kind::Uint8), &mut rng)
+    ((f - &mean) * contrast + mean + brightness)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+}
+
+/// `x` (`u8 [1, 3, H, W]`) encoded as JPEG at `quality`, and decoded again.
+pub fn jpeg_reencode(x: &Tensor, quality: u8) -> Tensor {
+    let [_, c, h, w] = x.size()[..] else {
+        panic!("jpeg_reencode needs [1, C, H, W]")
+    };
+    assert_eq!(c, 3, "jpeg_reencode needs RGB");
+    let hwc = Vec::<u8>::try_from(x.get(0).permute([1, 2, 0]).contiguous().flatten(0, -1)).expect("u8 pixels");
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+        .encode(&hwc, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .expect("JPEG encoding of an in-memory RGB image");
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+        .expect("decoding the JPEG just encoded")
+        .to_rgb8();
+    Tensor::from_slice(img.as_raw())
+        .view([h, w, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .contiguous()
+}
+
+/// The requests `reqs` over `ds` made concrete, in order: each request's pixels as one sample,
+/// labelled as its source image (`source#position`).
+pub fn stream_dataset(ds: &crate::data::Dataset, reqs: &[Request]) -> crate::data::Dataset {
+    let frames: Vec<Tensor> = reqs.iter().map(|r| request_pixels(&ds.images, r)).collect();
+    crate::data::Dataset {
+        images: if frames.is_empty() {
+            ds.images.narrow(0, 0, 0)
+        } else {
+            Tensor::cat(&frames, 0)
+        },
+        labels: reqs.iter().map(|r| ds.labels[r.index]).collect(),
+        classes: ds.classes.clone(),
+        sources: reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("{}#{i}", ds.sources[r.index]))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -411,6 +543,38 @@ mod tests {
             let (x, y) = (ds.images.get(i), a.images.get(i));
             assert!(!x.equal(&y), "image {i} unchanged");
         }
+    }
+
+    #[test]
+    fn frames_are_bursts_of_video_frames_that_drift_a_little() {
+        let reqs = Stream::parse("frames:5:3").unwrap().generate(&labels(), 300, 4);
+        assert!(reqs.iter().all(|r| r.frame.is_some()));
+        // 60 bursts over 200 images: about 52 distinct (some images recur in a later burst).
+        let distinct: std::collections::HashSet<usize> = reqs.iter().map(|r| r.index).collect();
+        assert!((45..=60).contains(&distinct.len()), "{}", distinct.len());
+        // Within a burst, consecutive frames move by at most a pixel per axis.
+        let mut last: std::collections::HashMap<usize, Frame> = std::collections::HashMap::new();
+        let mut moved = 0;
+        for r in &reqs {
+            let f = r.frame.unwrap();
+            assert!(f.dx.abs() <= CAMERA_SHIFT && f.dy.abs() <= CAMERA_SHIFT);
+            if let Some(p) = last.insert(r.index, f) {
+                if (f.dx - p.dx).abs() <= 1 && (f.dy - p.dy).abs() <= 1 {
+                    moved += (f.dx != p.dx || f.dy != p.dy) as usize;
+                }
+            }
+        }
+        assert!(moved > 50, "{moved}");
+        let mut img = Tensor::arange(3 * 32 * 32, (Kind::Int64, tch::Device::Cpu));
+        img = (img.remainder(200) + 20).to_kind(Kind::Uint8).view([1, 3, 32, 32]);
+        let images = img.repeat([200, 1, 1, 1]);
+        let f = reqs[0].frame.unwrap();
+        let a = request_pixels(&images, &reqs[0]).to_kind(Kind::Float);
+        let plain = shift_and_light(&img, f.dx, f.dy, f.contrast, f.brightness).to_kind(Kind::Float);
+        let diff = (&a - &plain).abs().mean(Kind::Float).double_value(&[]);
+        // Noise and JPEG change the frame, a little.
+        assert!(diff > 0.1 && diff < 20.0, "{diff}");
+        assert_eq!(a.size(), [1, 3, 32, 32]);
     }
 
     #[test]

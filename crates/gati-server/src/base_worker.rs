@@ -117,6 +117,8 @@ pub struct BaseWorker {
     cancelled: Mutex<HashMap<String, Instant>>,
     /// Fault injection for tests: a run of the request with this id panics after its first stage.
     fault_panic_request: Option<String>,
+    /// The memory cache every replica shares (inline mode, when the plan has one).
+    memory: Option<Arc<gati_cache::memory::MemoryCache>>,
     metrics: Metrics,
 }
 
@@ -127,19 +129,28 @@ impl BaseWorker {
         let mut serving = plan.clone();
         if !inline {
             serving.caches.clear();
+            serving.memory = None;
         }
         let start = if inline {
             StartVersion::read(cluster)?
         } else {
             StartVersion::plan()
         };
-        let mut pool = Vec::new();
+        let mut pool: Vec<Replica> = Vec::new();
         for _ in 0..replicas.max(1) {
             let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
             let mut ee = EarlyExit::from_plan(&serving, model, &plan.caches_path(&cluster.plan))?;
+            // One memory store for the worker: a near-duplicate hits whichever replica runs it.
+            if let Some(first) = pool.first() {
+                ee.memory.clone_from(&first.ee.memory);
+            }
             start.install(&mut ee)?;
             let version = start.name.clone();
             pool.push(Replica { ee, version });
+        }
+        let memory = pool[0].ee.memory.clone();
+        if let Some(mem) = &memory {
+            registry.register(Box::new(crate::metrics::MemoryCollector::new(mem.clone())?))?;
         }
         let input_shape = pool[0].ee.model.spec().input_shape;
         let stage_names = pool[0].ee.model.stages().iter().map(|s| s.name.clone()).collect();
@@ -227,6 +238,7 @@ impl BaseWorker {
             links,
             cancelled: Mutex::new(HashMap::new()),
             fault_panic_request: cluster.fault_panic_request.clone(),
+            memory,
             metrics,
         })
     }
@@ -386,6 +398,14 @@ impl BaseWorker {
             cache_version: w.hit.as_ref().map(|_| version.to_string()),
             queue_ms: None,
             deadline_passed: None,
+            cache_kind: w.hit.as_ref().map(|h| {
+                let kind = if h.cache.is_some() {
+                    crate::frontend::LEARNED
+                } else {
+                    crate::frontend::MEMORY
+                };
+                kind.to_string()
+            }),
         }
     }
 
@@ -452,6 +472,15 @@ impl BaseWorker {
         }
         self.metrics.serving_version.set(learning::version_number(&v.version));
         Ok(())
+    }
+
+    /// Forgets the memory cache's entries; how many there were.
+    fn clear_memory(&self) -> usize {
+        self.memory.as_ref().map_or(0, |m| {
+            let n = m.len();
+            m.clear();
+            n
+        })
     }
 
     fn serving_version(&self) -> String {
@@ -529,7 +558,7 @@ impl Hooks for Serving<'_> {
         }
     }
 
-    fn run_on_after_hit(&mut self, sample: usize, _cache: usize) -> bool {
+    fn run_on_after_hit(&mut self, sample: usize) -> bool {
         // A hit sampled to complete is answered now all the same: the trainer runs the rest of
         // the model on its own cores.
         if self.reqs[sample].complete_on_hit {
@@ -583,5 +612,9 @@ impl BaseWorkerSyncHandler for Handler {
 
     fn handle_serving_version(&self) -> thrift::Result<String> {
         Ok(self.0.serving_version())
+    }
+
+    fn handle_clear_memory(&self) -> thrift::Result<i64> {
+        Ok(self.0.clear_memory() as i64)
     }
 }

@@ -399,7 +399,12 @@ impl Frontend {
                     Some(probs) => self.top_scores(probs, p.top_k),
                     None => vec![self.score(r.class_index as usize, r.confidence.0)],
                 };
-                self.respond(id, scores, AnswerSource::CACHE, Some(layer), r.version, timing)
+                let hit = CacheHit {
+                    layer,
+                    version: r.version,
+                    kind: LEARNED.into(),
+                };
+                self.respond(id, scores, Some(hit), timing)
             }
             Msg::Base(r) => {
                 let r = r?;
@@ -416,10 +421,19 @@ impl Frontend {
                 let scores = self.top_scores(&r.probs.unwrap_or_default(), p.top_k);
                 match r.exit_stage {
                     Some(s) => {
-                        let layer = self.layer_name(s);
-                        self.respond(id, scores, AnswerSource::CACHE, Some(layer), r.cache_version, timing)
+                        let kind = r.cache_kind.unwrap_or_else(|| LEARNED.into());
+                        let layer = match kind.as_str() {
+                            MEMORY => self.memory_layer(s),
+                            _ => self.layer_name(s),
+                        };
+                        let hit = CacheHit {
+                            layer,
+                            version: r.cache_version,
+                            kind,
+                        };
+                        self.respond(id, scores, Some(hit), timing)
                     }
-                    None => self.respond(id, scores, AnswerSource::BASE, None, None, timing),
+                    None => self.respond(id, scores, None, timing),
                 }
             }
         };
@@ -510,6 +524,14 @@ impl Frontend {
         }
     }
 
+    /// The layer of the plan's memory cache (at `stage`).
+    fn memory_layer(&self, stage: i32) -> String {
+        self.plan
+            .memory
+            .as_ref()
+            .map_or_else(|| format!("stage{stage}"), |m| m.spec.layer.clone())
+    }
+
     fn layer_name(&self, stage: i32) -> String {
         self.plan
             .caches
@@ -537,9 +559,7 @@ impl Frontend {
         &self,
         id: String,
         top_k: Vec<ClassScore>,
-        source: AnswerSource,
-        layer: Option<String>,
-        version: Option<String>,
+        hit: Option<CacheHit>,
         timing: Timing,
     ) -> Result<InferResponse, ServingError> {
         let Some(best) = top_k.first().cloned() else {
@@ -549,20 +569,34 @@ impl Frontend {
         };
         let mut c = lock(&self.counts);
         c.requests += 1;
-        if source == AnswerSource::CACHE {
-            let l = layer.clone().unwrap_or_default();
-            self.metrics.requests.with_label_values(&["hit"]).inc();
-            self.metrics.hits.with_label_values(&[&l]).inc();
-            self.metrics
-                .version_hits
-                .with_label_values(&[version.as_deref().unwrap_or("?")])
-                .inc();
-            c.hits += 1;
-            *c.hits_per_layer.entry(l).or_default() += 1;
-        } else {
-            self.metrics.requests.with_label_values(&["miss"]).inc();
-            c.misses += 1;
+        match &hit {
+            Some(h) => {
+                let l = h.label();
+                self.metrics.requests.with_label_values(&["hit"]).inc();
+                self.metrics.hits.with_label_values(&[&l]).inc();
+                if h.kind != MEMORY {
+                    self.metrics
+                        .version_hits
+                        .with_label_values(&[h.version.as_deref().unwrap_or("?")])
+                        .inc();
+                }
+                c.hits += 1;
+                *c.hits_per_layer.entry(l).or_default() += 1;
+            }
+            None => {
+                self.metrics.requests.with_label_values(&["miss"]).inc();
+                c.misses += 1;
+            }
         }
+        let source = if hit.is_some() {
+            AnswerSource::CACHE
+        } else {
+            AnswerSource::BASE
+        };
+        let (cache_layer, cache_version, cache_kind) = match hit {
+            Some(h) => (Some(h.layer), h.version, Some(h.kind)),
+            None => (None, None, None),
+        };
         Ok(InferResponse {
             request_id: id,
             class_index: best.class_index,
@@ -570,9 +604,10 @@ impl Frontend {
             confidence: best.confidence,
             top_k,
             source,
-            cache_layer: layer,
-            cache_version: version,
+            cache_layer,
+            cache_version,
             timing,
+            cache_kind,
         })
     }
 
@@ -823,6 +858,27 @@ impl GatiSyncHandler for GatiHandler {
             hits_per_layer: c.hits_per_layer.clone(),
             in_flight: self.0.admitted.in_use() as i64,
         })
+    }
+}
+
+/// `cache_kind` of a hit by a cache model, and by the memory cache.
+pub const LEARNED: &str = "learned";
+pub const MEMORY: &str = "memory";
+
+/// Which cache answered a request.
+struct CacheHit {
+    layer: String,
+    version: Option<String>,
+    kind: String,
+}
+
+impl CacheHit {
+    /// The `layer` label of hit metrics: the memory cache's hits apart from a cache model's there.
+    fn label(&self) -> String {
+        match self.kind.as_str() {
+            MEMORY => gati_cache::evaluate::memory_label(&self.layer),
+            _ => self.layer.clone(),
+        }
     }
 }
 

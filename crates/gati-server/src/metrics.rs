@@ -50,3 +50,78 @@ pub fn serve(addr: &str, registry: Registry, ready: Readiness) -> anyhow::Result
     });
     Ok(local)
 }
+
+/// The memory cache's figures, read from its counters at each scrape (`gati_memory_*`).
+pub struct MemoryCollector {
+    cache: std::sync::Arc<gati_cache::memory::MemoryCache>,
+    gauges: prometheus::IntGaugeVec,
+    counters: prometheus::IntCounterVec,
+    lookup_seconds: prometheus::Counter,
+    /// One scrape at a time rewrites the counters.
+    scrape: std::sync::Mutex<()>,
+}
+
+impl MemoryCollector {
+    pub fn new(cache: std::sync::Arc<gati_cache::memory::MemoryCache>) -> anyhow::Result<Self> {
+        use prometheus::Opts;
+        let layer = cache.spec.layer.clone();
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("layer", layer.clone());
+        Ok(Self {
+            gauges: prometheus::IntGaugeVec::new(
+                opts("gati_memory", "Memory cache store: entries, bytes held and byte limit"),
+                &["figure"],
+            )?,
+            counters: prometheus::IntCounterVec::new(
+                opts(
+                    "gati_memory_events_total",
+                    "Memory cache events: lookups, hits, inserts (base answers stored) and evictions",
+                ),
+                &["event"],
+            )?,
+            lookup_seconds: prometheus::Counter::with_opts(opts(
+                "gati_memory_lookup_seconds_total",
+                "Time spent in memory cache lookups",
+            ))?,
+            cache,
+            scrape: std::sync::Mutex::new(()),
+        })
+    }
+}
+
+impl Collector for MemoryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.gauges.desc();
+        d.extend(self.counters.desc());
+        d.extend(self.lookup_seconds.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _one = crate::resources::lock(&self.scrape);
+        let c = &self.cache;
+        for (figure, v) in [
+            ("entries", c.len() as i64),
+            ("bytes", c.bytes() as i64),
+            ("limit_bytes", c.spec.max_bytes as i64),
+        ] {
+            self.gauges.with_label_values(&[figure]).set(v);
+        }
+        let s = &c.stats;
+        for (event, total) in [
+            ("lookup", s.lookups.load(Relaxed)),
+            ("hit", s.hits.load(Relaxed)),
+            ("insert", s.inserts.load(Relaxed)),
+            ("eviction", s.evictions.load(Relaxed)),
+        ] {
+            let m = self.counters.with_label_values(&[event]);
+            m.inc_by(total.saturating_sub(m.get()));
+        }
+        let secs = s.lookup_ns.load(Relaxed) as f64 * 1e-9;
+        self.lookup_seconds.inc_by((secs - self.lookup_seconds.get()).max(0.0));
+        let mut out = self.gauges.collect();
+        out.extend(self.counters.collect());
+        out.extend(self.lookup_seconds.collect());
+        out
+    }
+}

@@ -4,6 +4,7 @@ use gati_cache::candidates::Candidates;
 use gati_cache::runtime::EarlyExit;
 use gati_cache::{evaluate, split};
 use gati_core::names::Named;
+use gati_core::workload::{stream_dataset, Stream};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -21,6 +22,16 @@ pub struct Args {
     /// libtorch threads (default: the plan's)
     #[arg(long)]
     threads: Option<usize>,
+    /// Measure on a request stream over the evaluation half (e.g. bursty-repeat, frames) instead
+    /// of its images once each, in order
+    #[arg(long)]
+    stream: Option<String>,
+    /// Requests of the stream
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Seed of the stream (the plan's calibration stream used seed 1)
+    #[arg(long, default_value_t = 2)]
+    seed: u64,
     #[arg(long)]
     json: bool,
 }
@@ -33,6 +44,9 @@ struct Output {
     budget: f64,
     budget_kind: gati_cache::decision::BudgetKind,
     expected: gati_cache::plan::Expected,
+    /// The stream measured on (absent: the evaluation half's images once each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
     #[serde(flatten)]
     report: evaluate::Report,
 }
@@ -44,8 +58,12 @@ pub fn run(a: Args) -> Result<()> {
     let test = load_split(&ee.model, &dir, "test", a.test_limit.or(plan.test_limit))?;
     let (_, ei) = split::calibration_evaluation(&test.labels);
     let eval_half = test.subset(&ei);
-    let mut report = evaluate::evaluate(&ee, &eval_half, 50);
-    if let Some(cdir) = &plan.candidates {
+    let stream = a.stream.as_deref().map(Stream::parse).transpose()?;
+    let measured = stream
+        .as_ref()
+        .map(|s| stream_dataset(&eval_half, &s.generate(&eval_half.labels, a.requests, a.seed)));
+    let mut report = evaluate::evaluate(&ee, measured.as_ref().unwrap_or(&eval_half), 50);
+    if let (None, Some(cdir)) = (&stream, &plan.candidates) {
         if let Ok(Some(c)) = Candidates::load(cdir, &ee.model, &plan.weights_sha256) {
             if c.evaluation.len() == eval_half.len() && plan.candidate_costs_ms.len() == c.bank.heads.len() {
                 report.oracle_speedup = Some(evaluate::oracle_speedup(
@@ -63,7 +81,12 @@ pub fn run(a: Args) -> Result<()> {
         mode: plan.mode,
         budget: plan.budget,
         budget_kind: plan.budget_kind,
-        expected: plan.expected.clone(),
+        expected: plan
+            .memory
+            .as_ref()
+            .filter(|_| stream.is_some())
+            .map_or_else(|| plan.expected.clone(), |m| m.expected.clone()),
+        stream: stream.map(|s| s.name()),
         report,
     };
     if a.json {

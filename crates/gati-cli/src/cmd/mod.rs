@@ -10,6 +10,7 @@ pub mod fit_classifier;
 pub mod import;
 pub mod loadgen;
 pub mod plan;
+pub mod plan_memory;
 pub mod serve;
 pub mod stages;
 pub mod up;

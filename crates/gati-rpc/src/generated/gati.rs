@@ -559,10 +559,11 @@ pub struct InferResponse {
   pub cache_layer: Option<String>,
   pub cache_version: Option<String>,
   pub timing: Timing,
+  pub cache_kind: Option<String>,
 }
 
 impl InferResponse {
-  pub fn new<F7, F8>(request_id: String, class_index: i32, class_name: String, confidence: OrderedFloat<f64>, top_k: Vec<ClassScore>, source: AnswerSource, cache_layer: F7, cache_version: F8, timing: Timing) -> InferResponse where F7: Into<Option<String>>, F8: Into<Option<String>> {
+  pub fn new<F7, F8, F10>(request_id: String, class_index: i32, class_name: String, confidence: OrderedFloat<f64>, top_k: Vec<ClassScore>, source: AnswerSource, cache_layer: F7, cache_version: F8, timing: Timing, cache_kind: F10) -> InferResponse where F7: Into<Option<String>>, F8: Into<Option<String>>, F10: Into<Option<String>> {
     InferResponse {
       request_id,
       class_index,
@@ -573,6 +574,7 @@ impl InferResponse {
       cache_layer: cache_layer.into(),
       cache_version: cache_version.into(),
       timing,
+      cache_kind: cache_kind.into(),
     }
   }
 }
@@ -589,6 +591,7 @@ impl TSerializable for InferResponse {
     let mut f_7: Option<String> = None;
     let mut f_8: Option<String> = None;
     let mut f_9: Option<Timing> = None;
+    let mut f_10: Option<String> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -638,6 +641,10 @@ impl TSerializable for InferResponse {
           let val = Timing::read_from_in_protocol(i_prot)?;
           f_9 = Some(val);
         },
+        10 => {
+          let val = i_prot.read_string()?;
+          f_10 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -662,6 +669,7 @@ impl TSerializable for InferResponse {
       cache_layer: f_7,
       cache_version: f_8,
       timing: f_9.expect("auto-generated code should have checked for presence of required fields"),
+      cache_kind: f_10,
     };
     Ok(ret)
   }
@@ -703,6 +711,11 @@ impl TSerializable for InferResponse {
     o_prot.write_field_begin(&TFieldIdentifier::new("timing", TType::Struct, 9))?;
     self.timing.write_to_out_protocol(o_prot)?;
     o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.cache_kind {
+      o_prot.write_field_begin(&TFieldIdentifier::new("cache_kind", TType::String, 10))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -1801,10 +1814,11 @@ pub struct BaseResult {
   pub cache_version: Option<String>,
   pub queue_ms: Option<OrderedFloat<f64>>,
   pub deadline_passed: Option<bool>,
+  pub cache_kind: Option<String>,
 }
 
 impl BaseResult {
-  pub fn new<F3, F6, F7, F8, F9, F10>(request_id: String, completed: bool, probs: F3, stages_run: i32, compute_ms: OrderedFloat<f64>, exit_stage: F6, cache_ms: F7, cache_version: F8, queue_ms: F9, deadline_passed: F10) -> BaseResult where F3: Into<Option<Vec<OrderedFloat<f64>>>>, F6: Into<Option<i32>>, F7: Into<Option<OrderedFloat<f64>>>, F8: Into<Option<String>>, F9: Into<Option<OrderedFloat<f64>>>, F10: Into<Option<bool>> {
+  pub fn new<F3, F6, F7, F8, F9, F10, F11>(request_id: String, completed: bool, probs: F3, stages_run: i32, compute_ms: OrderedFloat<f64>, exit_stage: F6, cache_ms: F7, cache_version: F8, queue_ms: F9, deadline_passed: F10, cache_kind: F11) -> BaseResult where F3: Into<Option<Vec<OrderedFloat<f64>>>>, F6: Into<Option<i32>>, F7: Into<Option<OrderedFloat<f64>>>, F8: Into<Option<String>>, F9: Into<Option<OrderedFloat<f64>>>, F10: Into<Option<bool>>, F11: Into<Option<String>> {
     BaseResult {
       request_id,
       completed,
@@ -1816,6 +1830,7 @@ impl BaseResult {
       cache_version: cache_version.into(),
       queue_ms: queue_ms.into(),
       deadline_passed: deadline_passed.into(),
+      cache_kind: cache_kind.into(),
     }
   }
 }
@@ -1833,6 +1848,7 @@ impl TSerializable for BaseResult {
     let mut f_8: Option<String> = None;
     let mut f_9: Option<OrderedFloat<f64>> = None;
     let mut f_10: Option<bool> = None;
+    let mut f_11: Option<String> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -1886,6 +1902,10 @@ impl TSerializable for BaseResult {
           let val = i_prot.read_bool()?;
           f_10 = Some(val);
         },
+        11 => {
+          let val = i_prot.read_string()?;
+          f_11 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -1908,6 +1928,7 @@ impl TSerializable for BaseResult {
       cache_version: f_8,
       queue_ms: f_9,
       deadline_passed: f_10,
+      cache_kind: f_11,
     };
     Ok(ret)
   }
@@ -1958,6 +1979,11 @@ impl TSerializable for BaseResult {
     if let Some(fld_var) = self.deadline_passed {
       o_prot.write_field_begin(&TFieldIdentifier::new("deadline_passed", TType::Bool, 10))?;
       o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.cache_kind {
+      o_prot.write_field_begin(&TFieldIdentifier::new("cache_kind", TType::String, 11))?;
+      o_prot.write_string(fld_var)?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
@@ -4452,6 +4478,7 @@ pub trait TBaseWorkerSyncClient {
   fn take_samples(&mut self, max_samples: i32) -> thrift::Result<SampleBatch>;
   fn install(&mut self, version: CacheVersion) -> thrift::Result<()>;
   fn serving_version(&mut self) -> thrift::Result<String>;
+  fn clear_memory(&mut self) -> thrift::Result<i64>;
 }
 
 pub trait TBaseWorkerSyncClientMarker {}
@@ -4654,6 +4681,33 @@ impl <C: TThriftClient + TBaseWorkerSyncClientMarker> TBaseWorkerSyncClient for 
       result.ok_or()
     }
   }
+  fn clear_memory(&mut self) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Call, self.sequence_number());
+        let call_args = BaseWorkerClearMemoryArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("clear_memory", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = BaseWorkerClearMemoryResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -4668,6 +4722,7 @@ pub trait BaseWorkerSyncHandler {
   fn handle_take_samples(&self, max_samples: i32) -> thrift::Result<SampleBatch>;
   fn handle_install(&self, version: CacheVersion) -> thrift::Result<()>;
   fn handle_serving_version(&self) -> thrift::Result<String>;
+  fn handle_clear_memory(&self) -> thrift::Result<i64>;
 }
 
 pub struct BaseWorkerSyncProcessor<H: BaseWorkerSyncHandler> {
@@ -4700,6 +4755,9 @@ impl <H: BaseWorkerSyncHandler> BaseWorkerSyncProcessor<H> {
   }
   fn process_serving_version(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TBaseWorkerProcessFunctions::process_serving_version(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_clear_memory(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TBaseWorkerProcessFunctions::process_clear_memory(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -5014,6 +5072,43 @@ impl TBaseWorkerProcessFunctions {
       },
     }
   }
+  pub fn process_clear_memory<H: BaseWorkerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = BaseWorkerClearMemoryArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_clear_memory() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = BaseWorkerClearMemoryResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: BaseWorkerSyncHandler> TProcessor for BaseWorkerSyncProcessor<H> {
@@ -5040,6 +5135,9 @@ impl <H: BaseWorkerSyncHandler> TProcessor for BaseWorkerSyncProcessor<H> {
       },
       "serving_version" => {
         self.process_serving_version(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "clear_memory" => {
+        self.process_clear_memory(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -5794,6 +5892,105 @@ impl BaseWorkerServingVersionResult {
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
       o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// BaseWorkerClearMemoryArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct BaseWorkerClearMemoryArgs {
+}
+
+impl BaseWorkerClearMemoryArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<BaseWorkerClearMemoryArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = BaseWorkerClearMemoryArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("clear_memory_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// BaseWorkerClearMemoryResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct BaseWorkerClearMemoryResult {
+  result_value: Option<i64>,
+}
+
+impl BaseWorkerClearMemoryResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for BaseWorkerClearMemory"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<BaseWorkerClearMemoryResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = BaseWorkerClearMemoryResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("BaseWorkerClearMemoryResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;

@@ -505,11 +505,12 @@ class InferResponse(object):
      - cache_layer
      - cache_version
      - timing
+     - cache_kind
 
     """
 
 
-    def __init__(self, request_id=None, class_index=None, class_name=None, confidence=None, top_k=None, source=None, cache_layer=None, cache_version=None, timing=None,):
+    def __init__(self, request_id=None, class_index=None, class_name=None, confidence=None, top_k=None, source=None, cache_layer=None, cache_version=None, timing=None, cache_kind=None,):
         self.request_id = request_id
         self.class_index = class_index
         self.class_name = class_name
@@ -519,6 +520,7 @@ class InferResponse(object):
         self.cache_layer = cache_layer
         self.cache_version = cache_version
         self.timing = timing
+        self.cache_kind = cache_kind
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -581,6 +583,11 @@ class InferResponse(object):
                     self.timing.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.STRING:
+                    self.cache_kind = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -629,6 +636,10 @@ class InferResponse(object):
         if self.timing is not None:
             oprot.writeFieldBegin('timing', TType.STRUCT, 9)
             self.timing.write(oprot)
+            oprot.writeFieldEnd()
+        if self.cache_kind is not None:
+            oprot.writeFieldBegin('cache_kind', TType.STRING, 10)
+            oprot.writeString(self.cache_kind.encode('utf-8') if sys.version_info[0] == 2 else self.cache_kind)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -1748,11 +1759,12 @@ class BaseResult(object):
      - cache_version
      - queue_ms
      - deadline_passed
+     - cache_kind
 
     """
 
 
-    def __init__(self, request_id=None, completed=None, probs=None, stages_run=None, compute_ms=None, exit_stage=None, cache_ms=None, cache_version=None, queue_ms=None, deadline_passed=None,):
+    def __init__(self, request_id=None, completed=None, probs=None, stages_run=None, compute_ms=None, exit_stage=None, cache_ms=None, cache_version=None, queue_ms=None, deadline_passed=None, cache_kind=None,):
         self.request_id = request_id
         self.completed = completed
         self.probs = probs
@@ -1763,6 +1775,7 @@ class BaseResult(object):
         self.cache_version = cache_version
         self.queue_ms = queue_ms
         self.deadline_passed = deadline_passed
+        self.cache_kind = cache_kind
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1828,6 +1841,11 @@ class BaseResult(object):
                     self.deadline_passed = iprot.readBool()
                 else:
                     iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.STRING:
+                    self.cache_kind = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1880,6 +1898,10 @@ class BaseResult(object):
         if self.deadline_passed is not None:
             oprot.writeFieldBegin('deadline_passed', TType.BOOL, 10)
             oprot.writeBool(self.deadline_passed)
+            oprot.writeFieldEnd()
+        if self.cache_kind is not None:
+            oprot.writeFieldBegin('cache_kind', TType.STRING, 11)
+            oprot.writeString(self.cache_kind.encode('utf-8') if sys.version_info[0] == 2 else self.cache_kind)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -3002,6 +3024,7 @@ InferResponse.thrift_spec = (
     (7, TType.STRING, 'cache_layer', 'UTF8', None, ),  # 7
     (8, TType.STRING, 'cache_version', 'UTF8', None, ),  # 8
     (9, TType.STRUCT, 'timing', [Timing, None], None, ),  # 9
+    (10, TType.STRING, 'cache_kind', 'UTF8', None, ),  # 10
 )
 all_structs.append(ModelInfo)
 ModelInfo.thrift_spec = (
@@ -3093,6 +3116,7 @@ BaseResult.thrift_spec = (
     (8, TType.STRING, 'cache_version', 'UTF8', None, ),  # 8
     (9, TType.DOUBLE, 'queue_ms', None, None, ),  # 9
     (10, TType.BOOL, 'deadline_passed', None, None, ),  # 10
+    (11, TType.STRING, 'cache_kind', 'UTF8', None, ),  # 11
 )
 all_structs.append(Sample)
 Sample.thrift_spec = (

@@ -1,0 +1,353 @@
+//! Memory caches: a bounded store of recent requests' keys (a pooled, normalised activation at one
+//! layer) with the answer the base model gave them, and a nearest-neighbour lookup. A request whose
+//! nearest stored key is close enough, and whose stored answer the base model was sure of, gets that
+//! answer and skips the rest of the network: what repeated and near-duplicate traffic (camera
+//! frames, the same people again) offers and ten-way heads cannot use.
+//!
+//! The store holds the answers the base model gave on complete runs and, where the planner found it
+//! pays within budget (`remember_cache_hits`), the learned caches' hits; `min_confidence` keeps
+//! hits to stored answers that were sure, where the base model is stable under small
+//! perturbations. Search is exact: one matrix product over the store.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Largest key length: the activation is average-pooled to the largest grid (4x4, 2x2, 1x1) whose
+/// key has at most this many values.
+pub const MAX_KEY_DIMS: i64 = 512;
+
+/// Where a memory cache sits and when it answers (`plan.json`'s `memory`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemorySpec {
+    pub layer: String,
+    pub stage: usize,
+    /// Side of the pooling grid of the key.
+    pub grid: i64,
+    /// Cosine similarity the nearest stored key must reach.
+    pub min_similarity: f32,
+    /// Confidence the base model must have had in the stored answer.
+    pub min_confidence: f32,
+    /// Bytes the store may hold (keys, answers and bookkeeping).
+    pub max_bytes: u64,
+    /// Stored entries at least `min_similarity` close that must name the same class (1: the
+    /// nearest alone). Two or more: the item was seen before and answered the same way each time,
+    /// so the base model is stable on it.
+    #[serde(default = "one")]
+    pub min_votes: usize,
+    /// On a hit, the entry's key moves to the query's (its answer stays): an entry follows an
+    /// object through the frames of a video, where each frame is nearest to the last.
+    #[serde(default)]
+    pub follow_hits: bool,
+    /// Also store the answers of the learned caches' hits (with the cache's confidence), not only
+    /// the base model's: a request a learned cache answered early is then remembered for its
+    /// repeats. The planner measures on the stream what that costs in fidelity.
+    #[serde(default)]
+    pub remember_cache_hits: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Neighbours a lookup returns: enough for any vote the planner tries.
+pub const NEIGHBOURS: usize = 3;
+
+/// A stored entry near a query: its similarity, class and confidence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbour {
+    pub similarity: f32,
+    pub class: usize,
+    pub confidence: f32,
+}
+
+/// The one hit rule (serving and the planner's replay): `nearest` best first.
+pub fn decide(nearest: &[Neighbour], min_similarity: f32, min_confidence: f32, min_votes: usize) -> Option<usize> {
+    let first = nearest.first()?;
+    let close: Vec<&Neighbour> = nearest.iter().filter(|n| n.similarity >= min_similarity).collect();
+    let agree = close.iter().all(|n| n.class == first.class);
+    (first.similarity >= min_similarity && first.confidence >= min_confidence && close.len() >= min_votes && agree)
+        .then_some(first.class)
+}
+
+impl MemorySpec {
+    /// The hit rule, on the nearest stored entries (best first): the nearest is close enough and
+    /// was a sure answer, at least `min_votes` entries are close enough, and all close ones agree.
+    pub fn decide(&self, nearest: &[Neighbour]) -> Option<usize> {
+        decide(nearest, self.min_similarity, self.min_confidence, self.min_votes)
+    }
+
+    /// Entries that fit in `max_bytes` with keys of `dims` values and answers over `classes`.
+    pub fn capacity(&self, dims: i64, classes: i64) -> usize {
+        (self.max_bytes / entry_bytes(dims, classes)) as usize
+    }
+}
+
+/// Bytes one entry takes: its key, its answer's softmax row, class, confidence and recency.
+pub fn entry_bytes(dims: i64, classes: i64) -> u64 {
+    (4 * dims + 4 * classes + 24) as u64
+}
+
+/// The pooling grid for an activation of `channels` x `height`: 4x4, 2x2 or 1x1.
+pub fn key_grid(channels: i64, height: i64) -> i64 {
+    [4, 2, 1]
+        .into_iter()
+        .find(|&g| g <= height && channels * g * g <= MAX_KEY_DIMS)
+        .unwrap_or(1)
+}
+
+/// Keys of a batch of activations `[n, C, H, W]`: pooled to `grid` x `grid`, centred and scaled to
+/// unit length, `[n, C·grid²]` (cosine similarity is then a dot product; centring makes it
+/// insensitive to a uniform brightness shift of the features).
+pub fn keys(activations: &Tensor, grid: i64) -> Tensor {
+    let k = activations
+        .to_kind(Kind::Float)
+        .adaptive_avg_pool2d([grid, grid])
+        .flatten(1, -1);
+    let k = &k - k.mean_dim(1, true, Kind::Float);
+    let norm = k.norm_scalaropt_dim(2.0, [1], true).clamp_min(1e-12);
+    k / norm
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    class: usize,
+    confidence: f32,
+    probs: Vec<f32>,
+    last_used: u64,
+}
+
+/// A bounded store with least-recently-used eviction. Keys live in one preallocated `[capacity, d]`
+/// tensor (empty slots are zero rows: similarity 0, below any threshold worth answering at).
+pub struct MemoryStore {
+    keys: Tensor,
+    entries: Vec<Option<Entry>>,
+    tick: u64,
+    dims: i64,
+    classes: i64,
+}
+
+impl MemoryStore {
+    pub fn new(capacity: usize, dims: i64, classes: i64) -> Self {
+        Self {
+            keys: Tensor::zeros([capacity as i64, dims], (Kind::Float, tch::Device::Cpu)),
+            entries: vec![None; capacity],
+            tick: 0,
+            dims,
+            classes,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.iter().filter(|e| e.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held: every slot's key and the live entries' answers.
+    pub fn bytes(&self) -> u64 {
+        self.capacity() as u64 * entry_bytes(self.dims, self.classes)
+    }
+
+    pub fn clear(&mut self) {
+        let _ = self.keys.zero_();
+        self.entries.iter_mut().for_each(|e| *e = None);
+    }
+
+    /// The `NEIGHBOURS` nearest stored entries to each row of `q` `[n, d]`, best first, with their
+    /// slots.
+    pub fn nearest(&self, q: &Tensor) -> Vec<Vec<(Neighbour, usize)>> {
+        let rows = q.size()[0] as usize;
+        if self.capacity() == 0 {
+            return vec![Vec::new(); rows];
+        }
+        let _g = tch::no_grad_guard();
+        let k = (NEIGHBOURS as i64).min(self.capacity() as i64);
+        let (sims, idx) = q.mm(&self.keys.tr()).topk(k, 1, true, true);
+        let sims = Vec::<f32>::try_from(sims.flatten(0, -1)).expect("f32");
+        let idx = Vec::<i64>::try_from(idx.flatten(0, -1)).expect("i64");
+        let k = k as usize;
+        (0..rows)
+            .map(|r| {
+                (0..k)
+                    .filter_map(|j| {
+                        let slot = idx[r * k + j] as usize;
+                        let e = self.entries[slot].as_ref()?;
+                        let n = Neighbour {
+                            similarity: sims[r * k + j],
+                            class: e.class,
+                            confidence: e.confidence,
+                        };
+                        Some((n, slot))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Marks an entry as used now.
+    fn touch(&mut self, slot: usize) {
+        if let Some(e) = self.entries[slot].as_mut() {
+            e.last_used = self.tick;
+        }
+    }
+
+    /// Stores `key` `[d]` with the base model's softmax row; evicts the least recently used entry
+    /// when full. Returns whether an entry was evicted.
+    pub fn insert(&mut self, key: &Tensor, probs: Vec<f32>) -> bool {
+        if self.capacity() == 0 {
+            return false;
+        }
+        let (class, confidence) = crate::outcomes::top1(&probs);
+        self.tick += 1;
+        let (slot, evicted) = match self.entries.iter().position(Option::is_none) {
+            Some(s) => (s, false),
+            None => {
+                let oldest = (0..self.entries.len())
+                    .min_by_key(|&s| self.entries[s].as_ref().map_or(0, |e| e.last_used))
+                    .expect("capacity > 0");
+                (oldest, true)
+            }
+        };
+        self.keys.get(slot as i64).copy_(&key.view([-1]));
+        self.entries[slot] = Some(Entry {
+            class,
+            confidence,
+            probs,
+            last_used: self.tick,
+        });
+        evicted
+    }
+
+    fn probs(&self, slot: usize) -> Option<Vec<f32>> {
+        self.entries[slot].as_ref().map(|e| e.probs.clone())
+    }
+}
+
+/// Counters a memory cache keeps (exported by the servers).
+#[derive(Debug, Default)]
+pub struct MemoryStats {
+    pub lookups: AtomicU64,
+    pub hits: AtomicU64,
+    pub inserts: AtomicU64,
+    pub evictions: AtomicU64,
+    /// Total lookup time, nanoseconds.
+    pub lookup_ns: AtomicU64,
+}
+
+/// A memory cache in service: its spec, its store (shared by every replica of a worker) and counters.
+pub struct MemoryCache {
+    pub spec: MemorySpec,
+    pub dims: i64,
+    store: Mutex<MemoryStore>,
+    pub stats: MemoryStats,
+}
+
+impl MemoryCache {
+    /// A memory cache for activations `[C, H, W]` at `spec.stage` of a model with `classes` classes.
+    pub fn new(spec: MemorySpec, shape: [i64; 3], classes: i64) -> Result<Self> {
+        let [c, h, _] = shape;
+        if spec.grid < 1 || spec.grid > h {
+            bail!(
+                "memory cache at '{}': grid {} does not fit a {h}x{h} map",
+                spec.layer,
+                spec.grid
+            );
+        }
+        let dims = c * spec.grid * spec.grid;
+        let capacity = spec.capacity(dims, classes);
+        if capacity == 0 {
+            bail!(
+                "memory cache at '{}': max_bytes {} holds no entry ({} bytes each)",
+                spec.layer,
+                spec.max_bytes,
+                entry_bytes(dims, classes)
+            );
+        }
+        Ok(Self {
+            store: Mutex::new(MemoryStore::new(capacity, dims, classes)),
+            spec,
+            dims,
+            stats: MemoryStats::default(),
+        })
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, MemoryStore> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keys of a batch of activations at this cache's layer.
+    pub fn keys(&self, activations: &Tensor) -> Tensor {
+        keys(activations, self.spec.grid)
+    }
+
+    /// For each key row: the stored softmax row and `(class, confidence)` on a hit, else None.
+    pub fn answer_rows(&self, keys: &Tensor) -> Vec<Option<(Vec<f32>, usize, f32)>> {
+        let t = Instant::now();
+        let mut store = self.store();
+        store.tick += 1;
+        let found = store.nearest(keys);
+        let out: Vec<_> = found
+            .into_iter()
+            .enumerate()
+            .map(|(i, near)| {
+                let ns: Vec<Neighbour> = near.iter().map(|(n, _)| *n).collect();
+                let class = self.spec.decide(&ns)?;
+                let (n, slot) = near[0];
+                store.touch(slot);
+                if self.spec.follow_hits {
+                    store.keys.get(slot as i64).copy_(&keys.get(i as i64));
+                }
+                Some((store.probs(slot)?, class, n.confidence))
+            })
+            .collect();
+        drop(store);
+        let n = keys.size()[0] as u64;
+        let hits = out.iter().filter(|o| o.is_some()).count() as u64;
+        self.stats.lookups.fetch_add(n, Ordering::Relaxed);
+        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
+        self.stats
+            .lookup_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// Stores the base model's answer (softmax row) for a key.
+    pub fn remember(&self, key: &Tensor, probs: Vec<f32>) {
+        let evicted = self.store().insert(key, probs);
+        self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+        if evicted {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.store().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.store().bytes()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.store().capacity()
+    }
+
+    /// Forgets every entry (counters stay).
+    pub fn clear(&self) {
+        self.store().clear();
+    }
+}

@@ -1,0 +1,199 @@
+//! Memory caches: near-duplicates answered and unrelated inputs not, bounded bytes with LRU
+//! eviction, and a threshold calibrated on one stream that holds its budget on another.
+
+use gati_cache::memory::{entry_bytes, keys, MemoryCache, MemorySpec};
+use gati_cache::memory_plan::{best_within, score_all, LayerKeys, StreamSample};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tch::{Kind, Tensor};
+
+const SHAPE: [i64; 3] = [16, 8, 8];
+const CLASSES: i64 = 10;
+
+fn spec(max_bytes: u64) -> MemorySpec {
+    MemorySpec {
+        layer: "layer1.0".into(),
+        stage: 1,
+        grid: 4,
+        min_similarity: 0.95,
+        min_confidence: 0.9,
+        min_votes: 1,
+        max_bytes,
+        remember_cache_hits: false,
+        follow_hits: false,
+    }
+}
+
+fn act(seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randn([1, SHAPE[0], SHAPE[1], SHAPE[2]], (Kind::Float, tch::Device::Cpu)).relu()
+}
+
+fn sure_of(class: usize, p: f32) -> Vec<f32> {
+    let mut v = vec![(1.0 - p) / (CLASSES as f32 - 1.0); CLASSES as usize];
+    v[class] = p;
+    v
+}
+
+#[test]
+fn a_near_duplicate_of_an_answered_input_hits_and_an_unrelated_one_does_not() {
+    let cache = MemoryCache::new(spec(1 << 20), SHAPE, CLASSES).unwrap();
+    let a = act(1);
+    cache.remember(&cache.keys(&a).get(0), sure_of(3, 0.995));
+    // The same input with a little noise and a brightness shift of its features.
+    tch::manual_seed(7);
+    let near = &a * 1.05 + 0.02 + Tensor::randn_like(&a) * 0.02;
+    let hits = cache.answer_rows(&cache.keys(&near));
+    let (probs, class, conf) = hits[0].clone().expect("a near-duplicate is answered");
+    assert_eq!((class, probs.len()), (3, CLASSES as usize));
+    assert!((conf - 0.995).abs() < 1e-6);
+    // Unrelated inputs miss, even with the store full of other answers.
+    for s in 2..40 {
+        cache.remember(&cache.keys(&act(s)).get(0), sure_of((s % 10) as usize, 0.999));
+    }
+    for s in 100..120 {
+        assert!(cache.answer_rows(&cache.keys(&act(s)))[0].is_none(), "input {s} hit");
+    }
+    // A stored answer the base model was unsure of is not repeated.
+    let b = act(200);
+    cache.remember(&cache.keys(&b).get(0), sure_of(5, 0.6));
+    assert!(cache.answer_rows(&cache.keys(&b))[0].is_none());
+    assert!(cache.answer_rows(&cache.keys(&near))[0].is_some());
+    let stats = &cache.stats;
+    assert_eq!(stats.hits.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(stats.lookups.load(std::sync::atomic::Ordering::Relaxed), 23);
+}
+
+#[test]
+fn eviction_keeps_the_store_under_its_byte_limit_and_drops_the_least_recently_used() {
+    let dims = SHAPE[0] * 16;
+    let max_bytes = 20 * entry_bytes(dims, CLASSES) + 7;
+    let cache = MemoryCache::new(spec(max_bytes), SHAPE, CLASSES).unwrap();
+    assert_eq!(cache.capacity(), 20);
+    let key = |s: i64| cache.keys(&act(s)).get(0);
+    for s in 0..20 {
+        cache.remember(&key(s), sure_of(1, 0.999));
+    }
+    // Use the first entry, so that the second is now the oldest.
+    assert!(cache.answer_rows(&key(0).unsqueeze(0))[0].is_some());
+    for s in 20..25 {
+        cache.remember(&key(s), sure_of(2, 0.999));
+        assert!(cache.bytes() <= max_bytes);
+        assert_eq!(cache.len(), 20);
+    }
+    assert_eq!(cache.stats.evictions.load(std::sync::atomic::Ordering::Relaxed), 5);
+    assert!(
+        cache.answer_rows(&key(0).unsqueeze(0))[0].is_some(),
+        "recently used entry evicted"
+    );
+    for s in 1..6 {
+        assert!(
+            cache.answer_rows(&key(s).unsqueeze(0))[0].is_none(),
+            "entry {s} should be evicted"
+        );
+    }
+    assert!(cache.answer_rows(&key(24).unsqueeze(0))[0].is_some());
+    // A limit below one entry is refused, naming the layer.
+    let e = MemoryCache::new(spec(10), SHAPE, CLASSES).err().unwrap().to_string();
+    assert!(e.contains("layer1.0") && e.contains("max_bytes"), "{e}");
+}
+
+/// A synthetic stream of items recurring as perturbed frames: an item's key is a fixed random
+/// direction plus frame noise; its base answer is stable when the base is confident and flips
+/// between two classes on a third of its frames when it is not.
+fn stream(seed: u64, n: usize) -> (Vec<StreamSample>, Tensor) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dims = 64;
+    let mut samples = Vec::new();
+    let mut rows = Vec::new();
+    let mut open: Vec<(Tensor, usize, f32, usize)> = Vec::new();
+    while samples.len() < n {
+        while open.len() < 4 {
+            let dir = Tensor::randn([dims], (Kind::Float, tch::Device::Cpu));
+            let unsure = rng.gen_bool(0.3);
+            let conf = if unsure {
+                rng.gen_range(0.4..0.8)
+            } else {
+                rng.gen_range(0.97..1.0)
+            };
+            open.push((dir, rng.gen_range(0..10), conf, 6));
+        }
+        let b = rng.gen_range(0..open.len());
+        let (dir, class, conf, left) = &mut open[b];
+        let flips = *conf < 0.9 && rng.gen_bool(0.33);
+        let base_class = if flips { (*class + 1) % 10 } else { *class };
+        let noise = Tensor::randn([dims], (Kind::Float, tch::Device::Cpu)) * 0.15;
+        rows.push((&*dir + noise).unsqueeze(0));
+        samples.push(StreamSample {
+            base_class,
+            base_confidence: *conf,
+            label: Some(*class as i64),
+            learned_class: base_class,
+            learned_stage: None,
+            learned_confidence: 0.0,
+            learned_ms: 10.0,
+        });
+        *left -= 1;
+        if *left == 0 {
+            let _ = open.swap_remove(b);
+        }
+    }
+    let k = Tensor::cat(&rows, 0);
+    let k = &k - k.mean_dim(1, true, Kind::Float);
+    let k = &k / k.norm_scalaropt_dim(2.0, [1], true);
+    (samples, k)
+}
+
+fn layer(keys: Tensor) -> LayerKeys {
+    LayerKeys {
+        layer: "layer1.0".into(),
+        stage: 1,
+        grid: 4,
+        keys,
+        hit_ms: 1.0,
+        lookup_ms: 0.05,
+    }
+}
+
+#[test]
+fn a_threshold_calibrated_on_one_stream_holds_the_budget_on_another() {
+    let budget = 0.02;
+    let (cal, cal_keys) = stream(1, 1500);
+    let scored = score_all(&cal, &[layer(cal_keys)], |_| 4096, 10.0);
+    let best = best_within(&scored, cal.len(), budget, 1.0).clone();
+    assert_eq!(best.layer, "layer1.0");
+    // Most repeats of confident items are answered from memory...
+    assert!(best.memory_hit_rate > 0.5, "{best:?}");
+    assert!(best.speedup > 2.0, "{best:?}");
+    // ...but not the unstable items: answering every repeat would break the budget.
+    let all = scored
+        .iter()
+        .find(|s| s.learned && s.min_confidence == 0.0 && s.min_similarity == 0.8)
+        .unwrap();
+    assert!(all.fidelity_loss > 2.0 * budget, "{all:?}");
+    // Held out: another stream, replayed with the chosen setting.
+    let (held, held_keys) = stream(2, 1500);
+    let again = score_all(&held, &[layer(held_keys)], |_| 4096, 10.0);
+    let same = again
+        .iter()
+        .find(|s| {
+            s.learned == best.learned
+                && s.min_similarity == best.min_similarity
+                && s.min_confidence == best.min_confidence
+        })
+        .unwrap();
+    assert!(same.fidelity_loss <= budget, "{same:?}");
+    assert!(same.memory_hit_rate > 0.5, "{same:?}");
+}
+
+#[test]
+fn keys_are_unit_length_and_ignore_a_uniform_shift() {
+    let a = act(3);
+    let k = keys(&a, 4);
+    assert_eq!(k.size(), [1, 16 * 16]);
+    let norm = k.norm().double_value(&[]);
+    assert!((norm - 1.0).abs() < 1e-5);
+    let shifted = keys(&(&a + 0.5), 4);
+    let sim = (&k * &shifted).sum(Kind::Float).double_value(&[]);
+    assert!(sim > 0.9999, "{sim}");
+}
