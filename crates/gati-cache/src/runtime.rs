@@ -319,28 +319,25 @@ impl EarlyExit {
                 let t = std::time::Instant::now();
                 let k_all = mem.keys(&h);
                 let asking: Vec<usize> = (0..rows.len()).filter(|&i| out[rows[i]].hit.is_none()).collect();
-                let answers = mem.answer_rows(&select_rows(&k_all, &asking, rows.len()));
+                let answers: Vec<CacheAnswer> = mem
+                    .answer_rows(&select_rows(&k_all, &asking, rows.len()))
+                    .into_iter()
+                    .map(|a| match a {
+                        Some((probs, class, confidence)) => (probs, Some((class, confidence))),
+                        None => (Vec::new(), None),
+                    })
+                    .collect();
                 let ms = t.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
                 for (i, &r) in rows.iter().enumerate() {
                     keys[r] = Some(k_all.get(i as i64));
                 }
-                let mut leaving = Vec::new();
-                for (&i, answer) in asking.iter().zip(answers) {
-                    let r = rows[i];
-                    out[r].cache_ms += ms;
-                    if let Some((probs, class, confidence)) = answer {
-                        out[r].hit = Some(Hit {
-                            cache: None,
-                            stage: k,
-                            probs,
-                            class,
-                            confidence,
-                        });
-                        if !hooks.run_on_after_hit(r) {
-                            leaving.push(r);
-                        }
-                    }
-                }
+                let answered = Answered {
+                    cache: None,
+                    stage: k,
+                    asking: &asking,
+                    ms,
+                };
+                let leaving = answered.settle(&mut out, &rows, answers, hooks, |_, _| {});
                 if !leaving.is_empty() {
                     (h, rows) = keep_rows(&h, &rows, |r| !leaving.contains(&r));
                     if rows.is_empty() {
@@ -354,31 +351,20 @@ impl EarlyExit {
                     continue;
                 }
                 let t = std::time::Instant::now();
-                let acts = select_rows(&h, &asking, rows.len());
-                let answers = cache.answer_rows(&acts);
-                let ms = t.elapsed().as_secs_f64() * 1e3 / asking.len() as f64;
-                let mut leaving = Vec::new();
-                for (&i, (probs, hit)) in asking.iter().zip(answers) {
-                    let r = rows[i];
-                    out[r].cache_ms += ms;
-                    if let Some((class, confidence)) = hit {
-                        if let Some(mem) = memory.filter(|m| m.spec.remember_cache_hits) {
-                            if let Some(key) = keys[r].take() {
-                                mem.remember(&key, probs.clone());
-                            }
-                        }
-                        out[r].hit = Some(Hit {
-                            cache: Some(c),
-                            stage: k,
-                            probs,
-                            class,
-                            confidence,
-                        });
-                        if !hooks.run_on_after_hit(r) {
-                            leaving.push(r);
-                        }
+                let answers = cache.answer_rows(&select_rows(&h, &asking, rows.len()));
+                let answered = Answered {
+                    cache: Some(c),
+                    stage: k,
+                    asking: &asking,
+                    ms: t.elapsed().as_secs_f64() * 1e3 / asking.len() as f64,
+                };
+                // A learned hit is remembered for its repeats where the plan says so.
+                let remember = memory.filter(|m| m.spec.remember_cache_hits);
+                let leaving = answered.settle(&mut out, &rows, answers, hooks, |r, probs| {
+                    if let (Some(mem), Some(key)) = (remember, keys[r].take()) {
+                        mem.remember(&key, probs.to_vec());
                     }
-                }
+                });
                 if !leaving.is_empty() {
                     (h, rows) = keep_rows(&h, &rows, |r| !leaving.contains(&r));
                     if rows.is_empty() {
@@ -396,6 +382,49 @@ impl EarlyExit {
             out[r].logits = Some(z);
         }
         out
+    }
+}
+
+/// One cache's answers for the samples that asked it (positions in `rows`).
+struct Answered<'a> {
+    /// Position of the cache in the plan; None: the memory cache.
+    cache: Option<usize>,
+    stage: usize,
+    asking: &'a [usize],
+    /// Each asking sample's share of the cache's time.
+    ms: f64,
+}
+
+impl Answered<'_> {
+    /// Records each asking sample's time and hit (`on_hit` sees a hit's sample and softmax row
+    /// first); returns the samples that leave the batch.
+    fn settle(
+        &self,
+        out: &mut [Walked],
+        rows: &[usize],
+        answers: Vec<CacheAnswer>,
+        hooks: &mut impl Hooks,
+        mut on_hit: impl FnMut(usize, &[f32]),
+    ) -> Vec<usize> {
+        let mut leaving = Vec::new();
+        for (&i, (probs, hit)) in self.asking.iter().zip(answers) {
+            let r = rows[i];
+            out[r].cache_ms += self.ms;
+            if let Some((class, confidence)) = hit {
+                on_hit(r, &probs);
+                out[r].hit = Some(Hit {
+                    cache: self.cache,
+                    stage: self.stage,
+                    probs,
+                    class,
+                    confidence,
+                });
+                if !hooks.run_on_after_hit(r) {
+                    leaving.push(r);
+                }
+            }
+        }
+        leaving
     }
 }
 
