@@ -70,7 +70,7 @@ report = {
     "max_bytes": max(s["bytes"] for s in samples), "limit_bytes": limit,
     "max_entries": max(s["entries"] for s in samples), "evictions": samples[-1]["evictions"],
     "memory_hit_rate": samples[-1]["hits"] / max(samples[-1]["lookups"], 1),
-    "base_rss_mb_first_last": [samples[0]["rss_kb"] / 1024, samples[-1]["rss_kb"] / 1024],
+    "cluster_rss_mb_first_last": [samples[0]["rss_kb"] / 1024, samples[-1]["rss_kb"] / 1024],
     "samples": samples,
 }
 report["pass"] = report["max_bytes"] <= limit and report["evictions"] > 0 and not report["errors"]
