@@ -316,14 +316,7 @@ pub fn prepare(
     let cum = crate::planner::cumulative(stage_ms);
     let base_ms = *cum.last().unwrap_or(&0.0);
     // Learned caches consulted up to and including stage k.
-    let costs_to = |k: usize| -> f64 {
-        ee.caches
-            .iter()
-            .zip(cache_costs_ms)
-            .filter(|(c, _)| c.stage <= k)
-            .map(|(_, &ms)| ms)
-            .sum()
-    };
+    // Cost of the learned caches at stages before `k`: those a request consults before stage k's.
     let learned_before = |k: usize| -> f64 {
         ee.caches
             .iter()
@@ -332,6 +325,8 @@ pub fn prepare(
             .map(|(_, &ms)| ms)
             .sum()
     };
+    // Up to and including stage k's.
+    let costs_to = |k: usize| learned_before(k.saturating_add(1));
     let mut samples = Vec::with_capacity(stream.len());
     let mut keys: Vec<Vec<Tensor>> = stages.iter().map(|_| Vec::new()).collect();
     let grids: Vec<i64> = stages
