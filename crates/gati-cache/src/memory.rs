@@ -82,8 +82,13 @@ impl MemorySpec {
 
     /// Entries that fit in `max_bytes` with keys of `dims` values and answers over `classes`.
     pub fn capacity(&self, dims: i64, classes: i64) -> usize {
-        (self.max_bytes / entry_bytes(dims, classes)) as usize
+        capacity(self.max_bytes, dims, classes)
     }
+}
+
+/// Entries that fit in `max_bytes` with keys of `dims` values and answers over `classes`.
+pub fn capacity(max_bytes: u64, dims: i64, classes: i64) -> usize {
+    (max_bytes / entry_bytes(dims, classes)) as usize
 }
 
 /// Bytes one entry takes: its key, its answer's softmax row, class, confidence and recency.
@@ -125,6 +130,8 @@ struct Entry {
 pub struct MemoryStore {
     keys: Tensor,
     entries: Vec<Option<Entry>>,
+    /// Live entries; they fill slots from the front (entries leave only all at once, on clear).
+    live: usize,
     tick: u64,
     dims: i64,
     classes: i64,
@@ -135,6 +142,7 @@ impl MemoryStore {
         Self {
             keys: Tensor::zeros([capacity as i64, dims], (Kind::Float, tch::Device::Cpu)),
             entries: vec![None; capacity],
+            live: 0,
             tick: 0,
             dims,
             classes,
@@ -146,11 +154,11 @@ impl MemoryStore {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.iter().filter(|e| e.is_some()).count()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.live == 0
     }
 
     /// Bytes held: every slot's key and the live entries' answers.
@@ -161,6 +169,7 @@ impl MemoryStore {
     pub fn clear(&mut self) {
         let _ = self.keys.zero_();
         self.entries.iter_mut().for_each(|e| *e = None);
+        self.live = 0;
     }
 
     /// The `NEIGHBOURS` nearest stored entries to each row of `q` `[n, d]`, best first, with their
@@ -209,14 +218,14 @@ impl MemoryStore {
         }
         let (class, confidence) = crate::outcomes::top1(&probs);
         self.tick += 1;
-        let (slot, evicted) = match self.entries.iter().position(Option::is_none) {
-            Some(s) => (s, false),
-            None => {
-                let oldest = (0..self.entries.len())
-                    .min_by_key(|&s| self.entries[s].as_ref().map_or(0, |e| e.last_used))
-                    .expect("capacity > 0");
-                (oldest, true)
-            }
+        let (slot, evicted) = if self.live < self.capacity() {
+            self.live += 1;
+            (self.live - 1, false)
+        } else {
+            let oldest = (0..self.entries.len())
+                .min_by_key(|&s| self.entries[s].as_ref().map_or(0, |e| e.last_used))
+                .expect("capacity > 0");
+            (oldest, true)
         };
         self.keys.get(slot as i64).copy_(&key.view([-1]));
         self.entries[slot] = Some(Entry {

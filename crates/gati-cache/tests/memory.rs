@@ -24,9 +24,21 @@ fn spec(max_bytes: u64) -> MemorySpec {
     }
 }
 
-fn act(seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::randn([1, SHAPE[0], SHAPE[1], SHAPE[2]], (Kind::Float, tch::Device::Cpu)).relu()
+/// Standard normal values from a seeded local generator: libtorch's global generator is
+/// shared by the tests running beside this one, so a seed set there does not fix the values.
+fn randn(rng: &mut StdRng, shape: &[i64]) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u, w): (f32, f32) = (rng.gen_range(f32::EPSILON..1.0), rng.gen());
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * w).cos()
+        })
+        .collect();
+    Tensor::from_slice(&v).view(shape)
+}
+
+fn act(seed: u64) -> Tensor {
+    randn(&mut StdRng::seed_from_u64(seed), &[1, SHAPE[0], SHAPE[1], SHAPE[2]]).relu()
 }
 
 fn sure_of(class: usize, p: f32) -> Vec<f32> {
@@ -41,8 +53,7 @@ fn a_near_duplicate_of_an_answered_input_hits_and_an_unrelated_one_does_not() {
     let a = act(1);
     cache.remember(&cache.keys(&a).get(0), sure_of(3, 0.995));
     // The same input with a little noise and a brightness shift of its features.
-    tch::manual_seed(7);
-    let near = &a * 1.05 + 0.02 + Tensor::randn_like(&a) * 0.02;
+    let near = &a * 1.05 + 0.02 + randn(&mut StdRng::seed_from_u64(7), &a.size()) * 0.02;
     let hits = cache.answer_rows(&cache.keys(&near));
     let (probs, class, conf) = hits[0].clone().expect("a near-duplicate is answered");
     assert_eq!((class, probs.len()), (3, CLASSES as usize));
@@ -70,7 +81,7 @@ fn eviction_keeps_the_store_under_its_byte_limit_and_drops_the_least_recently_us
     let max_bytes = 20 * entry_bytes(dims, CLASSES) + 7;
     let cache = MemoryCache::new(spec(max_bytes), SHAPE, CLASSES).unwrap();
     assert_eq!(cache.capacity(), 20);
-    let key = |s: i64| cache.keys(&act(s)).get(0);
+    let key = |s: u64| cache.keys(&act(s)).get(0);
     for s in 0..20 {
         cache.remember(&key(s), sure_of(1, 0.999));
     }
@@ -109,7 +120,7 @@ fn stream(seed: u64, n: usize) -> (Vec<StreamSample>, Tensor) {
     let mut open: Vec<(Tensor, usize, f32, usize)> = Vec::new();
     while samples.len() < n {
         while open.len() < 4 {
-            let dir = Tensor::randn([dims], (Kind::Float, tch::Device::Cpu));
+            let dir = randn(&mut rng, &[dims]);
             let unsure = rng.gen_bool(0.3);
             let conf = if unsure {
                 rng.gen_range(0.4..0.8)
@@ -122,7 +133,7 @@ fn stream(seed: u64, n: usize) -> (Vec<StreamSample>, Tensor) {
         let (dir, class, conf, left) = &mut open[b];
         let flips = *conf < 0.9 && rng.gen_bool(0.33);
         let base_class = if flips { (*class + 1) % 10 } else { *class };
-        let noise = Tensor::randn([dims], (Kind::Float, tch::Device::Cpu)) * 0.15;
+        let noise = randn(&mut rng, &[dims]) * 0.15;
         rows.push((&*dir + noise).unsqueeze(0));
         samples.push(StreamSample {
             base_class,

@@ -136,11 +136,15 @@ impl BaseWorker {
         } else {
             StartVersion::plan()
         };
+        // One memory store for the worker (built with the first replica, shared by the rest): a
+        // near-duplicate hits whichever replica runs it.
+        let mut rest = serving.clone();
+        rest.memory = None;
         let mut pool: Vec<Replica> = Vec::new();
         for _ in 0..replicas.max(1) {
             let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
-            let mut ee = EarlyExit::from_plan(&serving, model, &plan.caches_path(&cluster.plan))?;
-            // One memory store for the worker: a near-duplicate hits whichever replica runs it.
+            let this = if pool.is_empty() { &serving } else { &rest };
+            let mut ee = EarlyExit::from_plan(this, model, &plan.caches_path(&cluster.plan))?;
             if let Some(first) = pool.first() {
                 ee.memory.clone_from(&first.ee.memory);
             }

@@ -129,21 +129,14 @@ pub fn run(a: Args) -> Result<()> {
             None => break,
         }
     }
+    let capacity_of = |lk: &memory_plan::LayerKeys| gati_cache::memory::capacity(max_bytes, lk.keys.size()[1], classes);
     let mut tried = Vec::new();
     for l in &learned {
         let base = BaseModel::load(&original.model, &original.weights, tch::Device::Cpu)?;
         let ee = EarlyExit::from_plan(&l.plan, base, &l.caches)?;
         let costs: Vec<f64> = l.plan.caches.iter().map(|c| c.cost_ms).collect();
         let (samples, layers) = memory_plan::prepare(&ee, &frames, &stages, &original.stage_ms, &costs, &lookup_ms);
-        let scored = memory_plan::score_all(
-            &samples,
-            &layers,
-            |lk| {
-                let dims = lk.keys.size()[1];
-                (max_bytes / gati_cache::memory::entry_bytes(dims, classes)) as usize
-            },
-            base_ms,
-        );
+        let scored = memory_plan::score_all(&samples, &layers, capacity_of, base_ms);
         let best = memory_plan::best_within(&scored, n, budget, a.margin_sigmas).clone();
         eprintln!(
             "plan-memory: learned caches at {:.2}%: alone {:.2}x, with memory {:.2}x",
@@ -203,9 +196,7 @@ pub fn run(a: Args) -> Result<()> {
         sure_changed: sure_changed as f64 / sure.max(1) as f64,
     };
     let learned_only = scored[0].clone();
-    let capacity = layers.iter().find(|l| l.stage == best.stage).map_or(0, |l| {
-        (max_bytes / gati_cache::memory::entry_bytes(l.keys.size()[1], classes)) as usize
-    });
+    let capacity = layers.iter().find(|l| l.stage == best.stage).map_or(0, capacity_of);
     if !best.layer.is_empty() {
         if !best.learned {
             plan.caches.clear();
