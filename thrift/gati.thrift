@@ -293,6 +293,15 @@ struct CacheResult {
   7: optional string version,
   // The cache model's softmax over all classes (a hit's top-k comes from it).
   8: optional list<double> probs,
+  // "learned" (a cache model; the default) or "memory" (a stored answer to a near-duplicate).
+  9: optional string cache_kind,
+}
+
+// The answer the selector gave a request (the base model's, or a cache's it trusts), for the
+// memory cache of the worker that looked the request up.
+struct FinalAnswer {
+  1: required string request_id,
+  2: required list<double> probs,
 }
 
 service CacheWorker {
@@ -303,6 +312,11 @@ service CacheWorker {
   // Replaces this worker's caches (only the layers it serves are taken from the version).
   void install(1: CacheVersion version) throws (1: InvalidInput invalid),
   string serving_version(),
+  // Stores a request's answer under the key its lookup kept (memory cache workers; a request not
+  // looked up here, or forgotten since, is ignored).
+  oneway void remember(1: FinalAnswer answer),
+  // As BaseWorker.clear_memory, for the memory cache this worker holds.
+  i64 clear_memory(),
 }
 
 service Selector {

@@ -256,16 +256,27 @@ impl LocalCluster {
         })
     }
 
-    /// Empties the base worker's memory cache (a no-op without one).
+    /// Empties the memory cache of the base worker and of every cache worker (a no-op without one).
     pub fn clear_memory(&self) {
         let c = &self.cluster;
-        let pool = gati_server::net::Pool::new(
+        let timeout = Some(Duration::from_secs(10));
+        let base = gati_server::net::Pool::new(
             &c.base.listen,
-            Some(Duration::from_secs(10)),
+            timeout,
             c.token.clone(),
             gati_rpc::BaseWorkerSyncClient::new,
         );
-        if let Err(e) = pool.call(gati_rpc::TBaseWorkerSyncClient::clear_memory) {
+        let mut failed = base.call(gati_rpc::TBaseWorkerSyncClient::clear_memory).err();
+        for w in &c.caches {
+            let pool = gati_server::net::Pool::new(
+                &w.endpoint.listen,
+                timeout,
+                c.token.clone(),
+                gati_rpc::CacheWorkerSyncClient::new,
+            );
+            failed = failed.or(pool.call(gati_rpc::TCacheWorkerSyncClient::clear_memory).err());
+        }
+        if let Some(e) = failed {
             eprintln!("bench: clearing the memory cache failed: {e}");
         }
     }

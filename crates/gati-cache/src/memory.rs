@@ -355,8 +355,11 @@ impl MemoryCache {
         self.store().capacity()
     }
 
-    /// Forgets every entry (counters stay).
-    pub fn clear(&self) {
-        self.store().clear();
+    /// Forgets every entry (counters stay); how many there were.
+    pub fn clear(&self) -> usize {
+        let mut store = self.store();
+        let n = store.len();
+        store.clear();
+        n
     }
 }

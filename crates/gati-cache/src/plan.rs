@@ -385,4 +385,14 @@ impl Plan {
     pub fn caches_path(&self, dir: &Path) -> PathBuf {
         dir.join(&self.caches_file)
     }
+
+    /// The layers a cache consults, learned or memory, each once, in stage order: what a
+    /// distributed deployment streams to its cache workers.
+    pub fn cache_layers(&self) -> Vec<(usize, String)> {
+        let mut l: Vec<(usize, String)> = self.caches.iter().map(|c| (c.stage, c.layer.clone())).collect();
+        l.extend(self.memory.iter().map(|m| (m.spec.stage, m.spec.layer.clone())));
+        l.sort();
+        l.dedup();
+        l
+    }
 }

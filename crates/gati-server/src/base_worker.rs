@@ -217,10 +217,10 @@ impl BaseWorker {
         )?;
         let mut links = BTreeMap::new();
         if cluster.mode == ServeMode::Distributed {
-            for pc in &plan.caches {
-                if let Some(addr) = cluster.cache_for_layer(&pc.layer) {
+            for (stage, layer) in plan.cache_layers() {
+                if let Some(addr) = cluster.cache_for_layer(&layer) {
                     links.insert(
-                        pc.stage as i32,
+                        stage as i32,
                         CacheLink::start(addr, cluster.token.clone(), metrics.dropped.clone(), sent.clone()),
                     );
                 }
@@ -480,11 +480,7 @@ impl BaseWorker {
 
     /// Forgets the memory cache's entries; how many there were.
     fn clear_memory(&self) -> usize {
-        self.memory.as_ref().map_or(0, |m| {
-            let n = m.len();
-            m.clear();
-            n
-        })
+        self.memory.as_ref().map_or(0, |m| m.clear())
     }
 
     fn serving_version(&self) -> String {

@@ -4,6 +4,7 @@
 
 use crate::config::Cluster;
 use crate::errors::ServingError;
+use crate::frontend::{LEARNED, MEMORY};
 use crate::learning;
 use crate::metrics::registered;
 use crate::net::{self, Pool};
@@ -18,6 +19,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Reg
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tch::Tensor;
 
 type SelectorClient = SelectorSyncClient<net::In, net::Out>;
 
@@ -34,6 +36,40 @@ pub struct CacheWorker {
     selector: String,
     token: Option<net::Token>,
     fault_delay: Duration,
+    /// The plan's memory cache, when this worker serves its layer.
+    memory: Option<std::sync::Arc<gati_cache::memory::MemoryCache>>,
+    /// Keys of requests looked up in the memory and missed, until their answer arrives.
+    pending: Mutex<PendingKeys>,
+}
+
+/// Memory keys waiting for their request's final answer, oldest dropped first: a request
+/// answered by a cache model, or whose answer was lost, is never remembered.
+#[derive(Default)]
+struct PendingKeys {
+    keys: HashMap<String, Tensor>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl PendingKeys {
+    /// Requests in flight at once are far fewer: the frontend admits `max_in_flight`.
+    const MAX: usize = 4096;
+
+    fn keep(&mut self, id: &str, key: Tensor) {
+        while self.order.len() >= Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        if self.keys.insert(id.to_string(), key).is_none() {
+            self.order.push_back(id.to_string());
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<Tensor> {
+        let key = self.keys.remove(id)?;
+        self.order.retain(|o| o != id);
+        Some(key)
+    }
 }
 
 impl CacheWorker {
@@ -45,8 +81,9 @@ impl CacheWorker {
             );
         };
         let plan = Plan::load(&cluster.plan)?;
+        let cache_layers = plan.cache_layers();
         for l in &me.layers {
-            if !plan.caches.iter().any(|c| &c.layer == l) {
+            if !cache_layers.iter().any(|(_, c)| c == l) {
                 bail!(
                     "layer '{l}' of caches[{index}] has no cache in plan {}",
                     cluster.plan.display()
@@ -60,6 +97,14 @@ impl CacheWorker {
             .enumerate()
             .map(|(k, s)| (k as i32, s.output_shape.clone()))
             .collect();
+        let memory = match &plan.memory {
+            Some(m) if me.layers.contains(&m.spec.layer) => {
+                let cache = std::sync::Arc::new(gati_cache::runtime::memory_cache(&model, &m.spec)?);
+                registry.register(Box::new(crate::metrics::MemoryCollector::new(cache.clone())?))?;
+                Some(cache)
+            }
+            _ => None,
+        };
         let mut ee = EarlyExit::with_layers(&plan, model, &plan.caches_path(&cluster.plan), Some(&me.layers))?;
         let start = learning::StartVersion::read(cluster)?;
         start.install(&mut ee)?;
@@ -95,7 +140,73 @@ impl CacheWorker {
             selector: cluster.selector.clone(),
             token: cluster.token.clone(),
             fault_delay: Duration::from_millis(me.fault_delay_ms),
+            memory,
+            pending: Mutex::new(PendingKeys::default()),
         })
+    }
+
+    /// Result of a lookup at `a.stage`, learned or memory.
+    fn result(
+        a: &Activation,
+        hit: Option<(usize, f32)>,
+        probs: Vec<f32>,
+        kind: &str,
+        version: Option<String>,
+        t0: Instant,
+    ) -> CacheResult {
+        let (class, conf) = hit.map_or((-1, 0.0), |(c, p)| (c as i32, p as f64));
+        CacheResult {
+            request_id: a.request_id.clone(),
+            stage: a.stage,
+            hit: hit.is_some(),
+            class_index: class,
+            confidence: thrift::OrderedFloat(conf),
+            compute_ms: thrift::OrderedFloat(t0.elapsed().as_secs_f64() * 1e3),
+            version,
+            probs: (!probs.is_empty()).then(|| probs.into_iter().map(|p| thrift::OrderedFloat(p as f64)).collect()),
+            cache_kind: Some(kind.into()),
+        }
+    }
+
+    fn count(&self, layer: &str, hit: bool, t0: Instant) {
+        let outcome = if hit { "hit" } else { "miss" };
+        self.lookups.with_label_values(&[layer, outcome]).inc();
+        self.lookup_seconds
+            .with_label_values(&[layer])
+            .observe(t0.elapsed().as_secs_f64());
+    }
+
+    /// The memory cache's lookup, when it is at this stage: a hit, or None after keeping the key
+    /// for the request's answer.
+    fn recall(&self, a: &Activation, x: &Tensor, t0: Instant) -> Option<CacheResult> {
+        let mem = self.memory.as_ref().filter(|m| m.spec.stage as i32 == a.stage)?;
+        let key = mem.keys(x);
+        let found = mem.answer_rows(&key).pop().flatten();
+        let label = gati_cache::evaluate::memory_label(&mem.spec.layer);
+        self.count(&label, found.is_some(), t0);
+        match found {
+            Some((probs, class, confidence)) => {
+                Some(Self::result(a, Some((class, confidence)), probs, MEMORY, None, t0))
+            }
+            None => {
+                lock(&self.pending).keep(&a.request_id, key.get(0));
+                None
+            }
+        }
+    }
+
+    /// Stores a request's final answer under the key its lookup kept.
+    fn remember(&self, answer: FinalAnswer) {
+        let Some(mem) = &self.memory else {
+            return;
+        };
+        if let Some(key) = lock(&self.pending).take(&answer.request_id) {
+            mem.remember(&key, answer.probs.iter().map(|p| p.0 as f32).collect());
+        }
+    }
+
+    fn clear_memory(&self) -> usize {
+        self.memory.as_ref().map_or(0, |m| m.clear())
     }
 
     fn evaluate(&self, a: &Activation) -> thrift::Result<CacheResult> {
@@ -111,9 +222,18 @@ impl CacheWorker {
                 x.size()
             ))));
         }
+        let memory_here = self.memory.as_ref().is_some_and(|m| m.spec.stage as i32 == a.stage);
+        // The memory first, as in the inline walk: a stored answer is cheaper than a cache model.
+        if let Some(hit) = self.recall(a, &x, t0) {
+            return Ok(hit);
+        }
         let guard = lock(&self.caches);
         let (ee, version) = (&guard.0, guard.1.clone());
         let Some(c) = ee.cache_at(a.stage as usize) else {
+            drop(guard);
+            if memory_here {
+                return Ok(Self::result(a, None, Vec::new(), MEMORY, None, t0));
+            }
             return Err(thrift::Error::from(ServingError::InvalidInput(format!(
                 "no cache for stage {} here",
                 a.stage
@@ -122,22 +242,8 @@ impl CacheWorker {
         let (probs, hit) = EarlyExit::consult(c, &x);
         let layer = c.layer.clone();
         drop(guard);
-        let outcome = if hit.is_some() { "hit" } else { "miss" };
-        self.lookups.with_label_values(&[layer.as_str(), outcome]).inc();
-        self.lookup_seconds
-            .with_label_values(&[layer.as_str()])
-            .observe(t0.elapsed().as_secs_f64());
-        let (class, conf) = hit.map_or((-1, 0.0), |(c, p)| (c as i32, p as f64));
-        Ok(CacheResult {
-            request_id: a.request_id.clone(),
-            stage: a.stage,
-            hit: hit.is_some(),
-            class_index: class,
-            confidence: thrift::OrderedFloat(conf),
-            compute_ms: thrift::OrderedFloat(t0.elapsed().as_secs_f64() * 1e3),
-            version: Some(version),
-            probs: Some(probs.into_iter().map(|p| thrift::OrderedFloat(p as f64)).collect()),
-        })
+        self.count(&layer, hit.is_some(), t0);
+        Ok(Self::result(a, hit, probs, LEARNED, Some(version), t0))
     }
 
     /// Installs a version between two lookups.
@@ -202,5 +308,14 @@ impl CacheWorkerSyncHandler for Handler {
 
     fn handle_serving_version(&self) -> thrift::Result<String> {
         Ok(lock(&self.0.caches).1.clone())
+    }
+
+    fn handle_remember(&self, answer: FinalAnswer) -> thrift::Result<()> {
+        self.0.remember(answer);
+        Ok(())
+    }
+
+    fn handle_clear_memory(&self) -> thrift::Result<i64> {
+        Ok(self.0.clear_memory() as i64)
     }
 }

@@ -114,6 +114,8 @@ pub struct Frontend {
     base: Arc<Pool<BaseClient>>,
     base_control: Pool<BaseClient>,
     caches: Vec<Pool<CacheClient>>,
+    /// The cache worker holding the plan's memory cache (distributed mode), told each answer.
+    memory_worker: Option<usize>,
     pending: Mutex<HashMap<String, Sender<Msg>>>,
     /// Requests admitted at once (`max_in_flight`); the gauge `gati_in_flight` mirrors it.
     admitted: Permits,
@@ -178,6 +180,11 @@ impl Frontend {
                     )
                 })
                 .collect(),
+            memory_worker: plan
+                .memory
+                .as_ref()
+                .filter(|_| cluster.mode == ServeMode::Distributed)
+                .and_then(|m| cluster.caches.iter().position(|c| c.layers.contains(&m.spec.layer))),
             cluster: cluster.clone(),
             plan,
             spec,
@@ -289,7 +296,7 @@ impl Frontend {
     }
 
     fn distributed(&self) -> bool {
-        self.cluster.mode == ServeMode::Distributed && !self.plan.caches.is_empty()
+        self.cluster.mode == ServeMode::Distributed && !self.plan.cache_layers().is_empty()
     }
 
     /// Checks a request and turns it into the base worker's request.
@@ -326,7 +333,7 @@ impl Frontend {
                 request_id: id,
                 input: tensor_to_wire(&x),
                 stream_stages: if distributed {
-                    self.plan.caches.iter().map(|c| c.stage as i32).collect()
+                    self.plan.cache_layers().iter().map(|(s, _)| *s as i32).collect()
                 } else {
                     vec![]
                 },
@@ -394,16 +401,11 @@ impl Frontend {
         let resp = match settled {
             Msg::Cache(r) => {
                 timing.cache_ms = r.compute_ms;
-                let layer = self.layer_name(r.stage);
                 let scores = match &r.probs {
                     Some(probs) => self.top_scores(probs, p.top_k),
                     None => vec![self.score(r.class_index as usize, r.confidence.0)],
                 };
-                let hit = CacheHit {
-                    layer,
-                    version: r.version,
-                    kind: LEARNED.into(),
-                };
+                let hit = self.cache_hit(r.stage, r.cache_kind, r.version);
                 self.respond(id, scores, Some(hit), timing)
             }
             Msg::Base(r) => {
@@ -421,16 +423,7 @@ impl Frontend {
                 let scores = self.top_scores(&r.probs.unwrap_or_default(), p.top_k);
                 match r.exit_stage {
                     Some(s) => {
-                        let kind = r.cache_kind.unwrap_or_else(|| LEARNED.into());
-                        let layer = match kind.as_str() {
-                            MEMORY => self.memory_layer(s),
-                            _ => self.layer_name(s),
-                        };
-                        let hit = CacheHit {
-                            layer,
-                            version: r.cache_version,
-                            kind,
-                        };
+                        let hit = self.cache_hit(s, r.cache_kind, r.cache_version);
                         self.respond(id, scores, Some(hit), timing)
                     }
                     None => self.respond(id, scores, None, timing),
@@ -456,30 +449,41 @@ impl Frontend {
         std::thread::spawn(move || {
             let id = base_req.request_id.clone();
             let r = me.base.call(|c| c.run(base_req));
-            match &r {
-                Ok(res) => me.record_agreement(&id, res),
+            let answer = match &r {
+                Ok(res) => {
+                    me.record_agreement(&id, res);
+                    res.probs.clone().filter(|_| res.completed)
+                }
                 Err(_) => {
                     lock(&me.sampled).remove(&id);
+                    None
                 }
-            }
+            };
             let _ = tx.send(Msg::Base(r.map_err(base_error)));
+            // After the answer is on its way: the memory learns the base model's answer.
+            if let Some(probs) = answer {
+                me.remember(&id, probs);
+            }
         });
         let outcome = loop {
             match rx.recv_deadline(deadline) {
                 Ok(Msg::Cache(r)) if r.hit => {
+                    let hit = self.cache_hit(r.stage, r.cache_kind.clone(), None);
                     if complete {
-                        let layer = self.layer_name(r.stage);
-                        lock(&self.sampled).insert(id.to_string(), (layer, r.class_index));
+                        lock(&self.sampled).insert(id.to_string(), (hit.label(), r.class_index));
                     } else {
                         self.cancel(id);
+                    }
+                    // A cache model's hit is remembered for its repeats where the plan says so.
+                    let remember = self.plan.memory.as_ref().is_some_and(|m| m.spec.remember_cache_hits);
+                    if let Some(probs) = r.probs.clone().filter(|_| remember && hit.kind != MEMORY) {
+                        self.remember(id, probs);
                     }
                     break Ok(Msg::Cache(r));
                 }
                 Ok(Msg::Cache(r)) => {
-                    self.metrics
-                        .misses
-                        .with_label_values(&[&self.layer_name(r.stage)])
-                        .inc();
+                    let hit = self.cache_hit(r.stage, r.cache_kind, None);
+                    self.metrics.misses.with_label_values(&[&hit.label()]).inc();
                 }
                 Ok(Msg::Base(r)) => break Ok(Msg::Base(r)),
                 Err(_) => {
@@ -524,12 +528,29 @@ impl Frontend {
         }
     }
 
-    /// The layer of the plan's memory cache (at `stage`).
-    fn memory_layer(&self, stage: i32) -> String {
-        self.plan
-            .memory
-            .as_ref()
-            .map_or_else(|| format!("stage{stage}"), |m| m.spec.layer.clone())
+    /// Which cache answered at `stage`: `kind` is a reply's `cache_kind` (None: learned).
+    fn cache_hit(&self, stage: i32, kind: Option<String>, version: Option<String>) -> CacheHit {
+        let kind = kind.unwrap_or_else(|| LEARNED.into());
+        let layer = match (kind.as_str(), &self.plan.memory) {
+            (MEMORY, Some(m)) => m.spec.layer.clone(),
+            _ => self.layer_name(stage),
+        };
+        CacheHit { layer, version, kind }
+    }
+
+    /// Tells the memory cache worker a request's answer (oneway; lost when it is down, which
+    /// only costs that repeat's hit).
+    fn remember(&self, id: &str, probs: Vec<OrderedFloat<f64>>) {
+        let Some(pool) = self.memory_worker.map(|i| &self.caches[i]) else {
+            return;
+        };
+        let answer = FinalAnswer {
+            request_id: id.to_string(),
+            probs,
+        };
+        if pool.call(|c| c.remember(answer)).is_err() {
+            pool.reset();
+        }
     }
 
     fn layer_name(&self, stage: i32) -> String {

@@ -66,17 +66,18 @@ fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool) -> Resul
     })
 }
 
-/// The cluster config for a local deployment of `o.plan`; the plan's caches are dealt round-robin
-/// to the cache workers.
+/// The cluster config for a local deployment of `o.plan`; the plan's cache layers (learned and
+/// memory) are dealt round-robin to the cache workers.
 pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
     let plan = gati_cache::plan::Plan::load(&o.plan)?;
     let cpus = |c: usize| if o.pin { vec![c] } else { vec![] };
     let front_port = if o.port == 0 { free_port()? } else { o.port };
     let mut caches = Vec::new();
-    if o.mode == ServeMode::Distributed && !plan.caches.is_empty() {
-        let n = o.cache_workers.clamp(1, plan.caches.len());
+    let cache_layers = plan.cache_layers();
+    if o.mode == ServeMode::Distributed && !cache_layers.is_empty() {
+        let n = o.cache_workers.clamp(1, cache_layers.len());
         for i in 0..n {
-            let layers = plan.caches.iter().skip(i).step_by(n).map(|c| c.layer.clone()).collect();
+            let layers = cache_layers.iter().skip(i).step_by(n).map(|(_, l)| l.clone()).collect();
             caches.push(CacheEndpoint {
                 endpoint: endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics)?,
                 layers,

@@ -2591,10 +2591,11 @@ pub struct CacheResult {
   pub compute_ms: OrderedFloat<f64>,
   pub version: Option<String>,
   pub probs: Option<Vec<OrderedFloat<f64>>>,
+  pub cache_kind: Option<String>,
 }
 
 impl CacheResult {
-  pub fn new<F7, F8>(request_id: String, stage: i32, hit: bool, class_index: i32, confidence: OrderedFloat<f64>, compute_ms: OrderedFloat<f64>, version: F7, probs: F8) -> CacheResult where F7: Into<Option<String>>, F8: Into<Option<Vec<OrderedFloat<f64>>>> {
+  pub fn new<F7, F8, F9>(request_id: String, stage: i32, hit: bool, class_index: i32, confidence: OrderedFloat<f64>, compute_ms: OrderedFloat<f64>, version: F7, probs: F8, cache_kind: F9) -> CacheResult where F7: Into<Option<String>>, F8: Into<Option<Vec<OrderedFloat<f64>>>>, F9: Into<Option<String>> {
     CacheResult {
       request_id,
       stage,
@@ -2604,6 +2605,7 @@ impl CacheResult {
       compute_ms,
       version: version.into(),
       probs: probs.into(),
+      cache_kind: cache_kind.into(),
     }
   }
 }
@@ -2619,6 +2621,7 @@ impl TSerializable for CacheResult {
     let mut f_6: Option<OrderedFloat<f64>> = None;
     let mut f_7: Option<String> = None;
     let mut f_8: Option<Vec<OrderedFloat<f64>>> = None;
+    let mut f_9: Option<String> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -2664,6 +2667,10 @@ impl TSerializable for CacheResult {
           i_prot.read_list_end()?;
           f_8 = Some(val);
         },
+        9 => {
+          let val = i_prot.read_string()?;
+          f_9 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -2686,6 +2693,7 @@ impl TSerializable for CacheResult {
       compute_ms: f_6.expect("auto-generated code should have checked for presence of required fields"),
       version: f_7,
       probs: f_8,
+      cache_kind: f_9,
     };
     Ok(ret)
   }
@@ -2724,6 +2732,89 @@ impl TSerializable for CacheResult {
       o_prot.write_list_end()?;
       o_prot.write_field_end()?
     }
+    if let Some(ref fld_var) = self.cache_kind {
+      o_prot.write_field_begin(&TFieldIdentifier::new("cache_kind", TType::String, 9))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// FinalAnswer
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct FinalAnswer {
+  pub request_id: String,
+  pub probs: Vec<OrderedFloat<f64>>,
+}
+
+impl FinalAnswer {
+  pub fn new(request_id: String, probs: Vec<OrderedFloat<f64>>) -> FinalAnswer {
+    FinalAnswer {
+      request_id,
+      probs,
+    }
+  }
+}
+
+impl TSerializable for FinalAnswer {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<FinalAnswer> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<Vec<OrderedFloat<f64>>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<OrderedFloat<f64>> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_22 = OrderedFloat::from(i_prot.read_double()?);
+            val.push(list_elem_22);
+          }
+          i_prot.read_list_end()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("FinalAnswer.request_id", &f_1)?;
+    verify_required_field_exists("FinalAnswer.probs", &f_2)?;
+    let ret = FinalAnswer {
+      request_id: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      probs: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("FinalAnswer");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("request_id", TType::String, 1))?;
+    o_prot.write_string(&self.request_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("probs", TType::List, 2))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Double, self.probs.len() as i32))?;
+    for e in &self.probs {
+      o_prot.write_double((*e).into())?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -2782,8 +2873,8 @@ impl TSerializable for VersionInfo {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<String> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_22 = i_prot.read_string()?;
-            val.push(list_elem_22);
+            let list_elem_23 = i_prot.read_string()?;
+            val.push(list_elem_23);
           }
           i_prot.read_list_end()?;
           f_4 = Some(val);
@@ -2887,8 +2978,8 @@ impl TSerializable for Versions {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<VersionInfo> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_23 = VersionInfo::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_23);
+            let list_elem_24 = VersionInfo::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_24);
           }
           i_prot.read_list_end()?;
           f_4 = Some(val);
@@ -2897,9 +2988,9 @@ impl TSerializable for Versions {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, String> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_24 = i_prot.read_string()?;
-            let map_val_25 = i_prot.read_string()?;
-            val.insert(map_key_24, map_val_25);
+            let map_key_25 = i_prot.read_string()?;
+            let map_val_26 = i_prot.read_string()?;
+            val.insert(map_key_25, map_val_26);
           }
           i_prot.read_map_end()?;
           f_5 = Some(val);
@@ -3851,8 +3942,8 @@ impl GatiInferBatchArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_26 = InferRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_26);
+            let list_elem_27 = InferRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_27);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3943,8 +4034,8 @@ impl GatiInferBatchResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferResponse> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_27 = InferResponse::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_27);
+            let list_elem_28 = InferResponse::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_28);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4052,8 +4143,8 @@ impl GatiInferEachArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_28 = InferRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_28);
+            let list_elem_29 = InferRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_29);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -4124,8 +4215,8 @@ impl GatiInferEachResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<InferOutcome> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_29 = InferOutcome::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_29);
+            let list_elem_30 = InferOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_30);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4233,8 +4324,8 @@ impl GatiModelsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<ModelInfo> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_30 = ModelInfo::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_30);
+            let list_elem_31 = ModelInfo::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_31);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -5331,8 +5422,8 @@ impl BaseWorkerRunBatchArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<BaseRequest> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_31 = BaseRequest::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_31);
+            let list_elem_32 = BaseRequest::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_32);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -5403,8 +5494,8 @@ impl BaseWorkerRunBatchResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<BaseOutcome> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_32 = BaseOutcome::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_32);
+            let list_elem_33 = BaseOutcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_33);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -6008,6 +6099,8 @@ pub trait TCacheWorkerSyncClient {
   fn health(&mut self) -> thrift::Result<Health>;
   fn install(&mut self, version: CacheVersion) -> thrift::Result<()>;
   fn serving_version(&mut self) -> thrift::Result<String>;
+  fn remember(&mut self, answer: FinalAnswer) -> thrift::Result<()>;
+  fn clear_memory(&mut self) -> thrift::Result<i64>;
 }
 
 pub trait TCacheWorkerSyncClientMarker {}
@@ -6156,6 +6249,47 @@ impl <C: TThriftClient + TCacheWorkerSyncClientMarker> TCacheWorkerSyncClient fo
       result.ok_or()
     }
   }
+  fn remember(&mut self, answer: FinalAnswer) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("remember", TMessageType::OneWay, self.sequence_number());
+        let call_args = CacheWorkerRememberArgs { answer };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    Ok(())
+  }
+  fn clear_memory(&mut self) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Call, self.sequence_number());
+        let call_args = CacheWorkerClearMemoryArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("clear_memory", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheWorkerClearMemoryResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -6168,6 +6302,8 @@ pub trait CacheWorkerSyncHandler {
   fn handle_health(&self) -> thrift::Result<Health>;
   fn handle_install(&self, version: CacheVersion) -> thrift::Result<()>;
   fn handle_serving_version(&self) -> thrift::Result<String>;
+  fn handle_remember(&self, answer: FinalAnswer) -> thrift::Result<()>;
+  fn handle_clear_memory(&self) -> thrift::Result<i64>;
 }
 
 pub struct CacheWorkerSyncProcessor<H: CacheWorkerSyncHandler> {
@@ -6194,6 +6330,12 @@ impl <H: CacheWorkerSyncHandler> CacheWorkerSyncProcessor<H> {
   }
   fn process_serving_version(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCacheWorkerProcessFunctions::process_serving_version(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_remember(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheWorkerProcessFunctions::process_remember(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_clear_memory(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheWorkerProcessFunctions::process_clear_memory(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -6418,6 +6560,67 @@ impl TCacheWorkerProcessFunctions {
       },
     }
   }
+  pub fn process_remember<H: CacheWorkerSyncHandler>(handler: &H, _: i32, i_prot: &mut dyn TInputProtocol, _: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheWorkerRememberArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_remember(args.answer) {
+      Ok(_) => {
+        Ok(())
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            Err(thrift::Error::Application(app_err))
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            Err(thrift::Error::Application(ret_err))
+          },
+        }
+      },
+    }
+  }
+  pub fn process_clear_memory<H: CacheWorkerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = CacheWorkerClearMemoryArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_clear_memory() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheWorkerClearMemoryResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CacheWorkerSyncHandler> TProcessor for CacheWorkerSyncProcessor<H> {
@@ -6438,6 +6641,12 @@ impl <H: CacheWorkerSyncHandler> TProcessor for CacheWorkerSyncProcessor<H> {
       },
       "serving_version" => {
         self.process_serving_version(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "remember" => {
+        self.process_remember(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "clear_memory" => {
+        self.process_clear_memory(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -6922,6 +7131,153 @@ impl CacheWorkerServingVersionResult {
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
       o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheWorkerRememberArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheWorkerRememberArgs {
+  answer: FinalAnswer,
+}
+
+impl CacheWorkerRememberArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheWorkerRememberArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<FinalAnswer> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = FinalAnswer::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheWorkerRememberArgs.answer", &f_1)?;
+    let ret = CacheWorkerRememberArgs {
+      answer: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("remember_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("answer", TType::Struct, 1))?;
+    self.answer.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheWorkerClearMemoryArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheWorkerClearMemoryArgs {
+}
+
+impl CacheWorkerClearMemoryArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheWorkerClearMemoryArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheWorkerClearMemoryArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("clear_memory_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheWorkerClearMemoryResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheWorkerClearMemoryResult {
+  result_value: Option<i64>,
+}
+
+impl CacheWorkerClearMemoryResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheWorkerClearMemory"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheWorkerClearMemoryResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheWorkerClearMemoryResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheWorkerClearMemoryResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;

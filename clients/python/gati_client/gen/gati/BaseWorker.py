@@ -710,11 +710,11 @@ class run_batch_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.requests = []
-                    (_etype200, _size197) = iprot.readListBegin()
-                    for _i201 in range(_size197):
-                        _elem202 = BaseRequest()
-                        _elem202.read(iprot)
-                        self.requests.append(_elem202)
+                    (_etype207, _size204) = iprot.readListBegin()
+                    for _i208 in range(_size204):
+                        _elem209 = BaseRequest()
+                        _elem209.read(iprot)
+                        self.requests.append(_elem209)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -731,8 +731,8 @@ class run_batch_args(object):
         if self.requests is not None:
             oprot.writeFieldBegin('requests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.requests))
-            for iter203 in self.requests:
-                iter203.write(oprot)
+            for iter210 in self.requests:
+                iter210.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -781,11 +781,11 @@ class run_batch_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype207, _size204) = iprot.readListBegin()
-                    for _i208 in range(_size204):
-                        _elem209 = BaseOutcome()
-                        _elem209.read(iprot)
-                        self.success.append(_elem209)
+                    (_etype214, _size211) = iprot.readListBegin()
+                    for _i215 in range(_size211):
+                        _elem216 = BaseOutcome()
+                        _elem216.read(iprot)
+                        self.success.append(_elem216)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -802,8 +802,8 @@ class run_batch_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter210 in self.success:
-                iter210.write(oprot)
+            for iter217 in self.success:
+                iter217.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

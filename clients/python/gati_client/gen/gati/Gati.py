@@ -666,11 +666,11 @@ class infer_batch_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.requests = []
-                    (_etype165, _size162) = iprot.readListBegin()
-                    for _i166 in range(_size162):
-                        _elem167 = InferRequest()
-                        _elem167.read(iprot)
-                        self.requests.append(_elem167)
+                    (_etype172, _size169) = iprot.readListBegin()
+                    for _i173 in range(_size169):
+                        _elem174 = InferRequest()
+                        _elem174.read(iprot)
+                        self.requests.append(_elem174)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -687,8 +687,8 @@ class infer_batch_args(object):
         if self.requests is not None:
             oprot.writeFieldBegin('requests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.requests))
-            for iter168 in self.requests:
-                iter168.write(oprot)
+            for iter175 in self.requests:
+                iter175.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -747,11 +747,11 @@ class infer_batch_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype172, _size169) = iprot.readListBegin()
-                    for _i173 in range(_size169):
-                        _elem174 = InferResponse()
-                        _elem174.read(iprot)
-                        self.success.append(_elem174)
+                    (_etype179, _size176) = iprot.readListBegin()
+                    for _i180 in range(_size176):
+                        _elem181 = InferResponse()
+                        _elem181.read(iprot)
+                        self.success.append(_elem181)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -793,8 +793,8 @@ class infer_batch_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter175 in self.success:
-                iter175.write(oprot)
+            for iter182 in self.success:
+                iter182.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.invalid is not None:
@@ -867,11 +867,11 @@ class infer_each_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.requests = []
-                    (_etype179, _size176) = iprot.readListBegin()
-                    for _i180 in range(_size176):
-                        _elem181 = InferRequest()
-                        _elem181.read(iprot)
-                        self.requests.append(_elem181)
+                    (_etype186, _size183) = iprot.readListBegin()
+                    for _i187 in range(_size183):
+                        _elem188 = InferRequest()
+                        _elem188.read(iprot)
+                        self.requests.append(_elem188)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -888,8 +888,8 @@ class infer_each_args(object):
         if self.requests is not None:
             oprot.writeFieldBegin('requests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.requests))
-            for iter182 in self.requests:
-                iter182.write(oprot)
+            for iter189 in self.requests:
+                iter189.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -938,11 +938,11 @@ class infer_each_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype186, _size183) = iprot.readListBegin()
-                    for _i187 in range(_size183):
-                        _elem188 = InferOutcome()
-                        _elem188.read(iprot)
-                        self.success.append(_elem188)
+                    (_etype193, _size190) = iprot.readListBegin()
+                    for _i194 in range(_size190):
+                        _elem195 = InferOutcome()
+                        _elem195.read(iprot)
+                        self.success.append(_elem195)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -959,8 +959,8 @@ class infer_each_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter189 in self.success:
-                iter189.write(oprot)
+            for iter196 in self.success:
+                iter196.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -1051,11 +1051,11 @@ class models_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype193, _size190) = iprot.readListBegin()
-                    for _i194 in range(_size190):
-                        _elem195 = ModelInfo()
-                        _elem195.read(iprot)
-                        self.success.append(_elem195)
+                    (_etype200, _size197) = iprot.readListBegin()
+                    for _i201 in range(_size197):
+                        _elem202 = ModelInfo()
+                        _elem202.read(iprot)
+                        self.success.append(_elem202)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1072,8 +1072,8 @@ class models_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter196 in self.success:
-                iter196.write(oprot)
+            for iter203 in self.success:
+                iter203.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

@@ -2524,11 +2524,12 @@ class CacheResult(object):
      - compute_ms
      - version
      - probs
+     - cache_kind
 
     """
 
 
-    def __init__(self, request_id=None, stage=None, hit=None, class_index=None, confidence=None, compute_ms=None, version=None, probs=None,):
+    def __init__(self, request_id=None, stage=None, hit=None, class_index=None, confidence=None, compute_ms=None, version=None, probs=None, cache_kind=None,):
         self.request_id = request_id
         self.stage = stage
         self.hit = hit
@@ -2537,6 +2538,7 @@ class CacheResult(object):
         self.compute_ms = compute_ms
         self.version = version
         self.probs = probs
+        self.cache_kind = cache_kind
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -2592,6 +2594,11 @@ class CacheResult(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 9:
+                if ftype == TType.STRING:
+                    self.cache_kind = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -2637,6 +2644,10 @@ class CacheResult(object):
                 oprot.writeDouble(iter138)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
+        if self.cache_kind is not None:
+            oprot.writeFieldBegin('cache_kind', TType.STRING, 9)
+            oprot.writeString(self.cache_kind.encode('utf-8') if sys.version_info[0] == 2 else self.cache_kind)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -2653,6 +2664,86 @@ class CacheResult(object):
             raise TProtocolException(message='Required field confidence is unset!')
         if self.compute_ms is None:
             raise TProtocolException(message='Required field compute_ms is unset!')
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class FinalAnswer(object):
+    """
+    Attributes:
+     - request_id
+     - probs
+
+    """
+
+
+    def __init__(self, request_id=None, probs=None,):
+        self.request_id = request_id
+        self.probs = probs
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.request_id = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.LIST:
+                    self.probs = []
+                    (_etype142, _size139) = iprot.readListBegin()
+                    for _i143 in range(_size139):
+                        _elem144 = iprot.readDouble()
+                        self.probs.append(_elem144)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('FinalAnswer')
+        if self.request_id is not None:
+            oprot.writeFieldBegin('request_id', TType.STRING, 1)
+            oprot.writeString(self.request_id.encode('utf-8') if sys.version_info[0] == 2 else self.request_id)
+            oprot.writeFieldEnd()
+        if self.probs is not None:
+            oprot.writeFieldBegin('probs', TType.LIST, 2)
+            oprot.writeListBegin(TType.DOUBLE, len(self.probs))
+            for iter145 in self.probs:
+                oprot.writeDouble(iter145)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        if self.request_id is None:
+            raise TProtocolException(message='Required field request_id is unset!')
+        if self.probs is None:
+            raise TProtocolException(message='Required field probs is unset!')
         return
 
     def __repr__(self):
@@ -2711,10 +2802,10 @@ class VersionInfo(object):
             elif fid == 4:
                 if ftype == TType.LIST:
                     self.disabled_layers = []
-                    (_etype142, _size139) = iprot.readListBegin()
-                    for _i143 in range(_size139):
-                        _elem144 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        self.disabled_layers.append(_elem144)
+                    (_etype149, _size146) = iprot.readListBegin()
+                    for _i150 in range(_size146):
+                        _elem151 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.disabled_layers.append(_elem151)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -2743,8 +2834,8 @@ class VersionInfo(object):
         if self.disabled_layers is not None:
             oprot.writeFieldBegin('disabled_layers', TType.LIST, 4)
             oprot.writeListBegin(TType.STRING, len(self.disabled_layers))
-            for iter145 in self.disabled_layers:
-                oprot.writeString(iter145.encode('utf-8') if sys.version_info[0] == 2 else iter145)
+            for iter152 in self.disabled_layers:
+                oprot.writeString(iter152.encode('utf-8') if sys.version_info[0] == 2 else iter152)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -2819,22 +2910,22 @@ class Versions(object):
             elif fid == 4:
                 if ftype == TType.LIST:
                     self.versions = []
-                    (_etype149, _size146) = iprot.readListBegin()
-                    for _i150 in range(_size146):
-                        _elem151 = VersionInfo()
-                        _elem151.read(iprot)
-                        self.versions.append(_elem151)
+                    (_etype156, _size153) = iprot.readListBegin()
+                    for _i157 in range(_size153):
+                        _elem158 = VersionInfo()
+                        _elem158.read(iprot)
+                        self.versions.append(_elem158)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 5:
                 if ftype == TType.MAP:
                     self.workers = {}
-                    (_ktype153, _vtype154, _size152) = iprot.readMapBegin()
-                    for _i156 in range(_size152):
-                        _key157 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        _val158 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
-                        self.workers[_key157] = _val158
+                    (_ktype160, _vtype161, _size159) = iprot.readMapBegin()
+                    for _i163 in range(_size159):
+                        _key164 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        _val165 = iprot.readString().decode('utf-8', errors='replace') if sys.version_info[0] == 2 else iprot.readString()
+                        self.workers[_key164] = _val165
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -2863,16 +2954,16 @@ class Versions(object):
         if self.versions is not None:
             oprot.writeFieldBegin('versions', TType.LIST, 4)
             oprot.writeListBegin(TType.STRUCT, len(self.versions))
-            for iter159 in self.versions:
-                iter159.write(oprot)
+            for iter166 in self.versions:
+                iter166.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.workers is not None:
             oprot.writeFieldBegin('workers', TType.MAP, 5)
             oprot.writeMapBegin(TType.STRING, TType.STRING, len(self.workers))
-            for kiter160, viter161 in self.workers.items():
-                oprot.writeString(kiter160.encode('utf-8') if sys.version_info[0] == 2 else kiter160)
-                oprot.writeString(viter161.encode('utf-8') if sys.version_info[0] == 2 else viter161)
+            for kiter167, viter168 in self.workers.items():
+                oprot.writeString(kiter167.encode('utf-8') if sys.version_info[0] == 2 else kiter167)
+                oprot.writeString(viter168.encode('utf-8') if sys.version_info[0] == 2 else viter168)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -3173,6 +3264,13 @@ CacheResult.thrift_spec = (
     (6, TType.DOUBLE, 'compute_ms', None, None, ),  # 6
     (7, TType.STRING, 'version', 'UTF8', None, ),  # 7
     (8, TType.LIST, 'probs', (TType.DOUBLE, None, False), None, ),  # 8
+    (9, TType.STRING, 'cache_kind', 'UTF8', None, ),  # 9
+)
+all_structs.append(FinalAnswer)
+FinalAnswer.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'request_id', 'UTF8', None, ),  # 1
+    (2, TType.LIST, 'probs', (TType.DOUBLE, None, False), None, ),  # 2
 )
 all_structs.append(VersionInfo)
 VersionInfo.thrift_spec = (
