@@ -30,5 +30,8 @@ $G evaluate --plan "$R/mem-bursty-repeat" --json > "$R/evaluate-mem-bursty-repea
 B="--configs thrift-base,thrift-inline --requests 1000 --repeat $REPEAT --json"
 $G bench --plan "$R/mem-bursty-repeat" --streams bursty-repeat,working-set,zipf,iid $B --out "$R/bench-mem-bursty-repeat" > "$R/bench-mem-bursty-repeat.json"
 $G bench --plan "$R/mem-frames" --streams frames $B --out "$R/bench-mem-frames" > "$R/bench-mem-frames.json"
+# The memory at a cache worker (distributed mode), beside the base model alone.
+$G bench --plan "$R/mem-bursty-repeat" --streams bursty-repeat --configs thrift-base,thrift-distributed --requests 1000 \
+  --repeat "$REPEAT" --json --out "$R/bench-mem-distributed" > "$R/bench-mem-distributed.json"
 $G bench --plan "$LEARNED" --streams bursty-repeat,frames,working-set,zipf,iid $B --out "$R/bench-learned" > "$R/bench-learned.json"
 echo "bench-locality: done; see $R" >&2

@@ -109,7 +109,7 @@ fn in_process(xs: &Tensor, b: usize, mut run: impl FnMut(&Tensor) -> usize) -> T
 
 fn thrift_run(c: &LocalCluster, p: &inputs::Prepared, clients: usize) -> Timed {
     let load = drive(
-        &c.cluster.frontend.listen,
+        c.cluster.frontend.address(),
         &c.model,
         p.wire.clone(),
         Pace::Closed { concurrency: clients },

@@ -261,7 +261,7 @@ impl LocalCluster {
         let c = &self.cluster;
         let timeout = Some(Duration::from_secs(10));
         let base = gati_server::net::Pool::new(
-            &c.base.listen,
+            c.base.address(),
             timeout,
             c.token.clone(),
             gati_rpc::BaseWorkerSyncClient::new,
@@ -269,7 +269,7 @@ impl LocalCluster {
         let mut failed = base.call(gati_rpc::TBaseWorkerSyncClient::clear_memory).err();
         for w in &c.caches {
             let pool = gati_server::net::Pool::new(
-                &w.endpoint.listen,
+                w.endpoint.address(),
                 timeout,
                 c.token.clone(),
                 gati_rpc::CacheWorkerSyncClient::new,
@@ -288,7 +288,7 @@ impl LocalCluster {
     /// One client for latency (closed loop, one request at a time), then `saturate` clients for
     /// throughput, both over the whole stream.
     pub fn run(&self, p: &Prepared, saturate: usize, warmup: usize, seed: u64) -> Run {
-        let ep = &self.cluster.frontend.listen;
+        let ep = self.cluster.frontend.address();
         let n = p.wire.len();
         let warm = std::sync::Arc::new(p.wire[..warmup.min(n)].to_vec());
         load::drive(

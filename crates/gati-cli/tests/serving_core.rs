@@ -537,3 +537,71 @@ fn a_frontend_without_its_base_worker_is_alive_but_not_ready() {
         let _ = p.wait();
     }
 }
+
+/// A deployment addressed by host names, as in compose or Kubernetes: every role listens on all
+/// interfaces and is dialled by name (`localhost` here); the selector is named, not compared by
+/// address, so the cache workers' reports reach it and requests hit.
+#[test]
+fn a_cluster_addressed_by_host_names_gets_its_cache_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plan_dir().join("plan.json")).unwrap()).unwrap();
+    let layers: Vec<String> = plan["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["layer"].as_str().unwrap().to_string())
+        .collect();
+    let [front, metrics, sel, base, cache] = [(); 5].map(|_| free_port());
+    let config = serde_json::json!({
+        "plan": plan_dir(), "mode": "distributed",
+        "selector": format!("0.0.0.0:{sel}"), "selector_advertise": format!("localhost:{sel}"),
+        "frontend": {"listen": format!("0.0.0.0:{front}"), "advertise": format!("localhost:{front}"),
+                     "metrics": format!("127.0.0.1:{metrics}")},
+        "base": {"listen": format!("0.0.0.0:{base}"), "advertise": format!("localhost:{base}")},
+        "caches": [{"listen": format!("0.0.0.0:{cache}"), "advertise": format!("localhost:{cache}"),
+                    "layers": layers}],
+        "complete_on_hit_fraction": 0.0,
+    });
+    let path = dir.path().join("cluster.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut procs: Vec<std::process::Child> = ["cache", "base", "frontend"]
+        .iter()
+        .map(|role| {
+            common::gati()
+                .args(["serve", role, "--config", path.to_str().unwrap()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let m = format!("127.0.0.1:{metrics}");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(&m).is_err() || http_get(&m, "/ready").0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(90), "not ready after 90 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Wait for the cache worker too: its first lookups must not be lost to a slow start.
+    while std::net::TcpStream::connect(format!("127.0.0.1:{cache}")).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(90), "cache worker not up after 90 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut client = gati_server::client::connect(&format!("localhost:{front}"), Duration::from_secs(10)).unwrap();
+    let n = 20;
+    for path in test_images(n) {
+        client
+            .infer(image_request("resnet20", std::fs::read(path).unwrap()))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Every request streams its first cache layer's activation, so each brings at least one report.
+    let reports = metric(&m, "gati_cache_hits_total")
+        + metric(&m, "gati_cache_misses_total")
+        + metric(&m, "gati_late_reports_total");
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    assert!(reports >= n as f64, "{reports} cache reports for {n} requests");
+}

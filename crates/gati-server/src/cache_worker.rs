@@ -1,5 +1,5 @@
 //! A cache worker: evaluates the cache models of its layers on streamed activations and reports
-//! hit or miss to the selector named in each activation. With online learning on, the trainer
+//! hit or miss to the cluster's selector. With online learning on, the trainer
 //! installs new cache versions here by RPC, between lookups.
 
 use crate::config::Cluster;
@@ -32,7 +32,7 @@ pub struct CacheWorker {
     selectors: Mutex<HashMap<String, std::sync::Arc<Pool<SelectorClient>>>>,
     lookups: IntCounterVec,
     lookup_seconds: HistogramVec,
-    /// The only selector this worker reports to (an activation naming another is not answered).
+    /// The address of the only selector this worker reports to.
     selector: String,
     token: Option<net::Token>,
     fault_delay: Duration,
@@ -137,7 +137,7 @@ impl CacheWorker {
             shapes,
             selectors: Mutex::new(HashMap::new()),
             lookups,
-            selector: cluster.selector.clone(),
+            selector: cluster.selector_address().to_string(),
             token: cluster.token.clone(),
             fault_delay: Duration::from_millis(me.fault_delay_ms),
             memory,
@@ -256,14 +256,17 @@ impl CacheWorker {
         Ok(())
     }
 
-    fn selector(&self, addr: &str) -> Option<std::sync::Arc<Pool<SelectorClient>>> {
-        // Report only to the cluster's own selector: an activation cannot make this worker
-        // connect elsewhere.
-        if addr != self.selector && !self.selector.ends_with(":0") {
-            return None;
-        }
+    /// The selector to report to: the cluster's own, by its configured address (an activation
+    /// cannot make this worker connect elsewhere), or, where that port is 0 (chosen when the
+    /// frontend binds, in tests), the address the activation names.
+    fn selector(&self, named: &str) -> std::sync::Arc<Pool<SelectorClient>> {
+        let addr = if self.selector.ends_with(":0") {
+            named
+        } else {
+            &self.selector
+        };
         let token = self.token.clone();
-        let pool = lock(&self.selectors)
+        lock(&self.selectors)
             .entry(addr.to_string())
             .or_insert_with(|| {
                 std::sync::Arc::new(Pool::new(
@@ -273,8 +276,7 @@ impl CacheWorker {
                     SelectorSyncClient::new,
                 ))
             })
-            .clone();
-        Some(pool)
+            .clone()
     }
 }
 
@@ -283,7 +285,8 @@ pub struct Handler(pub std::sync::Arc<CacheWorker>);
 impl CacheWorkerSyncHandler for Handler {
     fn handle_lookup(&self, activation: Activation) -> thrift::Result<()> {
         // Oneway: errors cannot be returned; a bad activation is simply not answered.
-        if let (Some(pool), Ok(r)) = (self.0.selector(&activation.selector), self.0.evaluate(&activation)) {
+        if let Ok(r) = self.0.evaluate(&activation) {
+            let pool = self.0.selector(&activation.selector);
             if pool.call(|s| s.report(r)).is_err() {
                 pool.reset();
             }

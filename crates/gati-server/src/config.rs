@@ -33,7 +33,12 @@ impl ServeMode {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Endpoint {
+    /// The address this process binds (e.g. `0.0.0.0:7002`).
     pub listen: String,
+    /// The address its peers dial, host names allowed (e.g. `base:7002` in compose or
+    /// Kubernetes); absent: `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Prometheus `/metrics` and `/health` over HTTP (absent: none).
     #[serde(default)]
     pub metrics: Option<String>,
@@ -97,8 +102,11 @@ pub struct Cluster {
     pub plan: PathBuf,
     pub mode: ServeMode,
     pub frontend: Endpoint,
-    /// Where cache workers report (the frontend's Selector service).
+    /// Where the frontend's Selector service listens; cache workers report there.
     pub selector: String,
+    /// The address cache workers dial to report, host names allowed; absent: `selector`.
+    #[serde(default)]
+    pub selector_advertise: Option<String>,
     pub base: Endpoint,
     #[serde(default)]
     pub caches: Vec<CacheEndpoint>,
@@ -197,6 +205,13 @@ fn default_deadline() -> u64 {
     5000
 }
 
+impl Endpoint {
+    /// The address peers dial.
+    pub fn address(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+}
+
 impl Cluster {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading cluster config {}", path.display()))?;
@@ -249,6 +264,31 @@ impl Cluster {
         if self.idle_timeout_ms == 0 || self.frame_timeout_ms == 0 || self.max_connections_per_peer == 0 {
             bail!("idle_timeout_ms, frame_timeout_ms and max_connections_per_peer must be positive");
         }
+        let advertised = [
+            ("selector_advertise", &self.selector_advertise),
+            ("frontend.advertise", &self.frontend.advertise),
+            ("base.advertise", &self.base.advertise),
+        ]
+        .into_iter()
+        .chain(
+            self.trainer
+                .iter()
+                .map(|t| ("trainer.advertise", &t.endpoint.advertise)),
+        )
+        .chain(
+            self.caches
+                .iter()
+                .map(|c| ("caches[].advertise", &c.endpoint.advertise)),
+        );
+        for (field, a) in advertised {
+            // Peers dial this address: it needs a host and a real port.
+            if let Some(a) = a.as_deref().filter(|a| {
+                a.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err() || p == "0")
+            }) {
+                bail!("{field} '{a}' is not an address peers can dial (host:port, port not 0)");
+            }
+        }
         if self.mode == ServeMode::Distributed && self.caches.is_empty() {
             bail!("mode distributed needs at least one entry in caches");
         }
@@ -292,12 +332,17 @@ impl Cluster {
         }
     }
 
-    /// Cache-worker address serving each stage name.
+    /// The address of the cache worker serving a stage name.
     pub fn cache_for_layer(&self, layer: &str) -> Option<&str> {
         self.caches
             .iter()
             .find(|c| c.layers.iter().any(|l| l == layer))
-            .map(|c| c.endpoint.listen.as_str())
+            .map(|c| c.endpoint.address())
+    }
+
+    /// The address cache workers report to.
+    pub fn selector_address(&self) -> &str {
+        self.selector_advertise.as_deref().unwrap_or(&self.selector)
     }
 }
 
@@ -376,5 +421,22 @@ mod tests {
         let mut unknown = unknown_keys(&given, &serde_json::to_value(&c).unwrap(), "");
         unknown.sort();
         assert_eq!(unknown, ["auth_token_fle", "base.thread", "caches[1].layer"]);
+    }
+
+    #[test]
+    fn an_advertised_address_needs_a_host_and_a_port() {
+        let with = |base: serde_json::Value| {
+            let c: Cluster = serde_json::from_value(serde_json::json!({
+                "plan": "p", "mode": "inline", "selector": "0.0.0.0:7001",
+                "frontend": {"listen": "0.0.0.0:7000"}, "base": base,
+            }))
+            .unwrap();
+            c.check().map_err(|e| e.to_string())
+        };
+        assert!(with(serde_json::json!({"listen": "0.0.0.0:7002", "advertise": "base:7002"})).is_ok());
+        for bad in ["base", "base:0", ":7002", "base:port"] {
+            let e = with(serde_json::json!({"listen": "0.0.0.0:7002", "advertise": bad})).unwrap_err();
+            assert!(e.contains("base.advertise") && e.contains(bad), "{e}");
+        }
     }
 }

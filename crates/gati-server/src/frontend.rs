@@ -145,7 +145,7 @@ impl Frontend {
         let classes = spec.class_names();
         let timeout = Some(Duration::from_millis(cluster.default_deadline_ms.max(1000) * 2));
         let base = Arc::new(Pool::new(
-            &cluster.base.listen,
+            cluster.base.address(),
             timeout,
             cluster.token.clone(),
             BaseWorkerSyncClient::new,
@@ -163,7 +163,7 @@ impl Frontend {
             batcher,
             base,
             base_control: Pool::new(
-                &cluster.base.listen,
+                cluster.base.address(),
                 Some(Duration::from_secs(2)),
                 cluster.token.clone(),
                 BaseWorkerSyncClient::new,
@@ -173,7 +173,7 @@ impl Frontend {
                 .iter()
                 .map(|c| {
                     Pool::new(
-                        &c.endpoint.listen,
+                        c.endpoint.address(),
                         Some(Duration::from_secs(1)),
                         cluster.token.clone(),
                         CacheWorkerSyncClient::new,

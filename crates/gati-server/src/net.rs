@@ -328,11 +328,23 @@ pub fn connect_with(addr: &str, timeout: Option<Duration>, token: Option<&str>) 
 
 /// A connection's protocol pair and a handle on its socket.
 fn open(addr: &str, timeout: Option<Duration>, token: Option<&str>) -> thrift::Result<(In, Out, TcpStream)> {
-    let sock = addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {addr}")))?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    // A name may resolve to several addresses (IPv6 and IPv4 for `localhost`, several records
+    // in DNS): the first that accepts.
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("address {addr} resolves to nothing"),
+    );
+    let mut s = None;
+    for sock in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&sock, Duration::from_secs(2)) {
+            Ok(c) => {
+                s = Some(c);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut s = s.ok_or(last)?;
     s.set_nodelay(true)?;
     if let Some(t) = token {
         send_token(&mut s, t)?;

@@ -81,7 +81,10 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             apply_placement(&cluster.frontend)?;
             let (sel_listener, sel_addr) = net::bind(&cluster.selector)?;
             let (listener, addr) = net::bind(&cluster.frontend.listen)?;
-            let fe = Arc::new(frontend::Frontend::new(cluster, &sel_addr, &registry)?);
+            // What base requests name as their selector: the advertised address, else the bound
+            // one (which has the real port where the config says 0).
+            let named = cluster.selector_advertise.clone().unwrap_or_else(|| sel_addr.clone());
+            let fe = Arc::new(frontend::Frontend::new(cluster, &named, &registry)?);
             let probe = fe.clone();
             start_metrics(
                 &cluster.frontend.metrics,

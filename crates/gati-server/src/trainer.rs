@@ -197,7 +197,7 @@ impl Trainer {
         }
         let pool_base = || {
             Pool::new(
-                &cluster.base.listen,
+                cluster.base.address(),
                 Some(Duration::from_secs(10)),
                 cluster.token.clone(),
                 BaseWorkerSyncClient::new,
@@ -210,7 +210,7 @@ impl Trainer {
                 .iter()
                 .map(|c| {
                     Worker::Cache(Pool::new(
-                        &c.endpoint.listen,
+                        c.endpoint.address(),
                         Some(Duration::from_secs(10)),
                         cluster.token.clone(),
                         CacheWorkerSyncClient::new,

@@ -55,6 +55,7 @@ fn free_port() -> Result<u16> {
 
 fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool) -> Result<Endpoint> {
     Ok(Endpoint {
+        advertise: None,
         listen: format!("127.0.0.1:{port}"),
         metrics: if metrics {
             Some(format!("127.0.0.1:{}", free_port()?))
@@ -91,6 +92,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         o.mode
     };
     let mut c = Cluster {
+        selector_advertise: None,
         plan: std::path::absolute(&o.plan)?,
         mode,
         frontend: endpoint(front_port, 1, vec![], o.metrics)?,
@@ -277,7 +279,7 @@ pub fn wait_healthy(cluster: &Cluster, sup: &mut Supervisor, timeout: Duration) 
         if sup.any_exited()? {
             bail!("a cluster process exited during start-up (see its error above)");
         }
-        if let Ok(mut c) = crate::client::connect(&cluster.frontend.listen, Duration::from_secs(2)) {
+        if let Ok(mut c) = crate::client::connect(cluster.frontend.address(), Duration::from_secs(2)) {
             use gati_rpc::TGatiSyncClient;
             if let Ok(h) = c.health() {
                 if h.ok && h.workers.values().all(|&up| up) {

@@ -40,7 +40,7 @@ pub fn run(a: Args) -> Result<()> {
         .trainer
         .as_ref()
         .ok_or_else(|| anyhow!("{}: no trainer (start the cluster with --online)", a.config.display()))?;
-    let addr = &t.endpoint.listen;
+    let addr = t.endpoint.address();
     let (i, o) = gati_server::net::connect_with(addr, Some(Duration::from_secs(60)), cluster.token.as_deref())
         .map_err(|e| anyhow!("trainer at {addr}: {e:?}"))?;
     let mut c = TrainerSyncClient::new(i, o);

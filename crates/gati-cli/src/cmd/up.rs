@@ -132,11 +132,11 @@ pub fn run(a: Args) -> Result<()> {
     wait_healthy(&cluster, &mut sup, Duration::from_secs(120))?;
     if a.json {
         super::print_json(&serde_json::json!({
-            "endpoint": cluster.frontend.listen,
+            "endpoint": cluster.frontend.address(),
             "mode": cluster.mode,
             "config": config,
             "pids": sup.pids(),
-            "trainer": cluster.trainer.as_ref().map(|t| t.endpoint.listen.clone()),
+            "trainer": cluster.trainer.as_ref().map(|t| t.endpoint.address().to_string()),
             "state_dir": cluster.state_dir(),
             "metrics": {
                 "frontend": cluster.frontend.metrics,
