@@ -605,3 +605,47 @@ fn a_cluster_addressed_by_host_names_gets_its_cache_reports() {
     }
     assert!(reports >= n as f64, "{reports} cache reports for {n} requests");
 }
+
+/// Cache layers in the config are checked against the plan at start, naming what is wrong: a
+/// worker serving a layer the plan has no cache at, and a plan layer no worker serves.
+#[test]
+fn cache_layers_that_disagree_with_the_plan_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plan_dir().join("plan.json")).unwrap()).unwrap();
+    let layers: Vec<String> = plan["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["layer"].as_str().unwrap().to_string())
+        .collect();
+    let unserved = layers.last().unwrap().clone();
+    // Every role checks (one implementation); each case is tried on another role.
+    for (role, caches, expect) in [
+        (
+            "frontend",
+            serde_json::json!([{"listen": "127.0.0.1:1", "layers": ["layer9.9"]}]),
+            vec!["caches[0].layers", "layer9.9"],
+        ),
+        (
+            "base",
+            serde_json::json!([{"listen": "127.0.0.1:1", "layers": layers[..layers.len() - 1]}]),
+            vec![unserved.as_str(), "served by 0 cache workers"],
+        ),
+    ] {
+        let config = serde_json::json!({
+            "plan": plan_dir(), "mode": "distributed", "selector": "127.0.0.1:0",
+            "frontend": {"listen": "127.0.0.1:0"}, "base": {"listen": "127.0.0.1:1"},
+            "caches": caches,
+        });
+        let path = dir.path().join("cluster.json");
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let out = common::gati()
+            .args(["serve", role, "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{role} started");
+        assert!(expect.iter().all(|e| err.contains(e)), "{role}: {err}");
+    }
+}

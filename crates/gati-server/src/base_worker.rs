@@ -125,6 +125,7 @@ pub struct BaseWorker {
 impl BaseWorker {
     pub fn new(cluster: &Cluster, registry: &Registry, replicas: usize) -> Result<Self> {
         let plan = Plan::load(&cluster.plan)?;
+        cluster.check_layers(&plan)?;
         let inline = cluster.mode == ServeMode::Inline;
         let mut serving = plan.clone();
         if !inline {

@@ -81,15 +81,7 @@ impl CacheWorker {
             );
         };
         let plan = Plan::load(&cluster.plan)?;
-        let cache_layers = plan.cache_layers();
-        for l in &me.layers {
-            if !cache_layers.iter().any(|(_, c)| c == l) {
-                bail!(
-                    "layer '{l}' of caches[{index}] has no cache in plan {}",
-                    cluster.plan.display()
-                );
-            }
-        }
+        cluster.check_layers(&plan)?;
         let model = BaseModel::new(&plan.model, tch::Device::Cpu)?;
         let shapes = model
             .stages()

@@ -340,6 +340,32 @@ impl Cluster {
             .map(|c| c.endpoint.address())
     }
 
+    /// The cache workers' layers against the plan's: each names a layer the plan caches, and
+    /// distributed, each plan layer is served by exactly one worker.
+    pub fn check_layers(&self, plan: &gati_cache::plan::Plan) -> Result<()> {
+        let planned = plan.cache_layers();
+        for (i, c) in self.caches.iter().enumerate() {
+            if let Some(l) = c.layers.iter().find(|l| !planned.iter().any(|(_, p)| p == *l)) {
+                bail!(
+                    "caches[{i}].layers: '{l}' has no cache in plan {} (its cache layers: {})",
+                    self.plan.display(),
+                    planned.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        if self.mode == ServeMode::Distributed {
+            for (_, l) in &planned {
+                let n = self.caches.iter().filter(|c| c.layers.contains(l)).count();
+                if n != 1 {
+                    bail!(
+                        "caches: plan layer '{l}' is served by {n} cache workers (distributed mode needs exactly one)"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The address cache workers report to.
     pub fn selector_address(&self) -> &str {
         self.selector_advertise.as_deref().unwrap_or(&self.selector)

@@ -141,6 +141,7 @@ impl Frontend {
     /// `selector_addr` is the Selector's actual address (it may have been bound to port 0).
     pub fn new(cluster: &Cluster, selector_addr: &str, registry: &Registry) -> Result<Self> {
         let plan = Plan::load(&cluster.plan)?;
+        cluster.check_layers(&plan)?;
         let spec = BaseModel::new(&plan.model, tch::Device::Cpu)?.spec().clone();
         let classes = spec.class_names();
         let timeout = Some(Duration::from_millis(cluster.default_deadline_ms.max(1000) * 2));
