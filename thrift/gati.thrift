@@ -83,8 +83,9 @@ struct InferResponse {
   7: optional string cache_layer,
   8: optional string cache_version,
   9: required Timing timing,
-  // When source == CACHE: "learned" (a cache model answered) or "memory" (the memory cache gave the
-  // answer the base model gave a near-duplicate of this input).
+  // When source == CACHE: "learned" (a cache model answered), "memory" (the memory cache gave the
+  // answer the base model gave a near-duplicate of this input) or "exact" (the frontend gave the
+  // answer an earlier request with the very same input got; cache_layer "input").
   10: optional string cache_kind,
 }
 
@@ -321,6 +322,9 @@ service CacheWorker {
 
 service Selector {
   oneway void report(1: CacheResult result),
+  // Forgets the frontend's answers to exact repeats (benchmarks start each run from none); returns
+  // how many there were.
+  i64 clear_memory(),
 }
 
 // ---- operator controls of online learning (the trainer) ----

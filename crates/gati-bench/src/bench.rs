@@ -28,6 +28,8 @@ pub struct Options {
     pub saturation_clients: usize,
     pub cache_workers: usize,
     pub pin: bool,
+    /// Answers the frontends keep for exact repeats (None: decided by each plan).
+    pub exact_cache_entries: Option<usize>,
     pub seed: u64,
     /// The `gati` executable that serves the cluster roles.
     pub exe: PathBuf,
@@ -204,12 +206,12 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
     let mut clusters = Vec::new();
     for c in &o.configs {
         if let Some(mode) = c.serve_mode() {
-            clusters.push((*c, LocalCluster::start(&o.exe, plan_dir, mode, o.pin, o.cache_workers)?));
+            clusters.push((*c, LocalCluster::start(&o.exe, plan_dir, mode, o.shape())?));
         }
     }
     let sweep_clusters: Vec<LocalCluster> = sweep_plans
         .iter()
-        .map(|(_, d, _)| LocalCluster::start(&o.exe, d, o.sweep_mode, o.pin, o.cache_workers))
+        .map(|(_, d, _)| LocalCluster::start(&o.exe, d, o.sweep_mode, o.shape()))
         .collect::<Result<_>>()?;
 
     let total = (o.repeat * (streams.len() * o.configs.len() + sweep_plans.len())) as u64;
@@ -318,6 +320,14 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
 }
 
 impl Options {
+    fn shape(&self) -> crate::measure::Shape {
+        crate::measure::Shape {
+            pin: self.pin,
+            cache_workers: self.cache_workers,
+            exact_cache_entries: self.exact_cache_entries,
+        }
+    }
+
     /// The Thrift configuration that serves in the sweep's mode.
     fn sweep_config(&self) -> Config {
         Config::ALL

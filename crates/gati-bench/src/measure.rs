@@ -203,25 +203,49 @@ pub struct LocalCluster {
     _dir: tempfile::TempDir,
 }
 
+/// How a benchmark cluster is laid out.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Base worker on CPU 0, cache workers on CPU 1.
+    pub pin: bool,
+    pub cache_workers: usize,
+    /// `UpOptions::exact_cache_entries` (None: decided by the plan).
+    pub exact_cache_entries: Option<usize>,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self {
+            pin: false,
+            cache_workers: 1,
+            exact_cache_entries: None,
+        }
+    }
+}
+
 impl LocalCluster {
-    pub fn start(exe: &Path, plan: &Path, mode: ServeMode, pin: bool, cache_workers: usize) -> Result<Self> {
-        Self::start_with(exe, plan, mode, pin, cache_workers, 1, 2.0)
+    pub fn start(exe: &Path, plan: &Path, mode: ServeMode, shape: Shape) -> Result<Self> {
+        Self::start_with(exe, plan, mode, shape, 1, 2.0)
     }
 
     /// With the frontend's dynamic batcher on (batches of up to `max_batch`).
     pub fn start_batching(exe: &Path, plan: &Path, mode: ServeMode, max_batch: usize, delay_ms: f64) -> Result<Self> {
-        Self::start_with(exe, plan, mode, false, 1, max_batch, delay_ms)
+        Self::start_with(exe, plan, mode, Shape::default(), max_batch, delay_ms)
     }
 
     fn start_with(
         exe: &Path,
         plan: &Path,
         mode: ServeMode,
-        pin: bool,
-        cache_workers: usize,
+        shape: Shape,
         max_batch: usize,
         max_batch_delay_ms: f64,
     ) -> Result<Self> {
+        let Shape {
+            pin,
+            cache_workers,
+            exact_cache_entries,
+        } = shape;
         let opts = UpOptions {
             plan: plan.to_path_buf(),
             mode,
@@ -241,6 +265,7 @@ impl LocalCluster {
             idle_timeout_ms: 300_000,
             frame_timeout_ms: 10_000,
             fault_panic_request: None,
+            exact_cache_entries,
         };
         let cluster = local_cluster(&opts)?;
         let dir = tempfile::tempdir()?;
@@ -256,7 +281,8 @@ impl LocalCluster {
         })
     }
 
-    /// Empties the memory cache of the base worker and of every cache worker (a no-op without one).
+    /// Empties the memory caches (base worker, cache workers) and the frontend's answers to exact
+    /// repeats (a no-op where there are none).
     pub fn clear_memory(&self) {
         let c = &self.cluster;
         let timeout = Some(Duration::from_secs(10));
@@ -267,6 +293,13 @@ impl LocalCluster {
             gati_rpc::BaseWorkerSyncClient::new,
         );
         let mut failed = base.call(gati_rpc::TBaseWorkerSyncClient::clear_memory).err();
+        let selector = gati_server::net::Pool::new(
+            c.selector_address(),
+            timeout,
+            c.token.clone(),
+            gati_rpc::SelectorSyncClient::new,
+        );
+        failed = failed.or(selector.call(gati_rpc::TSelectorSyncClient::clear_memory).err());
         for w in &c.caches {
             let pool = gati_server::net::Pool::new(
                 w.endpoint.address(),

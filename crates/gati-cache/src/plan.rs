@@ -278,7 +278,9 @@ pub fn make_plan(
         .collect();
     let plan = Plan {
         model: c.meta.model.clone(),
-        weights: weights.to_path_buf(),
+        // Absolute: plan.json is read from other working directories (a relative path in it is
+        // taken relative to the plan directory).
+        weights: std::path::absolute(weights).unwrap_or_else(|_| weights.to_path_buf()),
         weights_sha256: c.meta.weights_sha256.clone(),
         mode: req.mode,
         budget: req.budget,
@@ -367,7 +369,7 @@ impl Plan {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let previous = Plan::load(dir).ok().map(|p| p.caches_file);
         self.caches_file = gati_core::files::write_content_named(dir, "caches", tensors)?;
-        write_json_atomic(self, &dir.join("plan.json"))?;
+        write_json_atomic(&self.relative_to(dir), &dir.join("plan.json"))?;
         gati_core::files::remove_stale(dir, "caches", &self.caches_file, previous.as_deref());
         Ok(())
     }
@@ -375,10 +377,75 @@ impl Plan {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("plan.json");
         let bytes = std::fs::read(&path).with_context(|| format!("reading plan {}", path.display()))?;
-        let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("parsing plan {}", path.display()))?;
+        let mut plan: Plan =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing plan {}", path.display()))?;
         gati_core::files::file_in(dir, &plan.caches_file)
             .with_context(|| format!("plan {}: caches_file", path.display()))?;
+        // Files named relative to the plan directory (a self-contained plan moves as one folder).
+        if plan.weights.is_relative() {
+            plan.weights = dir.join(&plan.weights);
+        }
+        if let Some(c) = plan.candidates.as_mut().filter(|c| c.is_relative()) {
+            *c = dir.join(&*c);
+        }
         Ok(plan)
+    }
+
+    /// As written to `dir/plan.json`: files inside `dir` named relative to it.
+    fn relative_to(&self, dir: &Path) -> Plan {
+        let mut p = self.clone();
+        let inside = |f: &Path| {
+            let dir = std::path::absolute(dir).ok()?;
+            std::path::absolute(f)
+                .ok()?
+                .strip_prefix(&dir)
+                .ok()
+                .map(Path::to_path_buf)
+        };
+        if let Some(w) = inside(&p.weights) {
+            p.weights = w;
+        }
+        if let Some(c) = p.candidates.as_deref().and_then(inside) {
+            p.candidates = Some(c);
+        }
+        p
+    }
+
+    /// Copies what serving this plan needs into `out`, a new folder that can be moved or copied
+    /// to another machine as one: plan.json, the caches' weights and the base model's weights
+    /// (checked against the plan's sha256), named relative to it. The training candidates stay
+    /// behind.
+    pub fn export(&self, dir: &Path, out: &Path) -> Result<()> {
+        if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+            anyhow::bail!("export: {} exists and is not empty", out.display());
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let ext = self
+            .weights
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("safetensors");
+        let base = format!("base.{ext}");
+        let sha = gati_core::weights::sha256_file(&self.weights)
+            .with_context(|| format!("reading base weights {}", self.weights.display()))?;
+        if sha != self.weights_sha256 {
+            anyhow::bail!(
+                "export: base weights {} have sha256 {sha}, the plan was made with {}",
+                self.weights.display(),
+                self.weights_sha256
+            );
+        }
+        for (from, to) in [
+            (self.weights.clone(), base.as_str()),
+            (self.caches_path(dir), self.caches_file.as_str()),
+        ] {
+            std::fs::copy(&from, out.join(to))
+                .with_context(|| format!("copying {} to {}", from.display(), out.display()))?;
+        }
+        let mut p = self.clone();
+        p.weights = PathBuf::from(base);
+        p.candidates = None;
+        write_json_atomic(&p, &out.join("plan.json"))
     }
 
     /// Where this plan's cache weights are, in plan folder `dir`.

@@ -28,6 +28,9 @@ enum Command {
     /// Plan a memory cache for traffic with locality: scored with the plan's learned caches on a
     /// calibration stream (repeats, camera frames)
     PlanMemory(cmd::plan_memory::Args),
+    /// Copy a plan with everything serving it needs (base weights included) into one folder that
+    /// can be moved to another machine
+    ExportPlan(cmd::export_plan::Args),
     /// Measure a plan in-process on the evaluation half: early exit vs the base model alone
     Evaluate(cmd::evaluate::Args),
     /// Run one process role of a cluster (frontend, base, cache, trainer)
@@ -73,6 +76,7 @@ fn main() {
         Command::Stages(a) => cmd::stages::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::PlanMemory(a) => cmd::plan_memory::run(a),
+        Command::ExportPlan(a) => cmd::export_plan::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Up(a) => cmd::up::run(a),

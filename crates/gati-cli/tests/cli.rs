@@ -156,6 +156,30 @@ fn plan_then_evaluate_end_to_end() {
     assert!(e["oracle_speedup"].as_f64().unwrap() >= 1.0);
     assert!(e["gati_latency_ms"]["p50"].as_f64().unwrap() > 0.0 && e["speedup"].as_f64().unwrap() > 0.0);
 
+    // Exported with its base weights, moved elsewhere, it answers the same from its new place.
+    let exported = dir.path().join("exported");
+    run(vec![
+        "export-plan".into(),
+        "--plan".into(),
+        out.to_str().unwrap().into(),
+        "--out".into(),
+        exported.to_str().unwrap().into(),
+        "--json".into(),
+    ]);
+    let moved = dir.path().join("moved-elsewhere");
+    std::fs::rename(&exported, &moved).unwrap();
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(moved.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(written["weights"], "base.safetensors");
+    let e2 = run(vec![
+        "evaluate".into(),
+        "--plan".into(),
+        moved.to_str().unwrap().into(),
+        "--json".into(),
+    ]);
+    for k in ["n", "hit_rate", "fidelity_loss", "gati_top1"] {
+        assert_eq!(e2[k], e[k], "{k}");
+    }
+
     // Another budget re-plans from the kept candidates without training again.
     let p2 = run(plan_args("0.0"));
     assert_eq!(p2["trained"], false);

@@ -418,7 +418,8 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
     // selector gives): ten new images, then each again twice (exact repeats).
     let images = test_images(10);
     for mode in ["inline", "distributed"] {
-        let c = Cluster::up_plan(&out, mode, &[]);
+        // The frontend's exact-repeat answers off: every repeat here is exact.
+        let c = Cluster::up_plan(&out, mode, &["--exact-cache-entries", "0"]);
         let mut client = c.client();
         let mut first = Vec::new();
         for path in &images {
@@ -489,4 +490,43 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
             "{mode}"
         );
     }
+
+    // With the frontend's exact-repeat answers on (the default for a plan with a memory cache),
+    // every exact repeat gets its first sight's answer without a base run.
+    let c = Cluster::up_plan(&out, "inline", &[]);
+    let mut client = c.client();
+    let first: Vec<gati_rpc::InferResponse> = images
+        .iter()
+        .map(|p| {
+            client
+                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
+                .unwrap()
+        })
+        .collect();
+    assert!(first.iter().all(|r| r.cache_kind.as_deref() != Some("exact")));
+    let base = c.info["metrics"]["base"].as_str().unwrap().to_string();
+    let runs = metric(&base, "gati_base_requests_total");
+    for (path, f) in images.iter().zip(&first) {
+        let r = client
+            .infer(image_request("resnet20", std::fs::read(path).unwrap()))
+            .unwrap();
+        assert_eq!(r.cache_kind.as_deref(), Some("exact"));
+        assert_eq!(r.cache_layer.as_deref(), Some("input"));
+        assert_eq!((r.class_index, r.top_k.len()), (f.class_index, f.top_k.len()));
+        assert_ne!(r.request_id, f.request_id);
+    }
+    assert_eq!(
+        metric(&base, "gati_base_requests_total"),
+        runs,
+        "a repeat reached the base worker"
+    );
+    let fm = c.info["metrics"]["frontend"].as_str().unwrap().to_string();
+    assert_eq!(
+        metric(&fm, "gati_exact_cache_events_total{event=\"hit\"}"),
+        images.len() as f64
+    );
+    assert_eq!(
+        metric(&fm, "gati_cache_hits_total{layer=\"exact\"}"),
+        images.len() as f64
+    );
 }

@@ -145,6 +145,12 @@ pub struct Cluster {
     /// accept only connections that present it. The public `Gati` service stays open.
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
+    /// Answers the frontend keeps for exact repeats (a request whose input bytes equal an earlier
+    /// one's gets its answer without a base run). Absent: 4096 when the plan has a memory cache
+    /// (it was planned for traffic with repeats) and no trainer changes the caches, else none;
+    /// 0: none.
+    #[serde(default)]
+    pub exact_cache_entries: Option<usize>,
     /// Online learning (absent: the plan's caches, frozen).
     #[serde(default)]
     pub trainer: Option<TrainerEndpoint>,
@@ -364,6 +370,16 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Entries of the frontend's exact-repeat cache for `plan` (0: off).
+    pub fn exact_entries(&self, plan: &gati_cache::plan::Plan) -> usize {
+        let auto = if plan.memory.is_some() && self.trainer.is_none() && self.mode != ServeMode::BaseOnly {
+            4096
+        } else {
+            0
+        };
+        self.exact_cache_entries.unwrap_or(auto)
     }
 
     /// The address cache workers report to.

@@ -7,6 +7,7 @@
 
 use crate::config::{Cluster, ServeMode};
 use crate::errors::{to_thrift, ServingError};
+use crate::exact::{self, ExactCache};
 use crate::metrics::registered;
 use crate::net::{self, Pool};
 use crate::resources::{lock, panic_message, Permits};
@@ -43,6 +44,7 @@ struct Metrics {
     late_reports: IntCounter,
     worker_up: IntGaugeVec,
     version_hits: IntCounterVec,
+    exact: IntCounterVec,
 }
 
 impl Metrics {
@@ -85,6 +87,11 @@ impl Metrics {
                 r,
                 IntCounter::new("gati_late_reports_total", "Cache reports after the request settled")?,
             )?,
+            exact: cv(
+                "gati_exact_cache_events_total",
+                "Exact-repeat answers at the frontend: lookups, hits, inserts, evictions",
+                &["event"],
+            )?,
             version_hits: cv(
                 "gati_cache_version_hits_total",
                 "Requests answered by a cache, by the cache version that answered",
@@ -101,6 +108,9 @@ impl Metrics {
                 )?,
             )?,
         };
+        for e in ["lookup", "hit", "insert", "eviction"] {
+            m.exact.with_label_values(&[e]);
+        }
         Ok(m)
     }
 }
@@ -114,6 +124,8 @@ pub struct Frontend {
     base: Arc<Pool<BaseClient>>,
     base_control: Pool<BaseClient>,
     caches: Vec<Pool<CacheClient>>,
+    /// Answers to exact repeats (None: off).
+    exact: Option<ExactCache>,
     /// The cache worker holding the plan's memory cache (distributed mode), told each answer.
     memory_worker: Option<usize>,
     pending: Mutex<HashMap<String, Sender<Msg>>>,
@@ -181,6 +193,7 @@ impl Frontend {
                     )
                 })
                 .collect(),
+            exact: std::num::NonZeroUsize::new(cluster.exact_entries(&plan)).map(ExactCache::new),
             memory_worker: plan
                 .memory
                 .as_ref()
@@ -205,13 +218,50 @@ impl Frontend {
         let t0 = Instant::now();
         let _permit = self.admit()?;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let key = self.exact.as_ref().map(|_| exact::key(&req));
             let p = self.prepare(req, t0)?;
+            if let Some(r) = key.as_ref().and_then(|k| self.repeat(k, &p)) {
+                return r;
+            }
             let settled = self.settle(&p)?;
-            self.answer(p, settled)
+            let r = self.answer(p, settled)?;
+            if let (Some(c), Some(k)) = (&self.exact, key) {
+                self.metrics.exact.with_label_values(&["insert"]).inc();
+                if c.put(k, &r) {
+                    self.metrics.exact.with_label_values(&["eviction"]).inc();
+                }
+            }
+            Ok(r)
         }))
         .unwrap_or_else(|e| Err(internal_error(&*e)));
         self.finish(&r, t0);
         r
+    }
+
+    /// The answer an earlier request with the same input got, as this request's.
+    fn repeat(&self, key: &exact::Key, p: &Prepared) -> Option<Result<InferResponse, ServingError>> {
+        let c = self.exact.as_ref()?;
+        self.metrics.exact.with_label_values(&["lookup"]).inc();
+        let stored = c.get(key, p.top_k)?;
+        self.metrics.exact.with_label_values(&["hit"]).inc();
+        let timing = Timing {
+            total_ms: OrderedFloat(ms(p.t0)),
+            queue_ms: OrderedFloat(0.0),
+            preprocess_ms: OrderedFloat(p.preprocess_ms),
+            base_ms: OrderedFloat(0.0),
+            cache_ms: OrderedFloat(0.0),
+        };
+        let hit = CacheHit {
+            layer: EXACT_LAYER.into(),
+            version: None,
+            kind: EXACT.into(),
+        };
+        Some(self.respond(p.base_req.request_id.clone(), stored.top_k, Some(hit), timing))
+    }
+
+    /// Forgets the exact-repeat answers; how many there were.
+    fn clear_exact(&self) -> usize {
+        self.exact.as_ref().map_or(0, ExactCache::clear)
     }
 
     /// Many requests as one batched base run (inline and base-only; distributed: one by one),
@@ -596,7 +646,7 @@ impl Frontend {
                 let l = h.label();
                 self.metrics.requests.with_label_values(&["hit"]).inc();
                 self.metrics.hits.with_label_values(&[&l]).inc();
-                if h.kind != MEMORY {
+                if h.kind == LEARNED {
                     self.metrics
                         .version_hits
                         .with_label_values(&[h.version.as_deref().unwrap_or("?")])
@@ -883,9 +933,12 @@ impl GatiSyncHandler for GatiHandler {
     }
 }
 
-/// `cache_kind` of a hit by a cache model, and by the memory cache.
+/// `cache_kind` of a hit by a cache model, by the memory cache, and by the frontend's answers to
+/// exact repeats (whose `cache_layer` is `input`).
 pub const LEARNED: &str = "learned";
 pub const MEMORY: &str = "memory";
+pub const EXACT: &str = "exact";
+pub const EXACT_LAYER: &str = "input";
 
 /// Which cache answered a request.
 struct CacheHit {
@@ -899,6 +952,7 @@ impl CacheHit {
     fn label(&self) -> String {
         match self.kind.as_str() {
             MEMORY => gati_cache::evaluate::memory_label(&self.layer),
+            EXACT => EXACT.into(),
             _ => self.layer.clone(),
         }
     }
@@ -910,5 +964,9 @@ impl SelectorSyncHandler for SelectorHandler {
     fn handle_report(&self, result: CacheResult) -> thrift::Result<()> {
         self.0.report(result);
         Ok(())
+    }
+
+    fn handle_clear_memory(&self) -> thrift::Result<i64> {
+        Ok(self.0.clear_exact() as i64)
     }
 }

@@ -14,6 +14,7 @@ pub mod cache_worker;
 pub mod client;
 pub mod config;
 pub mod errors;
+pub mod exact;
 pub mod frontend;
 pub mod learning;
 pub mod metrics;

@@ -35,6 +35,8 @@ pub struct UpOptions {
     pub frame_timeout_ms: u64,
     /// Fault injection for tests: the base worker panics on the request with this id.
     pub fault_panic_request: Option<String>,
+    /// `Cluster::exact_cache_entries` (None: decided by the plan).
+    pub exact_cache_entries: Option<usize>,
 }
 
 pub struct OnlineOptions {
@@ -93,6 +95,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
     };
     let mut c = Cluster {
         selector_advertise: None,
+        exact_cache_entries: o.exact_cache_entries,
         plan: std::path::absolute(&o.plan)?,
         mode,
         frontend: endpoint(front_port, 1, vec![], o.metrics)?,

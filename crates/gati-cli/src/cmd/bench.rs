@@ -44,6 +44,10 @@ pub struct Args {
     /// Pin base workers to CPU 0 and cache workers to CPU 1
     #[arg(long)]
     pin: bool,
+    /// Answers the frontends keep for exact repeats (0: none) [default: as `gati up` decides from
+    /// the plan]
+    #[arg(long)]
+    exact_cache_entries: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Report folder: report.json, report.md, records.jsonl, plots, re-made plans
@@ -95,6 +99,7 @@ pub fn run(a: Args) -> Result<()> {
         saturation_clients: a.saturation_clients.unwrap_or(2 * cores),
         cache_workers: a.cache_workers,
         pin: a.pin,
+        exact_cache_entries: a.exact_cache_entries,
         seed: a.seed,
         exe: std::env::current_exe()?,
         out: a.out.clone(),

@@ -6,6 +6,7 @@ mod data_args;
 pub mod eval;
 pub mod evaluate;
 pub mod export_data;
+pub mod export_plan;
 pub mod fit_classifier;
 pub mod import;
 pub mod loadgen;

@@ -81,6 +81,10 @@ pub struct Args {
     /// Fault injection (tests): every cache lookup sleeps this many milliseconds
     #[arg(long, default_value_t = 0, hide = true)]
     fault_cache_delay_ms: u64,
+    /// Answers the frontend keeps for exact repeats (0: none) [default: 4096 when the plan has a
+    /// memory cache and no trainer runs, else none]
+    #[arg(long)]
+    exact_cache_entries: Option<usize>,
     /// Where to write the generated CLUSTER.json (default: a temporary folder)
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -110,6 +114,7 @@ pub fn run(a: Args) -> Result<()> {
         idle_timeout_ms: a.idle_timeout_ms,
         frame_timeout_ms: a.frame_timeout_ms,
         fault_panic_request: a.fault_panic_request.clone(),
+        exact_cache_entries: a.exact_cache_entries,
         online: a.online.then(|| OnlineOptions {
             state_dir: a.state_dir.clone(),
             retrain_every: a.retrain_every,

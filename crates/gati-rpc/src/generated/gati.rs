@@ -7291,6 +7291,7 @@ impl CacheWorkerClearMemoryResult {
 
 pub trait TSelectorSyncClient {
   fn report(&mut self, result: CacheResult) -> thrift::Result<()>;
+  fn clear_memory(&mut self) -> thrift::Result<i64>;
 }
 
 pub trait TSelectorSyncClientMarker {}
@@ -7331,6 +7332,33 @@ impl <C: TThriftClient + TSelectorSyncClientMarker> TSelectorSyncClient for C {
     )?;
     Ok(())
   }
+  fn clear_memory(&mut self) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Call, self.sequence_number());
+        let call_args = SelectorClearMemoryArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("clear_memory", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = SelectorClearMemoryResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -7339,6 +7367,7 @@ impl <C: TThriftClient + TSelectorSyncClientMarker> TSelectorSyncClient for C {
 
 pub trait SelectorSyncHandler {
   fn handle_report(&self, result: CacheResult) -> thrift::Result<()>;
+  fn handle_clear_memory(&self) -> thrift::Result<i64>;
 }
 
 pub struct SelectorSyncProcessor<H: SelectorSyncHandler> {
@@ -7353,6 +7382,9 @@ impl <H: SelectorSyncHandler> SelectorSyncProcessor<H> {
   }
   fn process_report(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TSelectorProcessFunctions::process_report(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_clear_memory(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TSelectorProcessFunctions::process_clear_memory(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -7383,6 +7415,43 @@ impl TSelectorProcessFunctions {
       },
     }
   }
+  pub fn process_clear_memory<H: SelectorSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = SelectorClearMemoryArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_clear_memory() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = SelectorClearMemoryResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("clear_memory", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: SelectorSyncHandler> TProcessor for SelectorSyncProcessor<H> {
@@ -7391,6 +7460,9 @@ impl <H: SelectorSyncHandler> TProcessor for SelectorSyncProcessor<H> {
     let res = match &*message_ident.name {
       "report" => {
         self.process_report(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "clear_memory" => {
+        self.process_clear_memory(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -7450,6 +7522,105 @@ impl SelectorReportArgs {
     o_prot.write_field_begin(&TFieldIdentifier::new("result", TType::Struct, 1))?;
     self.result.write_to_out_protocol(o_prot)?;
     o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// SelectorClearMemoryArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct SelectorClearMemoryArgs {
+}
+
+impl SelectorClearMemoryArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<SelectorClearMemoryArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = SelectorClearMemoryArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("clear_memory_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// SelectorClearMemoryResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct SelectorClearMemoryResult {
+  result_value: Option<i64>,
+}
+
+impl SelectorClearMemoryResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for SelectorClearMemory"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<SelectorClearMemoryResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = SelectorClearMemoryResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("SelectorClearMemoryResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
