@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (idempotent) setup: a project-local virtualenv with the libtorch that tch needs,
-# and a cargo config that points the build at it and bakes an rpath into every binary.
+# and a cargo config that points the build at it and bakes an rpath into every binary: first
+# $ORIGIN/../lib (the libraries beside a packaged binary, scripts/package.sh), then the virtualenv's.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -41,10 +42,10 @@ LIBTORCH_CXX11_ABI = "1"
 GATI_PYTHON = "$VENV/bin/python"
 
 [target.x86_64-unknown-linux-gnu]
-rustflags = ["-C", "link-args=-Wl,-rpath,$TORCH_DIR/lib"]
+rustflags = ["-C", "link-args=-Wl,-rpath,\$ORIGIN/../lib:$TORCH_DIR/lib"]
 
 [target.aarch64-unknown-linux-gnu]
-rustflags = ["-C", "link-args=-Wl,-rpath,$TORCH_DIR/lib"]
+rustflags = ["-C", "link-args=-Wl,-rpath,\$ORIGIN/../lib:$TORCH_DIR/lib"]
 CFG
 )"
 if [ ! -f "$CONFIG" ] || [ "$(cat "$CONFIG")" != "$NEW" ]; then

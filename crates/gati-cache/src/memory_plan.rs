@@ -27,6 +27,9 @@ pub struct StreamSample {
     /// The answering cache's softmax probability of `learned_class` (on a learned hit).
     pub learned_confidence: f32,
     pub learned_ms: f64,
+    /// The stream item (image) this request shows: answers to one item's repeats are wrong
+    /// together, so the budget's margin counts errors by item.
+    pub item: usize,
 }
 
 impl StreamSample {
@@ -76,6 +79,10 @@ pub struct Scored {
     pub memory_hit_rate: f64,
     pub hit_rate: f64,
     pub fidelity_loss: f64,
+    /// Standard error of `fidelity_loss` with disagreements counted by stream item (√Σ w_i² / n
+    /// for w_i disagreements on item i): √w / n when no item is answered wrongly twice, more
+    /// when errors come in bursts.
+    pub fidelity_loss_se: f64,
     pub accuracy_loss: Option<f64>,
     pub mean_ms: f64,
     pub speedup: f64,
@@ -86,6 +93,8 @@ struct Replay {
     memory_hits: usize,
     learned_hits: usize,
     wrong: usize,
+    /// Disagreements per stream item.
+    wrong_by_item: std::collections::HashMap<usize, usize>,
     correct: usize,
     base_correct: usize,
     total_ms: f64,
@@ -118,6 +127,7 @@ fn replay(
         memory_hits: 0,
         learned_hits: 0,
         wrong: 0,
+        wrong_by_item: Default::default(),
         correct: 0,
         base_correct: 0,
         total_ms: 0.0,
@@ -186,7 +196,10 @@ fn replay(
                 lclass
             }
         };
-        r.wrong += (class != x.base_class) as usize;
+        if class != x.base_class {
+            r.wrong += 1;
+            *r.wrong_by_item.entry(x.item).or_default() += 1;
+        }
         r.correct += x.label.is_some_and(|l| l == class as i64) as usize;
         r.total_ms += ms;
     }
@@ -228,6 +241,7 @@ pub fn score_all(
             memory_hit_rate: r.memory_hits as f64 / n,
             hit_rate: (r.memory_hits + r.learned_hits) as f64 / n,
             fidelity_loss: r.wrong as f64 / n,
+            fidelity_loss_se: r.wrong_by_item.values().map(|&w| (w * w) as f64).sum::<f64>().sqrt() / n,
             accuracy_loss: labelled.then(|| (r.base_correct as f64 - r.correct as f64) / n),
             mean_ms,
             speedup: base_ms / mean_ms,
@@ -269,13 +283,11 @@ pub fn score_all(
     out
 }
 
-/// The fastest setting within budget: at most w disagreements over n requests with
-/// w + z·√w ≤ budget·n (`scored[0]`, the learned plan alone, when nothing with memory is).
-pub fn best_within(scored: &[Scored], n: usize, budget: f64, margin_sigmas: f64) -> &Scored {
-    let fits = |s: &&Scored| {
-        let w = s.fidelity_loss * n as f64;
-        w + margin_sigmas * w.sqrt() <= budget * n as f64 + 1e-9
-    };
+/// The fastest setting within budget: fidelity loss + z standard errors (disagreements counted
+/// by stream item) ≤ budget (`scored[0]`, the learned plan alone, when nothing with memory is).
+/// Where no item is answered wrongly twice this is w + z·√w ≤ budget·n for w disagreements.
+pub fn best_within(scored: &[Scored], budget: f64, margin_sigmas: f64) -> &Scored {
+    let fits = |s: &&Scored| s.fidelity_loss + margin_sigmas * s.fidelity_loss_se <= budget + 1e-9;
     scored
         .iter()
         .filter(fits)
@@ -298,7 +310,8 @@ pub fn spec_of(s: &Scored, max_bytes: u64) -> MemorySpec {
     }
 }
 
-/// Runs every request of `stream` (pixels in order, as `workload::stream_dataset` makes them)
+/// Runs every request of `stream` (pixels in order, as `workload::stream_dataset` makes them;
+/// `items[i]` is the image request i shows)
 /// through `ee`'s learned caches (its memory cache, if any, is not consulted) and the base model,
 /// in batches, keeping each request's key at every candidate stage in `stages`. Latencies follow
 /// the plan's stage profile `stage_ms` and the caches' `cost_ms`; `lookup_ms` is each layer's
@@ -306,6 +319,7 @@ pub fn spec_of(s: &Scored, max_bytes: u64) -> MemorySpec {
 pub fn prepare(
     ee: &crate::runtime::EarlyExit,
     stream: &gati_core::data::Dataset,
+    items: &[usize],
     stages: &[usize],
     stage_ms: &[f64],
     cache_costs_ms: &[f64],
@@ -357,6 +371,7 @@ pub fn prepare(
                 learned_stage,
                 learned_confidence,
                 learned_ms,
+                item: items[start + i],
             });
         }
         for ((kept, a), &g) in keys.iter_mut().zip(&acts).zip(&grids) {

@@ -117,7 +117,8 @@ fn stream(seed: u64, n: usize) -> (Vec<StreamSample>, Tensor) {
     let dims = 64;
     let mut samples = Vec::new();
     let mut rows = Vec::new();
-    let mut open: Vec<(Tensor, usize, f32, usize)> = Vec::new();
+    let mut open: Vec<(Tensor, usize, f32, usize, usize)> = Vec::new();
+    let mut items = 0;
     while samples.len() < n {
         while open.len() < 4 {
             let dir = randn(&mut rng, &[dims]);
@@ -127,10 +128,11 @@ fn stream(seed: u64, n: usize) -> (Vec<StreamSample>, Tensor) {
             } else {
                 rng.gen_range(0.97..1.0)
             };
-            open.push((dir, rng.gen_range(0..10), conf, 6));
+            open.push((dir, rng.gen_range(0..10), conf, 6, items));
+            items += 1;
         }
         let b = rng.gen_range(0..open.len());
-        let (dir, class, conf, left) = &mut open[b];
+        let (dir, class, conf, left, item) = &mut open[b];
         let flips = *conf < 0.9 && rng.gen_bool(0.33);
         let base_class = if flips { (*class + 1) % 10 } else { *class };
         let noise = randn(&mut rng, &[dims]) * 0.15;
@@ -143,6 +145,7 @@ fn stream(seed: u64, n: usize) -> (Vec<StreamSample>, Tensor) {
             learned_stage: None,
             learned_confidence: 0.0,
             learned_ms: 10.0,
+            item: *item,
         });
         *left -= 1;
         if *left == 0 {
@@ -171,7 +174,7 @@ fn a_threshold_calibrated_on_one_stream_holds_the_budget_on_another() {
     let budget = 0.02;
     let (cal, cal_keys) = stream(1, 1500);
     let scored = score_all(&cal, &[layer(cal_keys)], |_| 4096, 10.0);
-    let best = best_within(&scored, cal.len(), budget, 1.0).clone();
+    let best = best_within(&scored, budget, 1.0).clone();
     assert_eq!(best.layer, "layer1.0");
     // Most repeats of confident items are answered from memory...
     assert!(best.memory_hit_rate > 0.5, "{best:?}");

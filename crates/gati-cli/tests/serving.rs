@@ -530,3 +530,239 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
         images.len() as f64
     );
 }
+
+/// The relocatable release: `scripts/package.sh`'s tarball, unpacked into an empty folder, loads
+/// libtorch from its own `lib/`, evaluates a model and serves a plan exported beside it.
+#[test]
+fn a_packaged_release_runs_from_an_empty_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = gati_core::paths::project_root();
+    let packed = std::process::Command::new("bash")
+        .arg(root.join("scripts/package.sh"))
+        .args(["--bin", env!("CARGO_BIN_EXE_gati"), "--out"])
+        .arg(dir.path().join("dist"))
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    let tarball = String::from_utf8(packed.stdout).unwrap().trim().to_string();
+    let here = dir.path().join("elsewhere");
+    std::fs::create_dir(&here).unwrap();
+    let untar = std::process::Command::new("tar")
+        .args(["-I", "zstd", "-xf", &tarball, "-C"])
+        .arg(&here)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let release = std::fs::read_dir(&here).unwrap().next().unwrap().unwrap().path();
+    let exe = release.join("bin/gati");
+    // Every libtorch library resolves inside the release.
+    let ldd = std::process::Command::new("ldd").arg(&exe).output().unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
+    for lib in ["libtorch_cpu.so", "libc10.so"] {
+        let line = ldd
+            .lines()
+            .find(|l| l.contains(lib))
+            .unwrap_or_else(|| panic!("{lib}: {ldd}"));
+        let path = line.split("=> ").nth(1).and_then(|r| r.split(" (").next()).unwrap();
+        let path = std::fs::canonicalize(path).unwrap();
+        assert!(path.starts_with(release.join("lib").canonicalize().unwrap()), "{line}");
+    }
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(&exe);
+        c.args(args)
+            .current_dir(&here)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("GATI_QUIET", "1")
+            .env("GATI_HOME", dir.path().join("home"))
+            .env("GATI_SHARED", gati_core::paths::shared_dir().unwrap());
+        c
+    };
+    // The fine-tuned model's weights come from the release's own models/.
+    let eval = run(&["eval", "--model", "resnet56-jpeg", "--limit", "20", "--json"])
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert!(report["top1"].as_f64().is_some(), "{report}");
+    // A plan exported beside the release, served by it.
+    let plan = here.join("plan");
+    let exported = run(&[
+        "export-plan",
+        "--plan",
+        plan_dir().to_str().unwrap(),
+        "--out",
+        plan.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let c = Cluster::up_command(run(&[]), &plan, "inline", &[]);
+    let r = c
+        .client()
+        .infer(image_request("resnet20", std::fs::read(&test_images(1)[0]).unwrap()))
+        .unwrap();
+    assert!(r.class_index >= 0);
+}
+
+/// GET `path` from `addr` over HTTP/1.0: the body.
+fn http_body(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Percent-encodes a PromQL query for a URL.
+fn url_encoded(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Monitoring as operators run it: the real Prometheus scrapes a live distributed cluster with
+/// `deploy/prometheus/rules.yml` loaded; every rule evaluates cleanly, every recording rule and
+/// every query of the Grafana dashboard returns data, and `promtool check metrics` accepts each
+/// role's `/metrics`. Needs Debian's `prometheus` package: `scripts/test.sh` installs it and runs
+/// this test.
+#[test]
+#[ignore = "needs the prometheus package; scripts/test.sh runs it"]
+fn prometheus_scrapes_every_role_and_the_rules_and_dashboard_queries_return_data() {
+    let root = gati_core::paths::project_root();
+    let c = Cluster::up_plan(plan_dir(), "distributed", &["--complete-fraction", "1.0"]);
+    let m = &c.info["metrics"];
+    let roles: Vec<(&str, String)> = [
+        ("frontend", m["frontend"].as_str().unwrap().to_string()),
+        ("base", m["base"].as_str().unwrap().to_string()),
+    ]
+    .into_iter()
+    .chain(
+        m["caches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| ("cache", w.as_str().unwrap().to_string())),
+    )
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: String = roles
+        .iter()
+        .map(|(role, addr)| {
+            format!("  - job_name: gati-{role}-{addr}\n    static_configs:\n      - targets: [\"{addr}\"]\n        labels: {{role: {role}}}\n")
+        })
+        .collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n{jobs}",
+        root.join("deploy/prometheus/rules.yml").display()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let prom = format!("127.0.0.1:{port}");
+    let mut server = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address={prom}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the prometheus server (Debian package prometheus)");
+    // Every role's exposition passes promtool's checks.
+    for (role, addr) in &roles {
+        let check = output_with_stdin(
+            std::process::Command::new("promtool").args(["check", "metrics"]),
+            http_body(addr, "/metrics"),
+        );
+        assert!(
+            check.status.success(),
+            "{role} /metrics: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    // Traffic over several scrapes.
+    let mut client = c.client();
+    let images = test_images(30);
+    for round in 0..4 {
+        for p in &images {
+            client
+                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
+                .unwrap();
+        }
+        if round < 3 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    let query = |q: &str| -> serde_json::Value {
+        let body = http_body(&prom, &format!("/api/v1/query?query={}", url_encoded(q)));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{q}: {body}"));
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        v["data"]["result"].clone()
+    };
+    let t = std::time::Instant::now();
+    while query("gati:requests:rate1m").as_array().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "no recorded series after 60 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // Every rule loaded and evaluates without error; every recording rule has data.
+    let rules: serde_json::Value = serde_json::from_str(&http_body(&prom, "/api/v1/rules")).unwrap();
+    let mut recorded = 0;
+    for g in rules["data"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            assert_eq!(r["health"], "ok", "{r}");
+            if r["type"] == "recording" {
+                recorded += 1;
+                let name = r["name"].as_str().unwrap();
+                assert!(
+                    !query(name).as_array().unwrap().is_empty(),
+                    "recording rule {name} has no data"
+                );
+            }
+        }
+    }
+    assert_eq!(recorded, 7);
+    // Every dashboard query returns data.
+    let dash: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("deploy/grafana/dashboards/gati.json")).unwrap()).unwrap();
+    let mut queries = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let q = t["expr"].as_str().unwrap();
+            queries += 1;
+            assert!(
+                !query(q).as_array().unwrap().is_empty(),
+                "panel {}: {q} has no data",
+                p["title"]
+            );
+        }
+    }
+    assert!(queries >= 10);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Runs `cmd` with `input` on its stdin; its output.
+fn output_with_stdin(cmd: &mut std::process::Command, input: String) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}

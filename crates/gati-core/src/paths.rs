@@ -6,12 +6,20 @@
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
-/// The project root this binary was built from (used to find `../shared` and `datasets/`).
+/// The project root: the unpacked release this binary runs from (`scripts/package.sh`: a folder
+/// with `GATI_RELEASE` above `bin/`), else the source tree it was built from (used to find
+/// `models/`, `../shared` and `datasets/`).
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap_or_else(|_| PathBuf::from("."))
+    let release = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.to_path_buf()))
+        .filter(|r| r.join("GATI_RELEASE").is_file());
+    release.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .canonicalize()
+            .unwrap_or_else(|_| PathBuf::from("."))
+    })
 }
 
 /// The shared data folder: `$GATI_SHARED`, else `../shared` beside the working directory or the project.

@@ -17,7 +17,7 @@ use gati_cache::plan::Plan;
 use gati_core::BaseModel;
 use gati_rpc::convert::{input_to_tensor, tensor_to_wire};
 use gati_rpc::*;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +37,7 @@ struct Metrics {
     requests: IntCounterVec,
     hits: IntCounterVec,
     misses: IntCounterVec,
-    latency: Histogram,
+    latency: HistogramVec,
     in_flight: IntGauge,
     cancellations: IntCounter,
     agreement: IntCounterVec,
@@ -68,9 +68,13 @@ impl Metrics {
             )?,
             latency: registered(
                 r,
-                Histogram::with_opts(
-                    HistogramOpts::new("gati_request_latency_seconds", "End-to-end latency at the frontend")
-                        .buckets(prometheus::exponential_buckets(0.0005, 1.5, 24)?),
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "gati_request_latency_seconds",
+                        "End-to-end latency at the frontend, by outcome (hit, miss, error)",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 1.5, 24)?),
+                    &["outcome"],
                 )?,
             )?,
             in_flight: registered(r, IntGauge::new("gati_in_flight", "Requests in progress")?)?,
@@ -108,8 +112,13 @@ impl Metrics {
                 )?,
             )?,
         };
+        // Every labelled series exists from the start, so dashboards and rules see zeros, not gaps.
         for e in ["lookup", "hit", "insert", "eviction"] {
             m.exact.with_label_values(&[e]);
+        }
+        for o in ["hit", "miss", "error"] {
+            m.requests.with_label_values(&[o]);
+            m.latency.with_label_values(&[o]);
         }
         Ok(m)
     }
@@ -333,7 +342,15 @@ impl Frontend {
     }
 
     fn finish(&self, r: &Result<InferResponse, ServingError>, t0: Instant) {
-        self.metrics.latency.observe(t0.elapsed().as_secs_f64());
+        let outcome = match r {
+            Ok(a) if a.source == AnswerSource::CACHE => "hit",
+            Ok(_) => "miss",
+            Err(_) => "error",
+        };
+        self.metrics
+            .latency
+            .with_label_values(&[outcome])
+            .observe(t0.elapsed().as_secs_f64());
         if r.is_err() {
             self.count_error();
         }

@@ -9,6 +9,19 @@ pub fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M
     Ok(metric)
 }
 
+/// What every role exports besides its own figures: `gati_build_info{version, role}` (always 1)
+/// and the process's CPU, memory, file descriptors and start time (`process_*`).
+pub fn register_process(registry: &Registry, role: &str) -> anyhow::Result<()> {
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("gati_build_info", "The gati build serving this role (always 1)"),
+        &["version", "role"],
+    )?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), role]).set(1);
+    registry.register(Box::new(info))?;
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    Ok(())
+}
+
 const PLAIN: &str = "text/plain; charset=utf-8";
 
 /// Whether a process can take traffic now (`/ready`).

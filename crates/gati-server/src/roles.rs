@@ -29,6 +29,13 @@ fn start_metrics(addr: &Option<String>, registry: &Registry, ready: Option<crate
 /// Serves `role` of `cluster` until the process is killed.
 pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
     let registry = Registry::new();
+    let name = match role {
+        Role::Frontend => "frontend",
+        Role::Base => "base",
+        Role::Cache(_) => "cache",
+        Role::Trainer => "trainer",
+    };
+    crate::metrics::register_process(&registry, name)?;
     match role {
         Role::Base => {
             apply_placement(&cluster.base)?;

@@ -28,7 +28,8 @@ pub struct Args {
     /// Fidelity budget over the stream (default: the plan's)
     #[arg(long)]
     budget: Option<f64>,
-    /// Plan for w + z·√w ≤ budget·n disagreements over the stream (z = this)
+    /// Plan for fidelity loss + z standard errors ≤ budget over the stream (z = this; errors
+    /// counted by item, so an item answered wrongly on all its repeats weighs as one burst)
     #[arg(long, default_value_t = 1.0)]
     margin_sigmas: f64,
     /// Bytes the memory store may hold, in MiB (a lookup is one product over the whole store: 2 MiB
@@ -108,6 +109,7 @@ pub fn run(a: Args) -> Result<()> {
     let cal = test.subset(&ci);
     let reqs = stream.generate(&cal.labels, a.requests, a.seed);
     let frames = stream_dataset(&cal, &reqs);
+    let items: Vec<usize> = reqs.iter().map(|r| r.index).collect();
     let classes = model.spec().num_classes;
     let base_ms: f64 = original.stage_ms.iter().sum();
     let n = reqs.len();
@@ -135,9 +137,10 @@ pub fn run(a: Args) -> Result<()> {
         let base = BaseModel::load(&original.model, &original.weights, tch::Device::Cpu)?;
         let ee = EarlyExit::from_plan(&l.plan, base, &l.caches)?;
         let costs: Vec<f64> = l.plan.caches.iter().map(|c| c.cost_ms).collect();
-        let (samples, layers) = memory_plan::prepare(&ee, &frames, &stages, &original.stage_ms, &costs, &lookup_ms);
+        let (samples, layers) =
+            memory_plan::prepare(&ee, &frames, &items, &stages, &original.stage_ms, &costs, &lookup_ms);
         let scored = memory_plan::score_all(&samples, &layers, capacity_of, base_ms);
-        let best = memory_plan::best_within(&scored, n, budget, a.margin_sigmas).clone();
+        let best = memory_plan::best_within(&scored, budget, a.margin_sigmas).clone();
         eprintln!(
             "plan-memory: learned caches at {:.2}%: alone {:.2}x, with memory {:.2}x",
             100.0 * l.budget,
@@ -161,7 +164,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|lk| {
             let mine: Vec<Scored> = scored.iter().filter(|s| s.layer == lk.layer).cloned().collect();
-            memory_plan::best_within(&mine, n, budget, a.margin_sigmas).clone()
+            memory_plan::best_within(&mine, budget, a.margin_sigmas).clone()
         })
         .collect();
     // Locality oracle: a request whose image came before exits at the first candidate layer.

@@ -113,7 +113,12 @@ impl Cluster {
 
     /// `gati up` on another plan.
     pub fn up_plan(plan: &std::path::Path, mode: &str, extra: &[&str]) -> Self {
-        let mut child = gati()
+        Self::up_command(gati(), plan, mode, extra)
+    }
+
+    /// `gati up` run by `gati` (another copy of the binary, say).
+    pub fn up_command(mut gati: Command, plan: &std::path::Path, mode: &str, extra: &[&str]) -> Self {
+        let mut child = gati
             .args([
                 "up",
                 "--port",
