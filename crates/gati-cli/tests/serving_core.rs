@@ -538,20 +538,25 @@ fn a_frontend_without_its_base_worker_is_alive_but_not_ready() {
     }
 }
 
+/// The test plan's cache layers.
+fn plan_layers() -> Vec<String> {
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plan_dir().join("plan.json")).unwrap()).unwrap();
+    plan["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["layer"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A deployment addressed by host names, as in compose or Kubernetes: every role listens on all
 /// interfaces and is dialled by name (`localhost` here); the selector is named, not compared by
 /// address, so the cache workers' reports reach it and requests hit.
 #[test]
 fn a_cluster_addressed_by_host_names_gets_its_cache_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let plan: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(plan_dir().join("plan.json")).unwrap()).unwrap();
-    let layers: Vec<String> = plan["caches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["layer"].as_str().unwrap().to_string())
-        .collect();
+    let layers = plan_layers();
     let [front, metrics, sel, base, cache] = [(); 5].map(|_| free_port());
     let config = serde_json::json!({
         "plan": plan_dir(), "mode": "distributed",
@@ -611,14 +616,7 @@ fn a_cluster_addressed_by_host_names_gets_its_cache_reports() {
 #[test]
 fn cache_layers_that_disagree_with_the_plan_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let plan: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(plan_dir().join("plan.json")).unwrap()).unwrap();
-    let layers: Vec<String> = plan["caches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["layer"].as_str().unwrap().to_string())
-        .collect();
+    let layers = plan_layers();
     let unserved = layers.last().unwrap().clone();
     // Every role checks (one implementation); each case is tried on another role.
     for (role, caches, expect) in [
