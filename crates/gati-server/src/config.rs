@@ -221,9 +221,17 @@ impl Endpoint {
 impl Cluster {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading cluster config {}", path.display()))?;
-        let mut c: Cluster =
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing cluster config {}", path.display()))?;
-        let given: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let mut c = Self::parse(&bytes, path)?;
+        c.load_token()?;
+        Ok(c)
+    }
+
+    /// A config's text, checked (unknown keys, values) but its token not read; `path` names it in
+    /// errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let c: Cluster =
+            serde_json::from_slice(bytes).with_context(|| format!("parsing cluster config {}", path.display()))?;
+        let given: serde_json::Value = serde_json::from_slice(bytes)?;
         let unknown = unknown_keys(&given, &serde_json::to_value(&c)?, "");
         if !unknown.is_empty() {
             // A mistyped key (say `auth_token_fle`) would otherwise leave its setting at the default.
@@ -233,8 +241,8 @@ impl Cluster {
                 unknown.join(", ")
             );
         }
-        c.check()?;
-        c.load_token()?;
+        c.check()
+            .with_context(|| format!("cluster config {}", path.display()))?;
         Ok(c)
     }
 
@@ -463,6 +471,16 @@ mod tests {
         let mut unknown = unknown_keys(&given, &serde_json::to_value(&c).unwrap(), "");
         unknown.sort();
         assert_eq!(unknown, ["auth_token_fle", "base.thread", "caches[1].layer"]);
+    }
+
+    #[test]
+    fn the_shipped_cluster_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for f in ["deploy/k8s/cluster.json", "deploy/cluster.example.json"] {
+            let path = root.join(f);
+            let c = Cluster::parse(&std::fs::read(&path).unwrap(), &path).unwrap_or_else(|e| panic!("{f}: {e:#}"));
+            assert_eq!(c.mode, ServeMode::Distributed, "{f}");
+        }
     }
 
     #[test]
