@@ -12,7 +12,7 @@ COPY . .
 RUN bash scripts/setup.sh \
  && bash scripts/package.sh --out /dist \
  && mkdir -p /opt/gati \
- && tar -I zstd -xf /dist/gati-*.tar.zst -C /opt/gati --strip-components=1
+ && tar -xf /dist/gati-*.tar.* -C /opt/gati --strip-components=1
 
 FROM debian:bookworm-slim
 # libstdc++ and libgomp's system dependencies only; libtorch comes with the release.

@@ -4,6 +4,7 @@
 # in), the project's models, the IDL, the Python client, deploy files and docs. Unpacked anywhere,
 # `bin/gati` runs with no virtualenv and no LD_LIBRARY_PATH.
 #   scripts/package.sh                      build in release mode, write dist/gati-VERSION-ARCH.tar.zst
+#                                           (.tar.gz where zstd is not installed)
 #   scripts/package.sh --bin PATH --out DIR package an existing binary (tests) into DIR
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,7 +39,12 @@ find "$STAGE/clients" -name __pycache__ -prune -exec rm -rf {} +
 # Marks the folder as a release: the binary finds models/ and docs beside it.
 printf 'gati %s %s\n' "$VERSION" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" > "$STAGE/GATI_RELEASE"
 mkdir -p "$OUT"
-TARBALL="$OUT/$NAME.tar.zst"
-tar -C "$(dirname "$STAGE")" -cf - "$NAME" | zstd -q -T0 -3 -f -o "$TARBALL"
+if command -v zstd >/dev/null; then
+  TARBALL="$OUT/$NAME.tar.zst"
+  tar -C "$(dirname "$STAGE")" -cf - "$NAME" | zstd -q -T0 -3 -f -o "$TARBALL"
+else
+  TARBALL="$OUT/$NAME.tar.gz"
+  tar -C "$(dirname "$STAGE")" -czf "$TARBALL" "$NAME"
+fi
 echo "package: $TARBALL ($(du -h "$TARBALL" | cut -f1); $(ls "$STAGE/lib" | wc -l) libraries)" >&2
 echo "$TARBALL"

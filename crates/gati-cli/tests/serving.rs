@@ -548,7 +548,7 @@ fn a_packaged_release_runs_from_an_empty_folder() {
     let here = dir.path().join("elsewhere");
     std::fs::create_dir(&here).unwrap();
     let untar = std::process::Command::new("tar")
-        .args(["-I", "zstd", "-xf", &tarball, "-C"])
+        .args(["-xf", &tarball, "-C"])
         .arg(&here)
         .status()
         .unwrap();
