@@ -490,7 +490,8 @@ fn free_port() -> u16 {
 }
 
 /// `/health` says the process is alive; `/ready` whether it can answer: a frontend whose base
-/// worker is not there yet is alive but not ready, and becomes ready once the worker is up.
+/// worker is not there yet is alive but not ready, and becomes ready once the worker is up. Its
+/// log is structured: JSON lines with time and level, one per failed request.
 #[test]
 fn a_frontend_without_its_base_worker_is_alive_but_not_ready() {
     let dir = tempfile::tempdir().unwrap();
@@ -505,22 +506,38 @@ fn a_frontend_without_its_base_worker_is_alive_but_not_ready() {
     let serve = |role: &str| {
         common::gati()
             .args(["serve", role, "--config", path.to_str().unwrap()])
+            .env("GATI_LOG_FORMAT", "json")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
     let mut frontend = serve("frontend");
-    let mut stderr = std::io::BufReader::new(frontend.stderr.take().unwrap());
-    let metrics = loop {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "frontend exited"
-        );
-        if let Some(rest) = line.trim().strip_prefix("metrics on http://") {
-            break rest.trim_end_matches("/metrics").to_string();
+    // Its log: one JSON object per line, with time and level (read on a thread, so that a
+    // missing line fails the test instead of hanging it).
+    let (tx, logs) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stderr = std::io::BufReader::new(frontend.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+            let _ = tx.send(v);
+        }
+    });
+    let next = |what: &str, pick: &dyn Fn(&serde_json::Value) -> Option<String>| loop {
+        let v = logs
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no log line {what}"));
+        if let Some(x) = pick(&v) {
+            break x;
         }
     };
+    let message = |prefix: &'static str| {
+        move |v: &serde_json::Value| Some(v["message"].as_str()?.strip_prefix(prefix)?.to_string())
+    };
+    let metrics = next("metrics on", &message("metrics on http://"))
+        .trim_end_matches("/metrics")
+        .to_string();
+    let endpoint = next("frontend on", &message("frontend on "));
     assert_eq!(http_get(&metrics, "/health"), (200, "ok\n".into()));
     assert_eq!(http_get(&metrics, "/ready").0, 503);
     let mut worker = serve("base");
@@ -532,6 +549,21 @@ fn a_frontend_without_its_base_worker_is_alive_but_not_ready() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A failed request is one warning line with its id, the exception and why.
+    let mut client = gati_server::client::connect(&endpoint, Duration::from_secs(10)).unwrap();
+    let mut bad = image_request("no-such-model", std::fs::read(&test_images(1)[0]).unwrap());
+    bad.request_id = Some("bad-1".into());
+    assert!(client.infer(bad).is_err());
+    let line = next("for the failed request", &|v| {
+        (v["request_id"] == "bad-1").then(|| v.to_string())
+    });
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (v["level"].as_str(), v["kind"].as_str()),
+        (Some("WARN"), Some("ModelNotFound")),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("no-such-model"), "{v}");
     for p in [&mut frontend, &mut worker] {
         let _ = p.kill();
         let _ = p.wait();

@@ -286,7 +286,7 @@ impl BaseWorker {
             let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_admitted(&run, &xs, t0)))
                 .unwrap_or_else(|p| {
                     let message = format!("base run failed: {}", panic_message(&*p));
-                    eprintln!("base worker: {message}");
+                    tracing::error!(requests = run.len(), "{message}");
                     self.metrics
                         .requests
                         .with_label_values(&["failed"])

@@ -23,6 +23,20 @@ pub enum ServingError {
     Admin(String),
 }
 
+impl ServingError {
+    /// The exception's name in the IDL (logs and metrics label failures with it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServingError::InvalidInput(_) => "InvalidInput",
+            ServingError::ModelNotFound(_) => "ModelNotFound",
+            ServingError::Overloaded(_) => "Overloaded",
+            ServingError::Unavailable(_) => "Unavailable",
+            ServingError::DeadlineExceeded(_) => "DeadlineExceeded",
+            ServingError::Admin(_) => "AdminError",
+        }
+    }
+}
+
 impl From<ServingError> for thrift::Error {
     fn from(e: ServingError) -> Self {
         fn user<E: std::error::Error + Send + Sync + 'static>(e: E) -> thrift::Error {

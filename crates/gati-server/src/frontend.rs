@@ -225,7 +225,8 @@ impl Frontend {
     /// `Unavailable`, and its permit is returned either way.
     fn infer(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, ServingError> {
         let t0 = Instant::now();
-        let _permit = self.admit()?;
+        let id = req.request_id.clone();
+        let _permit = self.admit().inspect_err(|e| failed(id.as_deref(), e))?;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let key = self.exact.as_ref().map(|_| exact::key(&req));
             let p = self.prepare(req, t0)?;
@@ -243,7 +244,7 @@ impl Frontend {
             Ok(r)
         }))
         .unwrap_or_else(|e| Err(internal_error(&*e)));
-        self.finish(&r, t0);
+        self.finish(&r, t0, id.as_deref());
         r
     }
 
@@ -283,7 +284,8 @@ impl Frontend {
         all_or_nothing: bool,
     ) -> Result<Vec<Result<InferResponse, ServingError>>, ServingError> {
         let t0 = Instant::now();
-        let _permit = self.admit()?;
+        let ids: Vec<Option<String>> = reqs.iter().map(|r| r.request_id.clone()).collect();
+        let _permit = self.admit().inspect_err(|e| failed(Some("(batch)"), e))?;
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let prepared: Vec<Result<Prepared, ServingError>> = reqs.into_iter().map(|r| self.prepare(r, t0)).collect();
             if all_or_nothing {
@@ -320,8 +322,11 @@ impl Frontend {
         }))
         .unwrap_or_else(|e| Err(internal_error(&*e)));
         match &out {
-            Ok(items) => items.iter().for_each(|r| self.finish(r, t0)),
-            Err(e) => self.finish(&Err(e.clone()), t0),
+            Ok(items) => items
+                .iter()
+                .zip(&ids)
+                .for_each(|(r, id)| self.finish(r, t0, id.as_deref())),
+            Err(e) => self.finish(&Err(e.clone()), t0, Some("(batch)")),
         }
         out
     }
@@ -341,11 +346,15 @@ impl Frontend {
         ))
     }
 
-    fn finish(&self, r: &Result<InferResponse, ServingError>, t0: Instant) {
+    /// Counts an answered request, and logs it if it failed (`id`: the client's request id).
+    fn finish(&self, r: &Result<InferResponse, ServingError>, t0: Instant, id: Option<&str>) {
         let outcome = match r {
             Ok(a) if a.source == AnswerSource::CACHE => "hit",
             Ok(_) => "miss",
-            Err(_) => "error",
+            Err(e) => {
+                failed(id, e);
+                "error"
+            }
         };
         self.metrics
             .latency
@@ -855,10 +864,15 @@ impl Batcher {
     }
 }
 
+/// One log line per failed request: its id (the client's, when it gave one) and why.
+fn failed(id: Option<&str>, e: &ServingError) {
+    tracing::warn!(request_id = id.unwrap_or("-"), kind = e.kind(), error = %e, "request failed");
+}
+
 /// A panic while serving a request, as the client sees it.
 fn internal_error(p: &(dyn std::any::Any + Send)) -> ServingError {
     let message = format!("internal error: {}", panic_message(p));
-    eprintln!("frontend: {message}");
+    tracing::error!("{message}");
     ServingError::Unavailable(message)
 }
 

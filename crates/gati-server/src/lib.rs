@@ -17,6 +17,7 @@ pub mod errors;
 pub mod exact;
 pub mod frontend;
 pub mod learning;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod resources;

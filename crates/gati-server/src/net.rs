@@ -121,10 +121,10 @@ async fn accept_loop<P: TProcessor + Send + Sync + 'static>(
     while drain.busy.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN_TIMEOUT {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    eprintln!(
-        "SIGTERM: stopped accepting; {} request(s) still running after {:.0} ms of draining",
-        drain.busy.load(Ordering::Acquire),
-        started.elapsed().as_secs_f64() * 1e3
+    tracing::info!(
+        still_running = drain.busy.load(Ordering::Acquire),
+        drained_ms = started.elapsed().as_secs_f64() * 1e3,
+        "SIGTERM: stopped accepting"
     );
 }
 

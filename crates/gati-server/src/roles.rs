@@ -21,13 +21,14 @@ pub enum Role {
 fn start_metrics(addr: &Option<String>, registry: &Registry, ready: Option<crate::metrics::Readiness>) -> Result<()> {
     if let Some(a) = addr {
         let bound = crate::metrics::serve(a, registry.clone(), ready.unwrap_or_else(|| Box::new(|| true)))?;
-        eprintln!("metrics on http://{bound}/metrics");
+        tracing::info!("metrics on http://{bound}/metrics");
     }
     Ok(())
 }
 
 /// Serves `role` of `cluster` until the process is killed.
 pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
+    crate::logs::init();
     let registry = Registry::new();
     let name = match role {
         Role::Frontend => "frontend",
@@ -42,7 +43,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             let (listener, addr) = net::bind(&cluster.base.listen)?;
             let worker = Arc::new(base_worker::BaseWorker::new(cluster, &registry, 1)?);
             start_metrics(&cluster.base.metrics, &registry, None)?;
-            eprintln!("base worker ({:?} mode) on {addr}", cluster.mode);
+            tracing::info!(mode = ?cluster.mode, "base worker on {addr}");
             net::serve(
                 listener,
                 Arc::new(BaseWorkerSyncProcessor::new(base_worker::Handler(worker))),
@@ -58,7 +59,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             let (listener, addr) = net::bind(&me.endpoint.listen)?;
             let worker = Arc::new(cache_worker::CacheWorker::new(cluster, i, &registry)?);
             start_metrics(&me.endpoint.metrics, &registry, None)?;
-            eprintln!("cache worker {i} ({}) on {addr}", me.layers.join(","));
+            tracing::info!(index = i, layers = %me.layers.join(","), "cache worker on {addr}");
             net::serve(
                 listener,
                 Arc::new(CacheWorkerSyncProcessor::new(cache_worker::Handler(worker))),
@@ -77,7 +78,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             start_metrics(&me.endpoint.metrics, &registry, None)?;
             let l = t.clone();
             std::thread::spawn(move || l.run());
-            eprintln!("trainer on {addr}");
+            tracing::info!("trainer on {addr}");
             net::serve(
                 listener,
                 Arc::new(TrainerSyncProcessor::new(trainer::Handler(t))),
@@ -102,7 +103,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             let l = cluster.internal_limits();
             std::thread::spawn(move || net::serve(sel_listener, sel, l));
             frontend::watch_workers(fe.clone());
-            eprintln!("frontend on {addr} (selector on {sel_addr})");
+            tracing::info!(selector = %sel_addr, "frontend on {addr}");
             net::serve(
                 listener,
                 Arc::new(GatiSyncProcessor::new(frontend::GatiHandler(fe))),

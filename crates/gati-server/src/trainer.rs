@@ -236,7 +236,7 @@ impl Trainer {
         loop {
             std::thread::sleep(Duration::from_millis(self.settings.poll_ms));
             if let Err(e) = self.step() {
-                eprintln!("trainer: {e:#}");
+                tracing::warn!("{e:#}");
             }
         }
     }
@@ -290,7 +290,7 @@ impl Trainer {
         }
         if !acted.is_empty() {
             let note: Vec<String> = acted.iter().map(|(l, a)| format!("guard {} {l}", a.name())).collect();
-            eprintln!("trainer: {}", note.join("; "));
+            tracing::info!("{}", note.join("; "));
             self.publish(&mut st, &note.join("; "))?;
         }
         if st.learner.due() {
@@ -324,7 +324,7 @@ impl Trainer {
                         )
                     })
                     .collect();
-                eprintln!("trainer: round at sample {}: {}", round.at_request, detail.join("; "));
+                tracing::info!(at_sample = round.at_request, "round: {}", detail.join("; "));
             }
             if !promoted.is_empty() || !reverted.is_empty() {
                 let mut note = Vec::new();
@@ -334,7 +334,7 @@ impl Trainer {
                 if !reverted.is_empty() {
                     note.push(format!("restored the plan's {}", reverted.join(", ")));
                 }
-                eprintln!("trainer: round at sample {}: {}", round.at_request, note.join("; "));
+                tracing::info!(at_sample = round.at_request, "round: {}", note.join("; "));
                 self.publish(&mut st, &note.join("; "))?;
             }
         }
@@ -363,7 +363,7 @@ impl Trainer {
             Ok(()) => self.metrics.installs.with_label_values(&["ok"]).inc(),
             Err(e) => {
                 self.metrics.installs.with_label_values(&["failed"]).inc();
-                eprintln!("trainer: installing {} on {}: {e:?}", wire.version, w.addr());
+                tracing::warn!(version = %wire.version, worker = %w.addr(), "installing failed: {e:?}");
                 w.reset();
             }
         }
