@@ -137,6 +137,9 @@ pub struct Frontend {
     exact: Option<ExactCache>,
     /// The cache worker holding the plan's memory cache (distributed mode), told each answer.
     memory_worker: Option<usize>,
+    /// Distributed mode: the stages whose activations a base run streams to cache workers (the
+    /// plan's cache layers, learned and memory); empty otherwise.
+    stream_stages: Vec<i32>,
     pending: Mutex<HashMap<String, Sender<Msg>>>,
     /// Requests admitted at once (`max_in_flight`); the gauge `gati_in_flight` mirrors it.
     admitted: Permits,
@@ -208,6 +211,10 @@ impl Frontend {
                 .as_ref()
                 .filter(|_| cluster.mode == ServeMode::Distributed)
                 .and_then(|m| cluster.caches.iter().position(|c| c.layers.contains(&m.spec.layer))),
+            stream_stages: match cluster.mode {
+                ServeMode::Distributed => plan.cache_layers().iter().map(|(s, _)| *s as i32).collect(),
+                _ => Vec::new(),
+            },
             cluster: cluster.clone(),
             plan,
             spec,
@@ -353,6 +360,7 @@ impl Frontend {
             Ok(_) => "miss",
             Err(e) => {
                 failed(id, e);
+                self.count_error();
                 "error"
             }
         };
@@ -360,9 +368,6 @@ impl Frontend {
             .latency
             .with_label_values(&[outcome])
             .observe(t0.elapsed().as_secs_f64());
-        if r.is_err() {
-            self.count_error();
-        }
     }
 
     fn count_error(&self) {
@@ -373,7 +378,7 @@ impl Frontend {
     }
 
     fn distributed(&self) -> bool {
-        self.cluster.mode == ServeMode::Distributed && !self.plan.cache_layers().is_empty()
+        !self.stream_stages.is_empty()
     }
 
     /// Checks a request and turns it into the base worker's request.
@@ -399,7 +404,6 @@ impl Frontend {
             .clone()
             .unwrap_or_else(|| format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed)));
         let complete_on_hit = rand::thread_rng().gen::<f64>() < self.cluster.complete_on_hit_fraction;
-        let distributed = self.distributed();
         Ok(Prepared {
             t0,
             deadline: t0 + Duration::from_millis(deadline_ms),
@@ -409,11 +413,7 @@ impl Frontend {
             base_req: BaseRequest {
                 request_id: id,
                 input: tensor_to_wire(&x),
-                stream_stages: if distributed {
-                    self.plan.cache_layers().iter().map(|(s, _)| *s as i32).collect()
-                } else {
-                    vec![]
-                },
+                stream_stages: self.stream_stages.clone(),
                 selector: self.selector_addr.clone(),
                 complete_on_hit,
                 deadline_ms: None,
