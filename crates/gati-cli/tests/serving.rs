@@ -828,7 +828,14 @@ fn roles_on_hosts_addressed_by_name_hit_as_on_loopback_and_survive_a_cut_link() 
         String::from_utf8_lossy(&run.stderr)
     );
     let stdout = String::from_utf8_lossy(&run.stdout);
-    eprintln!("{}", stdout.lines().filter(|l| l.contains("hit rate")).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .filter(|l| l.contains("hit rate"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     for phase in ["before", "cut", "restored"] {
         assert_eq!(r["phases"][phase]["failed"], 0, "{r}");

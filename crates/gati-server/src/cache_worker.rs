@@ -23,6 +23,9 @@ use tch::Tensor;
 
 type SelectorClient = SelectorSyncClient<net::In, net::Out>;
 
+/// Memory keys kept for answers to come.
+const PENDING_KEYS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(4096).unwrap();
+
 pub struct CacheWorker {
     /// The caches and the version they are.
     caches: Mutex<(EarlyExit, String)>,
@@ -38,38 +41,11 @@ pub struct CacheWorker {
     fault_delay: Duration,
     /// The plan's memory cache, when this worker serves its layer.
     memory: Option<std::sync::Arc<gati_cache::memory::MemoryCache>>,
-    /// Keys of requests looked up in the memory and missed, until their answer arrives.
-    pending: Mutex<PendingKeys>,
-}
-
-/// Memory keys waiting for their request's final answer, oldest dropped first: a request
-/// answered by a cache model, or whose answer was lost, is never remembered.
-#[derive(Default)]
-struct PendingKeys {
-    keys: HashMap<String, Tensor>,
-    order: std::collections::VecDeque<String>,
-}
-
-impl PendingKeys {
-    /// Requests in flight at once are far fewer: the frontend admits `max_in_flight`.
-    const MAX: usize = 4096;
-
-    fn keep(&mut self, id: &str, key: Tensor) {
-        while self.order.len() >= Self::MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.keys.remove(&old);
-            }
-        }
-        if self.keys.insert(id.to_string(), key).is_none() {
-            self.order.push_back(id.to_string());
-        }
-    }
-
-    fn take(&mut self, id: &str) -> Option<Tensor> {
-        let key = self.keys.remove(id)?;
-        self.order.retain(|o| o != id);
-        Some(key)
-    }
+    /// Keys of requests looked up in the memory and missed, until their answer arrives; the
+    /// oldest dropped first (a request answered by a cache model, or whose answer was lost, is
+    /// never remembered). Requests in flight at once are far fewer: the frontend admits
+    /// `max_in_flight`.
+    pending: Mutex<lru::LruCache<String, Tensor>>,
 }
 
 impl CacheWorker {
@@ -133,7 +109,7 @@ impl CacheWorker {
             token: cluster.token.clone(),
             fault_delay: Duration::from_millis(me.fault_delay_ms),
             memory,
-            pending: Mutex::new(PendingKeys::default()),
+            pending: Mutex::new(lru::LruCache::new(PENDING_KEYS)),
         })
     }
 
@@ -181,7 +157,7 @@ impl CacheWorker {
                 Some(Self::result(a, Some((class, confidence)), probs, MEMORY, None, t0))
             }
             None => {
-                lock(&self.pending).keep(&a.request_id, key.get(0));
+                lock(&self.pending).put(a.request_id.clone(), key.get(0));
                 None
             }
         }
@@ -192,7 +168,7 @@ impl CacheWorker {
         let Some(mem) = &self.memory else {
             return;
         };
-        if let Some(key) = lock(&self.pending).take(&answer.request_id) {
+        if let Some(key) = lock(&self.pending).pop(&answer.request_id) {
             mem.remember(&key, answer.probs.iter().map(|p| p.0 as f32).collect());
         }
     }
