@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use gati_cache::runtime::{EarlyExit, Exit};
 use gati_core::BaseModel;
 use gati_server::config::{Cluster, ServeMode};
-use gati_server::up::{local_cluster, wait_healthy, Supervisor, UpOptions};
+use gati_server::up::{start_local, Supervisor, UpOptions};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -267,10 +267,8 @@ impl LocalCluster {
             fault_panic_request: None,
             exact_cache_entries,
         };
-        let cluster = local_cluster(&opts)?;
         let dir = tempfile::tempdir()?;
-        let mut sup = Supervisor::start(exe, &cluster, &dir.path().join("cluster.json"))?;
-        wait_healthy(&cluster, &mut sup, Duration::from_secs(120))
+        let (cluster, sup) = start_local(exe, &opts, &dir.path().join("cluster.json"))
             .with_context(|| format!("starting a {mode:?} cluster for {}", plan.display()))?;
         let model = gati_cache::plan::Plan::load(plan)?.model;
         Ok(Self {

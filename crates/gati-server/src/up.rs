@@ -276,11 +276,16 @@ impl Drop for Supervisor {
 }
 
 /// Waits until the frontend answers `health()` with every worker reachable.
+/// A cluster process exited before the cluster was healthy.
+#[derive(Debug, thiserror::Error)]
+#[error("a cluster process exited during start-up (see its error above)")]
+pub struct ExitedDuringStartUp;
+
 pub fn wait_healthy(cluster: &Cluster, sup: &mut Supervisor, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
         if sup.any_exited()? {
-            bail!("a cluster process exited during start-up (see its error above)");
+            return Err(ExitedDuringStartUp.into());
         }
         if let Ok(mut c) = crate::client::connect(cluster.frontend.address(), Duration::from_secs(2)) {
             use gati_rpc::TGatiSyncClient;
@@ -294,5 +299,26 @@ pub fn wait_healthy(cluster: &Cluster, sup: &mut Supervisor, timeout: Duration) 
             bail!("cluster not healthy after {:.0} s", timeout.as_secs_f64());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a local cluster for `o` (config written to `config_path`) and waits until it is
+/// healthy. Its ports are picked free beforehand, so another process can take one before a role
+/// binds it: a cluster whose process exits during start-up is started again on fresh ports (three
+/// tries in all).
+pub fn start_local(exe: &Path, o: &UpOptions, config_path: &Path) -> Result<(Cluster, Supervisor)> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let cluster = local_cluster(o)?;
+        let mut sup = Supervisor::start(exe, &cluster, config_path)?;
+        match wait_healthy(&cluster, &mut sup, Duration::from_secs(120)) {
+            Ok(()) => return Ok((cluster, sup)),
+            Err(e) if tries < 3 && e.is::<ExitedDuringStartUp>() => {
+                sup.stop();
+                tracing::warn!("starting the cluster again on other ports: {e}");
+            }
+            Err(e) => return Err(e),
+        }
     }
 }

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use gati_server::config::ServeMode;
-use gati_server::up::{local_cluster, wait_healthy, OnlineOptions, Supervisor, UpOptions};
+use gati_server::up::{start_local, OnlineOptions, UpOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -125,7 +125,6 @@ pub fn run(a: Args) -> Result<()> {
             fault_write_delay_ms: a.fault_write_delay_ms,
         }),
     };
-    let cluster = local_cluster(&opts)?;
     let tmp = tempfile::tempdir()?;
     let dir = a.workdir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
@@ -133,8 +132,7 @@ pub fn run(a: Args) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))?;
-    let mut sup = Supervisor::start(&std::env::current_exe()?, &cluster, &config)?;
-    wait_healthy(&cluster, &mut sup, Duration::from_secs(120))?;
+    let (cluster, mut sup) = start_local(&std::env::current_exe()?, &opts, &config)?;
     if a.json {
         super::print_json(&serde_json::json!({
             "endpoint": cluster.frontend.address(),
