@@ -316,7 +316,8 @@ pub fn start_local(exe: &Path, o: &UpOptions, config_path: &Path) -> Result<(Clu
             Ok(()) => return Ok((cluster, sup)),
             Err(e) if tries < 3 && e.is::<ExitedDuringStartUp>() => {
                 sup.stop();
-                tracing::warn!("starting the cluster again on other ports: {e}");
+                // `gati up` and the benchmark install no logger: plain stderr, as the supervisor's.
+                eprintln!("gati up: {e}; starting the cluster again on other ports");
             }
             Err(e) => return Err(e),
         }

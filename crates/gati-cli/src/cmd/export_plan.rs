@@ -17,13 +17,13 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let plan = Plan::load(&a.plan)?;
     plan.export(&a.plan, &a.out)?;
-    let files: Vec<String> = std::fs::read_dir(&a.out)?
-        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-        .collect();
-    let bytes: u64 = std::fs::read_dir(&a.out)?
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let (files, sizes): (Vec<String>, Vec<u64>) = std::fs::read_dir(&a.out)?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len()))
+        })
+        .unzip();
+    let bytes: u64 = sizes.iter().sum();
     if a.json {
         super::print_json(&serde_json::json!({"out": a.out, "files": files, "bytes": bytes}))?;
     } else {
