@@ -35,6 +35,7 @@ done
 [ -f "$STAGE/lib/libtorch_cpu.so" ] || { echo "package: libtorch_cpu.so not among $BIN's libraries" >&2; exit 1; }
 cp -r models thrift deploy docs README.md "$STAGE/"
 mkdir -p "$STAGE/clients" && cp -r clients/python "$STAGE/clients/"
+mkdir -p "$STAGE/scripts" && cp scripts/make-certs.sh "$STAGE/scripts/"
 find "$STAGE/clients" -name __pycache__ -prune -exec rm -rf {} +
 # Marks the folder as a release: the binary finds models/ and docs beside it.
 printf 'gati %s %s\n' "$VERSION" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" > "$STAGE/GATI_RELEASE"

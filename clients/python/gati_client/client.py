@@ -2,12 +2,13 @@
 exponential back-off on `Overloaded`/`Unavailable` and on a broken connection, convert inputs."""
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
 from thrift.protocol import TBinaryProtocol
-from thrift.transport import TSocket, TTransport
+from thrift.transport import TSocket, TSSLSocket, TTransport
 
 from .gen.gati import Gati
 from .gen.gati.ttypes import (
@@ -106,14 +107,24 @@ class Client:
     """A connection to a gati frontend (binary protocol, framed transport).
 
     `timeout_s` bounds connecting and every call; `retries` is how many more tries an `Overloaded`,
-    `Unavailable` or broken connection gets, after `backoff_s`, doubling, with jitter.
+    `Unavailable` or broken connection gets, after `backoff_s`, doubling, with jitter. A frontend
+    serving TLS (`"public": "tls"` or `"mutual"` in its cluster config): `tls_ca` is the CA
+    certificate (PEM) to verify it with; `tls_cert` and `tls_key` the client certificate a mutual-TLS
+    frontend requires.
     """
 
     def __init__(self, endpoint: str = "127.0.0.1:7000", timeout_s: float = 10.0, retries: int = 3,
-                 backoff_s: float = 0.05):
+                 backoff_s: float = 0.05, tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None):
         host, port = endpoint.rsplit(":", 1)
         self.host, self.port = host, int(port)
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self._tls = None
+        if tls_ca is not None:
+            ctx = ssl.create_default_context(cafile=str(tls_ca))
+            if tls_cert is not None:
+                ctx.load_cert_chain(str(tls_cert), None if tls_key is None else str(tls_key))
+            self._tls = ctx
         self._transport = None
         self._client = None
         self._model = None
@@ -131,7 +142,10 @@ class Client:
 
     def _connect(self):
         if self._client is None:
-            sock = TSocket.TSocket(self.host, self.port)
+            if self._tls is None:
+                sock = TSocket.TSocket(self.host, self.port)
+            else:
+                sock = TSSLSocket.TSSLSocket(self.host, self.port, ssl_context=self._tls, server_hostname=self.host)
             sock.setTimeout(self.timeout_s * 1000)
             self._transport = TTransport.TFramedTransport(sock)
             self._client = Gati.Client(TBinaryProtocol.TBinaryProtocol(self._transport))

@@ -11,6 +11,7 @@ use anyhow::Result;
 use gati_cache::runtime::EarlyExit;
 use gati_core::data::Dataset;
 use gati_core::workload::Request;
+use gati_server::client::Frontend;
 use gati_server::config::ServeMode;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -109,7 +110,7 @@ fn in_process(xs: &Tensor, b: usize, mut run: impl FnMut(&Tensor) -> usize) -> T
 
 fn thrift_run(c: &LocalCluster, p: &inputs::Prepared, clients: usize) -> Timed {
     let load = drive(
-        c.cluster.frontend.address(),
+        &Frontend::of(&c.cluster),
         &c.model,
         p.wire.clone(),
         Pace::Closed { concurrency: clients },

@@ -30,6 +30,8 @@ pub struct Options {
     pub pin: bool,
     /// Answers the frontends keep for exact repeats (None: decided by each plan).
     pub exact_cache_entries: Option<usize>,
+    /// TLS on every link of the served configurations (None: plain).
+    pub tls: Option<gati_server::tls::TlsFiles>,
     pub seed: u64,
     /// The `gati` executable that serves the cluster roles.
     pub exe: PathBuf,
@@ -325,6 +327,7 @@ impl Options {
             pin: self.pin,
             cache_workers: self.cache_workers,
             exact_cache_entries: self.exact_cache_entries,
+            tls: self.tls.clone(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! server cannot hide its queueing: no coordinated omission).
 
 use gati_rpc::{InferRequest, Input, TGatiSyncClient};
-use gati_server::client::{connect, describe};
+use gati_server::client::{describe, Frontend};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,8 +57,8 @@ impl Load {
     }
 }
 
-/// Sends `inputs` (cycled) for model `model` to the frontend at `endpoint`.
-pub fn drive(endpoint: &str, model: &str, inputs: Arc<Vec<Input>>, pace: Pace, until: Until, seed: u64) -> Load {
+/// Sends `inputs` (cycled) for model `model` to `frontend`.
+pub fn drive(frontend: &Frontend, model: &str, inputs: Arc<Vec<Input>>, pace: Pace, until: Until, seed: u64) -> Load {
     let clients = match pace {
         Pace::Closed { concurrency } => concurrency.max(1),
         Pace::Open { clients, .. } => clients.max(1),
@@ -82,10 +82,10 @@ pub fn drive(endpoint: &str, model: &str, inputs: Arc<Vec<Input>>, pace: Pace, u
     let handles: Vec<_> = (0..clients)
         .map(|w| {
             let (inputs, records, errors, next) = (inputs.clone(), records.clone(), errors.clone(), next.clone());
-            let (endpoint, model) = (endpoint.to_string(), model.to_string());
+            let (frontend, model) = (frontend.clone(), model.to_string());
             std::thread::spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(w as u64));
-                let mut client = connect(&endpoint, Duration::from_secs(30)).ok();
+                let mut client = frontend.connect(Duration::from_secs(30)).ok();
                 let mut due = Instant::now();
                 let count = |kind: &str| *errors.lock().unwrap().entry(kind.to_string()).or_default() += 1;
                 loop {
@@ -115,7 +115,7 @@ pub fn drive(endpoint: &str, model: &str, inputs: Arc<Vec<Input>>, pace: Pace, u
                         top_k: Some(1),
                     };
                     if client.is_none() {
-                        client = connect(&endpoint, Duration::from_secs(5)).ok();
+                        client = frontend.connect(Duration::from_secs(5)).ok();
                     }
                     let Some(c) = client.as_mut() else {
                         count("connect");

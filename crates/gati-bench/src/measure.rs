@@ -204,13 +204,15 @@ pub struct LocalCluster {
 }
 
 /// How a benchmark cluster is laid out.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Shape {
     /// Base worker on CPU 0, cache workers on CPU 1.
     pub pin: bool,
     pub cache_workers: usize,
     /// `UpOptions::exact_cache_entries` (None: decided by the plan).
     pub exact_cache_entries: Option<usize>,
+    /// TLS on every link (None: plain).
+    pub tls: Option<gati_server::tls::TlsFiles>,
 }
 
 impl Default for Shape {
@@ -219,6 +221,7 @@ impl Default for Shape {
             pin: false,
             cache_workers: 1,
             exact_cache_entries: None,
+            tls: None,
         }
     }
 }
@@ -245,6 +248,7 @@ impl LocalCluster {
             pin,
             cache_workers,
             exact_cache_entries,
+            ref tls,
         } = shape;
         let opts = UpOptions {
             plan: plan.to_path_buf(),
@@ -258,6 +262,7 @@ impl LocalCluster {
             metrics: false,
             max_in_flight: 128,
             auth_token_file: None,
+            tls: tls.clone(),
             fault_cache_delay_ms: 0,
             online: None,
             max_batch,
@@ -287,14 +292,14 @@ impl LocalCluster {
         let base = gati_server::net::Pool::new(
             c.base.address(),
             timeout,
-            c.token.clone(),
+            c.credentials(),
             gati_rpc::BaseWorkerSyncClient::new,
         );
         let mut failed = base.call(gati_rpc::TBaseWorkerSyncClient::clear_memory).err();
         let selector = gati_server::net::Pool::new(
             c.selector_address(),
             timeout,
-            c.token.clone(),
+            c.credentials(),
             gati_rpc::SelectorSyncClient::new,
         );
         failed = failed.or(selector.call(gati_rpc::TSelectorSyncClient::clear_memory).err());
@@ -302,7 +307,7 @@ impl LocalCluster {
             let pool = gati_server::net::Pool::new(
                 w.endpoint.address(),
                 timeout,
-                c.token.clone(),
+                c.credentials(),
                 gati_rpc::CacheWorkerSyncClient::new,
             );
             failed = failed.or(pool.call(gati_rpc::TCacheWorkerSyncClient::clear_memory).err());
@@ -319,7 +324,7 @@ impl LocalCluster {
     /// One client for latency (closed loop, one request at a time), then `saturate` clients for
     /// throughput, both over the whole stream.
     pub fn run(&self, p: &Prepared, saturate: usize, warmup: usize, seed: u64) -> Run {
-        let ep = self.cluster.frontend.address();
+        let ep = &gati_server::client::Frontend::of(&self.cluster);
         let n = p.wire.len();
         let warm = std::sync::Arc::new(p.wire[..warmup.min(n)].to_vec());
         load::drive(

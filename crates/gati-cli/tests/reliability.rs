@@ -7,7 +7,7 @@ mod common;
 use common::{gati, metric, plan_dir, rss_mb, test_images, Cluster};
 use gati_bench::load::{drive, Load, Pace, Until};
 use gati_rpc::{InferRequest, Input, TGatiSyncClient, TensorData};
-use gati_server::client::{describe, image_request};
+use gati_server::client::{describe, image_request, Frontend};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -307,7 +307,7 @@ fn load_in_background(endpoint: String, clients: usize, secs: f64) -> std::threa
     let data = inputs(40);
     std::thread::spawn(move || {
         drive(
-            &endpoint,
+            &Frontend::plain(&endpoint),
             "resnet20",
             data,
             Pace::Closed { concurrency: clients },
@@ -432,7 +432,7 @@ fn overload_is_refused_with_overloaded_and_latency_recovers() {
     let rss0 = rss_mb(fe_pid);
     let data = inputs(40);
     let over = drive(
-        &c.endpoint(),
+        &Frontend::plain(&c.endpoint()),
         "resnet20",
         data,
         Pace::Open {

@@ -679,3 +679,194 @@ fn cache_layers_that_disagree_with_the_plan_are_refused_at_start() {
         assert!(expect.iter().all(|e| err.contains(e)), "{role}: {err}");
     }
 }
+
+/// A throwaway certificate authority and certificates it signs, as PEM files in `dir`.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new(dir: &std::path::Path, name: &str) -> (Self, std::path::PathBuf) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.join(format!("{name}.pem"));
+        std::fs::write(&path, cert.pem()).unwrap();
+        (Self { cert, key }, path)
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1 signed by this CA: (cert, key) files.
+    fn issue(&self, dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+fn tls_frontend(
+    addr: &str,
+    ca: &std::path::Path,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> gati_server::client::Frontend {
+    gati_server::client::Frontend {
+        addr: addr.to_string(),
+        tls: Some(gati_server::tls::client_config(ca, identity.map(|(c, k)| (c.as_path(), k.as_path()))).unwrap()),
+    }
+}
+
+/// Mutual TLS on every link, certificates from a CA made here: clients without a certificate
+/// the CA signed are refused at the public and at the internal services, a client that does not
+/// trust the CA refuses the cluster, and the answers are those of the base model and caches
+/// in-process (inline) and come from the cache workers through the selector (distributed).
+#[test]
+fn tls_links_refuse_peers_without_a_valid_certificate_and_leave_answers_unchanged() {
+    use gati_rpc::TBaseWorkerSyncClient;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, ca_file) = TestCa::new(dir.path(), "ca");
+    let node = ca.issue(dir.path(), "node");
+    let (intruder_ca, intruder_ca_file) = TestCa::new(dir.path(), "intruder-ca");
+    let intruder = intruder_ca.issue(dir.path(), "intruder");
+    let tls_args = |public: &'static str| {
+        [
+            "--tls-ca".to_string(),
+            ca_file.display().to_string(),
+            "--tls-cert".into(),
+            node.0.display().to_string(),
+            "--tls-key".into(),
+            node.1.display().to_string(),
+            "--tls-public".into(),
+            public.into(),
+        ]
+    };
+    let ee = EarlyExit::load(plan_dir()).unwrap().1;
+    let images = test_images(24);
+
+    // Inline, public service mutual: answers as in-process.
+    let args = tls_args("mutual");
+    let c = Cluster::up_with("inline", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let endpoint = c.endpoint();
+    let mut client = tls_frontend(&endpoint, &ca_file, Some(&node))
+        .connect(Duration::from_secs(30))
+        .unwrap();
+    for p in &images {
+        let r = client
+            .infer(image_request("resnet20", std::fs::read(p).unwrap()))
+            .unwrap();
+        let px = gati_core::data::decode_image(&std::fs::read(p).unwrap(), 32, 32).unwrap();
+        let local = ee.infer(&ee.model.preprocess(&tch::Tensor::from_slice(&px).view([1, 3, 32, 32])));
+        assert_eq!(r.class_index as usize, local.class, "{}", p.display());
+        match local.exit {
+            Exit::Cache(i) => assert_eq!(r.cache_layer.as_deref(), Some(ee.caches[i].layer.as_str())),
+            _ => assert_eq!(r.source, AnswerSource::BASE),
+        }
+    }
+    // Python's Thrift (the packaged client over TSSLSocket) gets the same answer; without its
+    // certificate it is refused.
+    let python = |with_cert: bool| {
+        let code = "import os, sys\nfrom gati_client import Client\n\
+            cert = (os.environ['CERT'], os.environ['KEY']) if sys.argv[1] == '1' else (None, None)\n\
+            with Client(os.environ['EP'], retries=0, tls_ca=os.environ['CA'], tls_cert=cert[0], tls_key=cert[1]) as c:\n\
+            \x20   print(c.infer(os.environ['IMAGE']).class_index)\n";
+        std::process::Command::new(gati_core::weights::python())
+            .args(["-c", code, if with_cert { "1" } else { "0" }])
+            .env("PYTHONPATH", gati_core::paths::project_root().join("clients/python"))
+            .env("EP", &endpoint)
+            .env("CA", &ca_file)
+            .env("CERT", &node.0)
+            .env("KEY", &node.1)
+            .env("IMAGE", &images[0])
+            .output()
+            .unwrap()
+    };
+    let out = python(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = client
+        .infer(image_request("resnet20", std::fs::read(&images[0]).unwrap()))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        first.class_index.to_string()
+    );
+    assert!(
+        !python(false).status.success(),
+        "Python without a client certificate was served"
+    );
+    // Refused at the public service: plain Thrift, TLS without a certificate, a certificate from
+    // another CA; and a client that trusts only another CA refuses the frontend.
+    let refused = |f: gati_server::client::Frontend, what: &str| {
+        let e = f
+            .connect(Duration::from_secs(5))
+            .and_then(|mut c| c.models())
+            .map(|_| ())
+            .expect_err(what);
+        eprintln!("refused ({what}): {}", describe(&e));
+    };
+    refused(gati_server::client::Frontend::plain(&endpoint), "plain client");
+    refused(tls_frontend(&endpoint, &ca_file, None), "no client certificate");
+    refused(
+        tls_frontend(&endpoint, &ca_file, Some(&intruder)),
+        "certificate from another CA",
+    );
+    refused(
+        tls_frontend(&endpoint, &intruder_ca_file, Some(&intruder)),
+        "frontend not trusted",
+    );
+    // Refused at an internal service (the base worker), accepted with the cluster's certificate.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.info["config"].as_str().unwrap()).unwrap()).unwrap();
+    let base = config["base"]["listen"].as_str().unwrap();
+    let health = |tls: Option<std::sync::Arc<rustls::ClientConfig>>| {
+        let credentials = gati_server::net::Credentials { token: None, tls };
+        gati_server::net::Pool::new(
+            base,
+            Some(Duration::from_secs(5)),
+            credentials,
+            gati_rpc::BaseWorkerSyncClient::new,
+        )
+        .call(|b| b.health())
+    };
+    assert!(health(None).is_err(), "a plain client reached the base worker");
+    let client_config = |ca: &std::path::Path, id: &(std::path::PathBuf, std::path::PathBuf)| {
+        Some(gati_server::tls::client_config(ca, Some((id.0.as_path(), id.1.as_path()))).unwrap())
+    };
+    assert!(
+        health(client_config(&ca_file, &intruder)).is_err(),
+        "a certificate from another CA reached the base worker"
+    );
+    assert!(health(client_config(&ca_file, &node)).unwrap().ok);
+    drop(c);
+
+    // Distributed, public service TLS without client certificates: hits travel base worker →
+    // cache worker → selector over TLS.
+    let args = tls_args("tls");
+    let c = Cluster::up_with("distributed", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut client = tls_frontend(&c.endpoint(), &ca_file, None)
+        .connect(Duration::from_secs(30))
+        .unwrap();
+    // Distributed hits race the base model: send until some arrive (at most 4 rounds).
+    let (mut hits, mut sent) = (0, 0);
+    for p in images.iter().cycle().take(4 * images.len()) {
+        let r = client
+            .infer(image_request("resnet20", std::fs::read(p).unwrap()))
+            .unwrap();
+        hits += usize::from(r.source == AnswerSource::CACHE);
+        sent += 1;
+        if hits >= 3 {
+            break;
+        }
+    }
+    assert!(
+        hits > 0,
+        "no cache hit reached the selector over TLS in {sent} requests"
+    );
+    eprintln!("RESULT tls distributed: {hits}/{sent} answered by cache workers");
+}

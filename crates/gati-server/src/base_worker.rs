@@ -46,10 +46,15 @@ struct CacheLink {
 }
 
 impl CacheLink {
-    fn start(addr: &str, token: Option<net::Token>, dropped: IntCounterVec, sent: IntCounterVec) -> Self {
+    fn start(addr: &str, credentials: net::Credentials, dropped: IntCounterVec, sent: IntCounterVec) -> Self {
         let (tx, rx): (Sender<Outgoing>, Receiver<Outgoing>) = bounded(256);
         let up = Arc::new(AtomicBool::new(true));
-        let pool: Pool<CacheClient> = Pool::new(addr, Some(Duration::from_secs(2)), token, CacheWorkerSyncClient::new);
+        let pool: Pool<CacheClient> = Pool::new(
+            addr,
+            Some(Duration::from_secs(2)),
+            credentials,
+            CacheWorkerSyncClient::new,
+        );
         let (a, u) = (addr.to_string(), up.clone());
         std::thread::spawn(move || {
             for o in rx {
@@ -222,7 +227,7 @@ impl BaseWorker {
                 if let Some(addr) = cluster.cache_for_layer(&layer) {
                     links.insert(
                         stage as i32,
-                        CacheLink::start(addr, cluster.token.clone(), metrics.dropped.clone(), sent.clone()),
+                        CacheLink::start(addr, cluster.credentials(), metrics.dropped.clone(), sent.clone()),
                     );
                 }
             }

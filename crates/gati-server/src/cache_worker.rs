@@ -37,7 +37,7 @@ pub struct CacheWorker {
     lookup_seconds: HistogramVec,
     /// The address of the only selector this worker reports to.
     selector: String,
-    token: Option<net::Token>,
+    credentials: net::Credentials,
     fault_delay: Duration,
     /// The plan's memory cache, when this worker serves its layer.
     memory: Option<std::sync::Arc<gati_cache::memory::MemoryCache>>,
@@ -106,7 +106,7 @@ impl CacheWorker {
             selectors: Mutex::new(HashMap::new()),
             lookups,
             selector: cluster.selector_address().to_string(),
-            token: cluster.token.clone(),
+            credentials: cluster.credentials(),
             fault_delay: Duration::from_millis(me.fault_delay_ms),
             memory,
             pending: Mutex::new(lru::LruCache::new(PENDING_KEYS)),
@@ -233,14 +233,14 @@ impl CacheWorker {
         } else {
             &self.selector
         };
-        let token = self.token.clone();
+        let credentials = self.credentials.clone();
         lock(&self.selectors)
             .entry(addr.to_string())
             .or_insert_with(|| {
                 std::sync::Arc::new(Pool::new(
                     addr,
                     Some(Duration::from_secs(2)),
-                    token,
+                    credentials,
                     SelectorSyncClient::new,
                 ))
             })

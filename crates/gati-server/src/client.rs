@@ -1,15 +1,55 @@
 //! A blocking client of the public `Gati` service.
 
+use crate::config::Cluster;
 use crate::net;
+use crate::tls::PublicTls;
 use gati_rpc::*;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub type Client = GatiSyncClient<net::In, net::Out>;
 
-/// Connects to a frontend at `host:port`.
+/// Connects to a frontend at `host:port`, plain Thrift.
 pub fn connect(endpoint: &str, timeout: Duration) -> thrift::Result<Client> {
-    let (i, o) = net::connect(endpoint, Some(timeout))?;
-    Ok(GatiSyncClient::new(i, o))
+    Frontend::plain(endpoint).connect(timeout)
+}
+
+/// Where a frontend's public service is, and the TLS it asks for.
+#[derive(Clone)]
+pub struct Frontend {
+    pub addr: String,
+    /// None: plain Thrift.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Frontend {
+    pub fn plain(addr: &str) -> Self {
+        Self {
+            addr: addr.to_string(),
+            tls: None,
+        }
+    }
+
+    /// The frontend of `cluster`, over TLS where its public service uses it (presenting the
+    /// cluster's own certificate, which a mutual-TLS frontend accepts).
+    pub fn of(cluster: &Cluster) -> Self {
+        let public = cluster.tls.as_ref().is_some_and(|t| t.public != PublicTls::Plain);
+        Self {
+            addr: cluster.frontend.address().to_string(),
+            tls: public
+                .then(|| cluster.tls_loaded.as_ref().map(|t| t.client.clone()))
+                .flatten(),
+        }
+    }
+
+    pub fn connect(&self, timeout: Duration) -> thrift::Result<Client> {
+        let credentials = net::Credentials {
+            token: None,
+            tls: self.tls.clone(),
+        };
+        let (i, o) = net::connect_with(&self.addr, Some(timeout), &credentials)?;
+        Ok(GatiSyncClient::new(i, o))
+    }
 }
 
 /// A request for an encoded image.
@@ -41,6 +81,11 @@ pub fn describe(e: &thrift::Error) -> String {
             DeadlineExceeded,
             AdminError
         );
+    }
+    if let thrift::Error::Transport(t) = e {
+        // thrift's Display shows the kind only; the message says what failed (a refused TLS
+        // certificate, a reset connection).
+        return format!("{e}: {}", t.message);
     }
     e.to_string()
 }

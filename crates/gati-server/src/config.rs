@@ -151,6 +151,10 @@ pub struct Cluster {
     /// 0: none.
     #[serde(default)]
     pub exact_cache_entries: Option<usize>,
+    /// TLS certificates: when set, the links between roles are mutual TLS (each role presents
+    /// `cert_file` and accepts only peers the CA signed), and the public service per `public`.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Online learning (absent: the plan's caches, frozen).
     #[serde(default)]
     pub trainer: Option<TrainerEndpoint>,
@@ -160,6 +164,9 @@ pub struct Cluster {
     /// The token read from `auth_token_file` (by `load`).
     #[serde(skip)]
     pub token: Option<crate::net::Token>,
+    /// The TLS configurations built from `tls` (by `load`).
+    #[serde(skip)]
+    pub tls_loaded: Option<crate::tls::Tls>,
 }
 
 fn buffer_mb() -> f64 {
@@ -222,7 +229,7 @@ impl Cluster {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading cluster config {}", path.display()))?;
         let mut c = Self::parse(&bytes, path)?;
-        c.load_token()?;
+        c.load_secrets()?;
         Ok(c)
     }
 
@@ -246,8 +253,11 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Reads `auth_token_file` into `token`.
-    pub fn load_token(&mut self) -> Result<()> {
+    /// Reads `auth_token_file` into `token` and the `tls` files into `tls_loaded`.
+    pub fn load_secrets(&mut self) -> Result<()> {
+        if let Some(files) = &self.tls {
+            self.tls_loaded = Some(files.load().context("cluster config: tls")?);
+        }
         if let Some(f) = &self.auth_token_file {
             let t = std::fs::read_to_string(f).with_context(|| format!("reading auth_token_file {}", f.display()))?;
             let t = t.trim();
@@ -335,14 +345,24 @@ impl Cluster {
             idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
             frame_timeout: std::time::Duration::from_millis(self.frame_timeout_ms),
             token: self.token.clone(),
+            tls: self.tls_loaded.as_ref().map(|t| t.internal.clone()),
         }
     }
 
-    /// Limits of the public `Gati` service: open to any Thrift client.
+    /// Limits of the public `Gati` service: open to any Thrift client (over TLS if so configured).
     pub fn public_limits(&self) -> crate::net::Limits {
         crate::net::Limits {
             token: None,
+            tls: self.tls_loaded.as_ref().and_then(|t| t.public.clone()),
             ..self.internal_limits()
+        }
+    }
+
+    /// What a role presents when it dials another role's internal service.
+    pub fn credentials(&self) -> crate::net::Credentials {
+        crate::net::Credentials {
+            token: self.token.clone(),
+            tls: self.tls_loaded.as_ref().map(|t| t.client.clone()),
         }
     }
 

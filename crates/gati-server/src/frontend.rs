@@ -172,7 +172,7 @@ impl Frontend {
         let base = Arc::new(Pool::new(
             cluster.base.address(),
             timeout,
-            cluster.token.clone(),
+            cluster.credentials(),
             BaseWorkerSyncClient::new,
         ));
         let metrics = Metrics::new(registry)?;
@@ -190,7 +190,7 @@ impl Frontend {
             base_control: Pool::new(
                 cluster.base.address(),
                 Some(Duration::from_secs(2)),
-                cluster.token.clone(),
+                cluster.credentials(),
                 BaseWorkerSyncClient::new,
             ),
             caches: cluster
@@ -200,7 +200,7 @@ impl Frontend {
                     Pool::new(
                         c.endpoint.address(),
                         Some(Duration::from_secs(1)),
-                        cluster.token.clone(),
+                        cluster.credentials(),
                         CacheWorkerSyncClient::new,
                     )
                 })

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod net;
 pub mod resources;
 pub mod roles;
+pub mod tls;
 pub mod trainer;
 pub mod up;
 pub mod wire;

@@ -2,11 +2,11 @@
 //! slow-frame timeouts, a connection limit and a per-peer limit), so thousands of open
 //! connections cost a task each, not a thread; each complete frame is decoded (bounded, see
 //! `wire`) and handled on tokio's blocking pool, where libtorch and the blocking handlers run.
-//! Clients: pooled, synchronous, with TCP_NODELAY and an optional shared token.
+//! Clients: pooled, synchronous, with TCP_NODELAY, an optional shared token and optional TLS.
 
 use crate::wire::BoundedBinaryInput;
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use std::time::Duration;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
 use thrift::transport::{TFramedReadTransport, TFramedWriteTransport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -28,6 +28,15 @@ pub struct Limits {
     pub frame_timeout: Duration,
     /// Internal services: every connection must first send this token (see `send_token`).
     pub token: Option<Token>,
+    /// TLS: every connection starts with a handshake under this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// How a client proves itself to a peer and checks the peer: a shared token, TLS, both or none.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub token: Option<Token>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A shared secret for internal services, from `auth_token_file`.
@@ -112,7 +121,24 @@ async fn accept_loop<P: TProcessor + Send + Sync + 'static>(
         let (p, limits, d) = (processor.clone(), limits.clone(), drain.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = connection(stream, p, &limits, &d).await;
+            if stream.set_nodelay(true).is_err() {
+                return;
+            }
+            match &limits.tls {
+                None => {
+                    let _ = connection(stream, p, &limits, &d).await;
+                }
+                Some(tls) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(stream);
+                    match tokio::time::timeout(limits.frame_timeout, accept).await {
+                        Ok(Ok(s)) => {
+                            let _ = connection(s, p, &limits, &d).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
         });
     }
     drop(listener);
@@ -189,7 +215,7 @@ fn timed_out() -> io::Error {
 }
 
 /// Reads exactly `buf.len()` bytes within `limit`.
-async fn read_within(s: &mut tokio::net::TcpStream, buf: &mut [u8], limit: Duration) -> io::Result<()> {
+async fn read_within<S: AsyncRead + Unpin>(s: &mut S, buf: &mut [u8], limit: Duration) -> io::Result<()> {
     tokio::time::timeout(limit, s.read_exact(buf))
         .await
         .map_err(|_| timed_out())?
@@ -197,7 +223,7 @@ async fn read_within(s: &mut tokio::net::TcpStream, buf: &mut [u8], limit: Durat
 }
 
 /// Reads the next frame (length prefix included), or None when the peer closed or went idle.
-async fn next_frame(s: &mut tokio::net::TcpStream, limits: &Limits) -> io::Result<Option<Vec<u8>>> {
+async fn next_frame<S: AsyncRead + Unpin>(s: &mut S, limits: &Limits) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     // The first byte may take up to the idle timeout; the rest of the frame, the frame timeout.
     match tokio::time::timeout(limits.idle_timeout, s.read(&mut len[..1])).await {
@@ -215,13 +241,12 @@ async fn next_frame(s: &mut tokio::net::TcpStream, limits: &Limits) -> io::Resul
     Ok(Some(frame))
 }
 
-async fn connection<P: TProcessor + Send + Sync + 'static>(
-    mut s: tokio::net::TcpStream,
+async fn connection<P: TProcessor + Send + Sync + 'static, S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
     p: Arc<P>,
     limits: &Limits,
     drain: &Drain,
 ) -> io::Result<()> {
-    s.set_nodelay(true)?;
     if let Some(token) = &limits.token {
         if !check_token(&mut s, token, limits.frame_timeout).await? {
             return Ok(());
@@ -235,7 +260,12 @@ async fn connection<P: TProcessor + Send + Sync + 'static>(
             return Ok(());
         };
         if !reply.is_empty() {
-            tokio::time::timeout(limits.frame_timeout, s.write_all(&reply))
+            // flush: a TLS stream holds written bytes until flushed.
+            let write = async {
+                s.write_all(&reply).await?;
+                s.flush().await
+            };
+            tokio::time::timeout(limits.frame_timeout, write)
                 .await
                 .map_err(|_| timed_out())??;
         }
@@ -272,7 +302,7 @@ fn process_frame<P: TProcessor>(p: &P, frame: Vec<u8>, max: usize) -> (bool, Vec
 }
 
 /// Reads the client's token frame and compares it in constant time.
-async fn check_token(s: &mut tokio::net::TcpStream, token: &str, limit: Duration) -> io::Result<bool> {
+async fn check_token<S: AsyncRead + Unpin>(s: &mut S, token: &str, limit: Duration) -> io::Result<bool> {
     let mut len = [0u8; 4];
     read_within(s, &mut len, limit).await?;
     let n = u32::from_be_bytes(len) as usize;
@@ -306,28 +336,71 @@ pub fn raise_fd_limit() {
 }
 
 /// The first frame on a connection to an internal service that requires a token.
-fn send_token(stream: &mut TcpStream, token: &str) -> io::Result<()> {
+fn send_token(stream: &mut impl Write, token: &str) -> io::Result<()> {
     let mut frame = (token.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(token.as_bytes());
-    stream.write_all(&frame)
+    stream.write_all(&frame)?;
+    stream.flush()
 }
 
-pub type In = TBinaryInputProtocol<TFramedReadTransport<TcpStream>>;
-pub type Out = TBinaryOutputProtocol<TFramedWriteTransport<TcpStream>>;
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-/// A connected client's protocol pair (TCP_NODELAY, optional read timeout).
+/// A client's connection, plain or TLS. Clones share the connection: the Thrift transports
+/// read and write through separate handles, one request at a time.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Arc<Mutex<TlsStream>>),
+}
+
+impl Conn {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Conn::Plain(s) => Conn::Plain(s.try_clone()?),
+            Conn::Tls(s) => Conn::Tls(s.clone()),
+        })
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => crate::resources::lock(s).read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => crate::resources::lock(s).write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => crate::resources::lock(s).flush(),
+        }
+    }
+}
+
+pub type In = TBinaryInputProtocol<TFramedReadTransport<Conn>>;
+pub type Out = TBinaryOutputProtocol<TFramedWriteTransport<Conn>>;
+
+/// A connected client's protocol pair (TCP_NODELAY, optional read timeout), plain Thrift.
 pub fn connect(addr: &str, timeout: Option<Duration>) -> thrift::Result<(In, Out)> {
-    connect_with(addr, timeout, None)
+    connect_with(addr, timeout, &Credentials::default())
 }
 
-/// As `connect`, sending `token` first when the peer is an internal service that requires one.
-pub fn connect_with(addr: &str, timeout: Option<Duration>, token: Option<&str>) -> thrift::Result<(In, Out)> {
-    let (i, o, _) = open(addr, timeout, token)?;
+/// As `connect`, with TLS and the token first when the peer requires them.
+pub fn connect_with(addr: &str, timeout: Option<Duration>, credentials: &Credentials) -> thrift::Result<(In, Out)> {
+    let (i, o, _) = open(addr, timeout, credentials)?;
     Ok((i, o))
 }
 
 /// A connection's protocol pair and a handle on its socket.
-fn open(addr: &str, timeout: Option<Duration>, token: Option<&str>) -> thrift::Result<(In, Out, TcpStream)> {
+fn open(addr: &str, timeout: Option<Duration>, credentials: &Credentials) -> thrift::Result<(In, Out, TcpStream)> {
     // A name may resolve to several addresses (IPv6 and IPv4 for `localhost`, several records
     // in DNS): the first that accepts.
     let mut last = io::Error::new(
@@ -344,16 +417,33 @@ fn open(addr: &str, timeout: Option<Duration>, token: Option<&str>) -> thrift::R
             Err(e) => last = e,
         }
     }
-    let mut s = s.ok_or(last)?;
+    let s = s.ok_or(last)?;
     s.set_nodelay(true)?;
-    if let Some(t) = token {
-        send_token(&mut s, t)?;
-    }
     s.set_read_timeout(timeout)?;
-    let (r, handle) = (s.try_clone()?, s.try_clone()?);
+    let handle = s.try_clone()?;
+    let mut conn = match &credentials.tls {
+        None => Conn::Plain(s),
+        Some(config) => {
+            let c = rustls::ClientConnection::new(config.clone(), crate::tls::server_name(addr)?)
+                .map_err(|e| io::Error::other(format!("TLS to {addr}: {e}")))?;
+            let mut stream = TlsStream::new(c, s);
+            // The handshake now, so that a refused certificate fails the connect, not a call.
+            while stream.conn.is_handshaking() {
+                stream
+                    .conn
+                    .complete_io(&mut stream.sock)
+                    .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {addr}: {e}")))?;
+            }
+            Conn::Tls(Arc::new(Mutex::new(stream)))
+        }
+    };
+    if let Some(t) = &credentials.token {
+        send_token(&mut conn, t)?;
+    }
+    let r = conn.try_clone()?;
     Ok((
         TBinaryInputProtocol::new(TFramedReadTransport::new(r), true),
-        TBinaryOutputProtocol::new(TFramedWriteTransport::new(s), true),
+        TBinaryOutputProtocol::new(TFramedWriteTransport::new(conn), true),
         handle,
     ))
 }
@@ -375,17 +465,17 @@ fn closed_by_peer(s: &TcpStream) -> bool {
 pub struct Pool<C> {
     addr: String,
     timeout: Option<Duration>,
-    token: Option<Token>,
+    credentials: Credentials,
     make: fn(In, Out) -> C,
     idle: Mutex<Vec<(C, TcpStream)>>,
 }
 
 impl<C> Pool<C> {
-    pub fn new(addr: &str, timeout: Option<Duration>, token: Option<Token>, make: fn(In, Out) -> C) -> Self {
+    pub fn new(addr: &str, timeout: Option<Duration>, credentials: Credentials, make: fn(In, Out) -> C) -> Self {
         Self {
             addr: addr.to_string(),
             timeout,
-            token,
+            credentials,
             make,
             idle: Mutex::new(Vec::new()),
         }
@@ -404,7 +494,7 @@ impl<C> Pool<C> {
                 return Ok((c, s));
             }
         }
-        let (i, o, s) = open(&self.addr, self.timeout, self.token.as_deref())?;
+        let (i, o, s) = open(&self.addr, self.timeout, &self.credentials)?;
         Ok(((self.make)(i, o), s))
     }
 
@@ -455,6 +545,7 @@ mod tests {
                 idle_timeout: Duration::from_millis(200),
                 frame_timeout: Duration::from_millis(200),
                 token: None,
+                tls: None,
             };
             let client = tokio::spawn(async move {
                 let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();

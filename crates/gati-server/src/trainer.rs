@@ -199,7 +199,7 @@ impl Trainer {
             Pool::new(
                 cluster.base.address(),
                 Some(Duration::from_secs(10)),
-                cluster.token.clone(),
+                cluster.credentials(),
                 BaseWorkerSyncClient::new,
             )
         };
@@ -212,7 +212,7 @@ impl Trainer {
                     Worker::Cache(Pool::new(
                         c.endpoint.address(),
                         Some(Duration::from_secs(10)),
-                        cluster.token.clone(),
+                        cluster.credentials(),
                         CacheWorkerSyncClient::new,
                     ))
                 })

@@ -22,6 +22,8 @@ pub struct UpOptions {
     pub max_in_flight: usize,
     /// Internal services require the token in this file.
     pub auth_token_file: Option<PathBuf>,
+    /// TLS certificates (`Cluster::tls`; None: plain links).
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Fault injection for tests: every cache lookup sleeps this long.
     pub fault_cache_delay_ms: u64,
     /// Online learning (a trainer process); None: the plan's caches, frozen.
@@ -130,10 +132,12 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
                 fault_write_delay_ms: l.fault_write_delay_ms,
             }),
         },
+        tls: o.tls.clone(),
         token: None,
+        tls_loaded: None,
     };
     c.check()?;
-    c.load_token()?; // fail here, not in every role, on an unreadable token file
+    c.load_secrets()?; // fail here, not in every role, on an unreadable token or TLS file
     Ok(c)
 }
 
@@ -275,19 +279,19 @@ impl Drop for Supervisor {
     }
 }
 
-/// Waits until the frontend answers `health()` with every worker reachable.
 /// A cluster process exited before the cluster was healthy.
 #[derive(Debug, thiserror::Error)]
 #[error("a cluster process exited during start-up (see its error above)")]
 pub struct ExitedDuringStartUp;
 
+/// Waits until the frontend answers `health()` with every worker reachable.
 pub fn wait_healthy(cluster: &Cluster, sup: &mut Supervisor, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
         if sup.any_exited()? {
             return Err(ExitedDuringStartUp.into());
         }
-        if let Ok(mut c) = crate::client::connect(cluster.frontend.address(), Duration::from_secs(2)) {
+        if let Ok(mut c) = crate::client::Frontend::of(cluster).connect(Duration::from_secs(2)) {
             use gati_rpc::TGatiSyncClient;
             if let Ok(h) = c.health() {
                 if h.ok && h.workers.values().all(|&up| up) {

@@ -41,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
         .as_ref()
         .ok_or_else(|| anyhow!("{}: no trainer (start the cluster with --online)", a.config.display()))?;
     let addr = t.endpoint.address();
-    let (i, o) = gati_server::net::connect_with(addr, Some(Duration::from_secs(60)), cluster.token.as_deref())
+    let (i, o) = gati_server::net::connect_with(addr, Some(Duration::from_secs(60)), &cluster.credentials())
         .map_err(|e| anyhow!("trainer at {addr}: {e:?}"))?;
     let mut c = TrainerSyncClient::new(i, o);
     let v = match a.what {

@@ -48,6 +48,9 @@ pub struct Args {
     /// the plan]
     #[arg(long)]
     exact_cache_entries: Option<usize>,
+    /// Serve every Thrift configuration over TLS (the cost of encryption)
+    #[command(flatten)]
+    tls: super::tls_args::ClusterTls,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Report folder: report.json, report.md, records.jsonl, plots, re-made plans
@@ -100,6 +103,7 @@ pub fn run(a: Args) -> Result<()> {
         cache_workers: a.cache_workers,
         pin: a.pin,
         exact_cache_entries: a.exact_cache_entries,
+        tls: a.tls.files()?,
         seed: a.seed,
         exe: std::env::current_exe()?,
         out: a.out.clone(),

@@ -1,8 +1,15 @@
+use super::tls_args::ClientTls;
 use anyhow::{anyhow, Result};
 use gati_rpc::TGatiSyncClient;
-use gati_server::client::{connect, describe, image_request};
+use gati_server::client::{describe, image_request, Client};
 use std::path::PathBuf;
 use std::time::Duration;
+
+fn connect(endpoint: &str, tls: &ClientTls) -> Result<Client> {
+    tls.frontend(endpoint)?
+        .connect(Duration::from_secs(10))
+        .map_err(|e| anyhow!("connecting to {endpoint}: {e}"))
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,6 +23,8 @@ enum What {
     Infer {
         #[arg(long, default_value = "127.0.0.1:7000")]
         endpoint: String,
+        #[command(flatten)]
+        tls: ClientTls,
         /// Model name (default: the one the frontend serves)
         #[arg(long)]
         model: Option<String>,
@@ -27,6 +36,8 @@ enum What {
     Info {
         #[arg(long, default_value = "127.0.0.1:7000")]
         endpoint: String,
+        #[command(flatten)]
+        tls: ClientTls,
     },
 }
 
@@ -34,12 +45,12 @@ pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Infer {
             endpoint,
+            tls,
             model,
             images,
             json,
         } => {
-            let mut c =
-                connect(&endpoint, Duration::from_secs(10)).map_err(|e| anyhow!("connecting to {endpoint}: {e}"))?;
+            let mut c = connect(&endpoint, &tls)?;
             let model = match model {
                 Some(m) => m,
                 None => c.models().map_err(|e| anyhow!("models(): {}", describe(&e)))?[0]
@@ -76,9 +87,8 @@ pub fn run(a: Args) -> Result<()> {
             }
             Ok(())
         }
-        What::Info { endpoint } => {
-            let mut c =
-                connect(&endpoint, Duration::from_secs(10)).map_err(|e| anyhow!("connecting to {endpoint}: {e}"))?;
+        What::Info { endpoint, tls } => {
+            let mut c = connect(&endpoint, &tls)?;
             let m = c.models().map_err(|e| anyhow!(describe(&e)))?;
             let h = c.health().map_err(|e| anyhow!(describe(&e)))?;
             let s = c.stats().map_err(|e| anyhow!(describe(&e)))?;

@@ -5,7 +5,7 @@ use gati_core::stats::LatencyStats;
 use gati_core::workload::{Request, Stream};
 use gati_core::{paths, BaseModel};
 use gati_rpc::TGatiSyncClient;
-use gati_server::client::{connect, describe};
+use gati_server::client::describe;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +15,8 @@ use std::time::Duration;
 pub struct Args {
     #[arg(long, default_value = "127.0.0.1:7000")]
     endpoint: String,
+    #[command(flatten)]
+    tls: super::tls_args::ClientTls,
     /// Dataset folder (default: ../shared CIFAR-10)
     #[arg(long, env = "GATI_DATA")]
     data: Option<PathBuf>,
@@ -99,8 +101,10 @@ pub fn run(a: Args) -> Result<()> {
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let mut probe =
-        connect(&a.endpoint, Duration::from_secs(10)).map_err(|e| anyhow!("connecting to {}: {e}", a.endpoint))?;
+    let frontend = a.tls.frontend(&a.endpoint)?;
+    let mut probe = frontend
+        .connect(Duration::from_secs(10))
+        .map_err(|e| anyhow!("connecting to {}: {e}", a.endpoint))?;
     let info = probe
         .models()
         .map_err(|e| anyhow!("models(): {}", describe(&e)))?
@@ -147,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
         },
     };
     let load = drive(
-        &a.endpoint,
+        &frontend,
         &info.name,
         sent.wire.clone(),
         pace,

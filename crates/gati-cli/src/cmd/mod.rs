@@ -14,6 +14,7 @@ pub mod plan;
 pub mod plan_memory;
 pub mod serve;
 pub mod stages;
+mod tls_args;
 pub mod up;
 
 use serde::Serialize;

@@ -78,6 +78,8 @@ pub struct Args {
     /// Require the token in this file on the internal services (base, cache, selector)
     #[arg(long)]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::tls_args::ClusterTls,
     /// Fault injection (tests): every cache lookup sleeps this many milliseconds
     #[arg(long, default_value_t = 0, hide = true)]
     fault_cache_delay_ms: u64,
@@ -108,6 +110,7 @@ pub fn run(a: Args) -> Result<()> {
         metrics: a.metrics,
         max_in_flight: a.max_in_flight,
         auth_token_file: a.token_file.clone().map(std::path::absolute).transpose()?,
+        tls: a.tls.files()?,
         fault_cache_delay_ms: a.fault_cache_delay_ms,
         max_batch: a.max_batch,
         max_batch_delay_ms: a.max_batch_delay_ms,
