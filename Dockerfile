@@ -22,7 +22,7 @@ RUN apt-get update \
 COPY --from=build /opt/gati /opt/gati
 ENV PATH=/opt/gati/bin:$PATH GATI_HOME=/tmp/gati
 USER 65532:65532
-# Public Thrift, selector, base worker, cache worker; metrics 9100-9102 (see deploy/k8s/cluster.json).
+# Public Thrift, selector, base worker, cache worker; metrics 9100-9102 (see deploy/k8s/base/cluster.json).
 EXPOSE 7000 7001 7010 7020 9100 9101 9102
 ENTRYPOINT ["gati"]
 CMD ["--help"]

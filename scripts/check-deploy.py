@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Offline checks of deploy/: the Kubernetes manifests render (`kubectl kustomize`), every container
-runs a valid `gati serve` invocation of a role the cluster config has, container and Service ports
-and probes agree with that config, Services are named as its advertise host names, and compose
-runs the same commands on the same config with Prometheus scraping the same metrics ports.
+"""Offline checks of deploy/: the Kubernetes manifests (deploy/k8s/base and every overlay) render
+(`kubectl kustomize`) and every rendered object passes the Kubernetes API schema (strict: unknown
+fields refused), every container runs a valid `gati serve` invocation of a role the cluster config
+has, container and Service ports and probes agree with that config, Services are named as its
+advertise host names, a GPU base worker requests a GPU, online learning's version volume is mounted
+where the config puts it, and compose runs the same commands on the same config with Prometheus
+scraping the same metrics ports.
 
-    python3 scripts/check-deploy.py --gati target/debug/gati
-Needs kubectl and PyYAML; exits 1 naming the first disagreement.
+    .venv/bin/python scripts/check-deploy.py --gati target/debug/gati
+Needs kubectl, PyYAML and kubernetes-validate (scripts/setup.sh installs both in .venv); exits 1
+naming the first disagreement.
 """
 import argparse, json, pathlib, subprocess, sys
 
+import kubernetes_validate
 import yaml
+
+# The Kubernetes API version the schemas are checked against.
+K8S_VERSION = "1.32"
+RENDERS = ["deploy/k8s/base", "deploy/k8s/overlays/online", "deploy/k8s/overlays/gpu-online"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -32,7 +41,7 @@ def expected(cfg, role, index):
     if role == "frontend":
         e = cfg["frontend"]
         return {"thrift": port(e["listen"]), "selector": port(cfg["selector"]), "metrics": port(e["metrics"])}, host(e["advertise"])
-    e = cfg["base"] if role == "base" else cfg["caches"][index]
+    e = {"base": lambda: cfg["base"], "trainer": lambda: cfg["trainer"], "cache": lambda: cfg["caches"][index]}[role]()
     return {"thrift": port(e["listen"]), "metrics": port(e["metrics"])}, host(e["advertise"])
 
 
@@ -41,12 +50,14 @@ def role_of(args, cfg, where):
         fail(f"{where}: {args} is not `gati serve ROLE ...`")
     role, rest = args[1], args[2:]
     flags = dict(zip(rest[::2], rest[1::2]))
-    if role not in ("frontend", "base", "cache") or set(flags) - {"--config", "--index"}:
-        fail(f"{where}: {args}: role must be frontend, base or cache, flags --config and --index")
+    if role not in ("frontend", "base", "cache", "trainer") or set(flags) - {"--config", "--index", "--device"}:
+        fail(f"{where}: {args}: role must be frontend, base, cache or trainer, flags --config, --index and --device")
+    if role == "trainer" and "trainer" not in cfg:
+        fail(f"{where}: runs the trainer, but the cluster config has no trainer")
     index = int(flags.get("--index", "0"))
     if role == "cache" and index >= len(cfg["caches"]):
         fail(f"{where}: --index {index}, but the config has {len(cfg['caches'])} cache workers")
-    return role, index, flags.get("--config")
+    return role, index, flags.get("--config"), flags.get("--device", "cpu")
 
 
 def check_invocation(gati, args, where):
@@ -56,18 +67,24 @@ def check_invocation(gati, args, where):
         fail(f"{where}: `gati {' '.join(args)}` is not a valid invocation: {r.stderr.strip()}")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gati", required=True)
-    a = ap.parse_args()
-    rendered = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy/k8s")], capture_output=True, text=True)
+def render(path):
+    rendered = subprocess.run(["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True)
     if rendered.returncode != 0:
-        fail(f"kubectl kustomize deploy/k8s: {rendered.stderr.strip()}")
+        fail(f"kubectl kustomize {path}: {rendered.stderr.strip()}")
     docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     for d in docs:
         for key in ("apiVersion", "kind", "metadata"):
             if key not in d:
-                fail(f"a rendered object has no {key}: {d}")
+                fail(f"{path}: a rendered object has no {key}: {d}")
+        try:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            fail(f"{path}: {d['kind']} {d['metadata'].get('name')}: not a valid Kubernetes {K8S_VERSION} object: {e.message}")
+    return docs
+
+
+def check_render(gati, path, docs):
+    """The manifests of one render against the cluster config they carry; returns (config, kinds)."""
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
@@ -76,46 +93,70 @@ def main():
     services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
     roles_seen = set()
     for dep in by_kind["Deployment"]:
-        name = dep["metadata"]["name"]
+        name = f"{path}: Deployment {dep['metadata']['name']}"
         spec = dep["spec"]["template"]["spec"]
         if dep["spec"]["selector"]["matchLabels"].items() - dep["spec"]["template"]["metadata"]["labels"].items():
-            fail(f"Deployment {name}: its selector does not match its pods' labels")
+            fail(f"{name}: its selector does not match its pods' labels")
         c = spec["containers"][0]
-        role, index, config = role_of(c["args"], cfg, f"Deployment {name}")
-        check_invocation(a.gati, c["args"], f"Deployment {name}")
+        role, index, config, device = role_of(c["args"], cfg, name)
+        check_invocation(gati, c["args"], name)
         roles_seen.add((role, index))
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
         m = mounts.get(config)
         if not m or volumes[m["name"]].get("configMap", {}).get("name") != cm["metadata"]["name"]:
-            fail(f"Deployment {name}: --config {config} is not the cluster ConfigMap's mount")
+            fail(f"{name}: --config {config} is not the cluster ConfigMap's mount")
         token_dir = str(pathlib.PurePosixPath(cfg["auth_token_file"]).parent)
         if token_dir not in mounts or "secret" not in volumes[mounts[token_dir]["name"]]:
-            fail(f"Deployment {name}: auth_token_file {cfg['auth_token_file']} is not on the token Secret's mount")
+            fail(f"{name}: auth_token_file {cfg['auth_token_file']} is not on the token Secret's mount")
         if "/plan" != cfg["plan"] or "/plan" not in mounts:
-            fail(f"Deployment {name}: the plan volume is not mounted at the config's plan {cfg['plan']}")
+            fail(f"{name}: the plan volume is not mounted at the config's plan {cfg['plan']}")
+        state_dir = cfg.get("trainer", {}).get("state_dir")
+        if state_dir and role != "frontend":
+            # Workers start from the serving version; the trainer writes it.
+            m = mounts.get(state_dir)
+            if not m or "persistentVolumeClaim" not in volumes[m["name"]] or m.get("readOnly", False) != (role != "trainer"):
+                fail(f"{name}: the trainer's state_dir {state_dir} is not mounted (read-only for workers, writable for the trainer)")
         want, advertised = expected(cfg, role, index)
         got = {p["name"]: p["containerPort"] for p in c["ports"]}
         if got != want:
-            fail(f"Deployment {name}: container ports {got}, the config opens {want}")
-        for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+            fail(f"{name}: container ports {got}, the config opens {want}")
+        for probe, path_ in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
             g = c.get(probe, {}).get("httpGet", {})
-            if g.get("path") != path or g.get("port") != "metrics":
-                fail(f"Deployment {name}: {probe} must GET {path} on the metrics port")
+            if g.get("path") != path_ or g.get("port") != "metrics":
+                fail(f"{name}: {probe} must GET {path_} on the metrics port")
         res = c.get("resources", {})
         if not res.get("requests") or not res.get("limits"):
-            fail(f"Deployment {name}: resource requests and limits are required")
+            fail(f"{name}: resource requests and limits are required")
+        if device.startswith("cuda") != ("nvidia.com/gpu" in res["limits"]):
+            fail(f"{name}: --device {device}, but its GPU limit is {res['limits'].get('nvidia.com/gpu')}")
         svc = services.get(advertised)
         if svc is None:
-            fail(f"Deployment {name}: no Service named {advertised!r}, the host its peers dial")
+            fail(f"{name}: no Service named {advertised!r}, the host its peers dial")
         sp = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
         if sp != want or svc["spec"]["selector"].items() - dep["spec"]["template"]["metadata"]["labels"].items():
-            fail(f"Service {advertised}: ports {sp} or selector disagree with Deployment {name}")
+            fail(f"{path}: Service {advertised}: ports {sp} or selector disagree with {name}")
     if host(cfg["selector_advertise"]) not in services or services[host(cfg["selector_advertise"])]["spec"]["selector"]["app.kubernetes.io/component"] != "frontend":
-        fail(f"selector_advertise {cfg['selector_advertise']}: not a Service of the frontend")
+        fail(f"{path}: selector_advertise {cfg['selector_advertise']}: not a Service of the frontend")
     want_roles = {("frontend", 0), ("base", 0)} | {("cache", i) for i in range(len(cfg["caches"]))}
+    if "trainer" in cfg:
+        want_roles.add(("trainer", 0))
     if roles_seen != want_roles:
-        fail(f"Deployments run {sorted(roles_seen)}, the config has {sorted(want_roles)}")
+        fail(f"{path}: Deployments run {sorted(roles_seen)}, the config has {sorted(want_roles)}")
+    return cfg, by_kind, want_roles
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gati", required=True)
+    a = ap.parse_args()
+    renders = {path: render(path) for path in RENDERS}
+    checked = {path: check_render(a.gati, path, docs) for path, docs in renders.items()}
+    cfg, by_kind, want_roles = checked["deploy/k8s/base"]
+    for path, (other, _, _) in checked.items():
+        # Overlays add to the base config (a trainer), never change it.
+        if {k: v for k, v in other.items() if k != "trainer"} != cfg:
+            fail(f"{path}: its cluster config differs from deploy/k8s/base/cluster.json beyond a trainer entry")
 
     compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
     deps = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"] for d in by_kind["Deployment"]}
@@ -132,7 +173,8 @@ def main():
     want_targets = sorted(f"{expected(cfg, r, i)[1]}:{expected(cfg, r, i)[0]['metrics']}" for r, i in want_roles)
     if targets != want_targets:
         fail(f"compose Prometheus scrapes {targets}, the config's metrics are {want_targets}")
-    print(f"check-deploy: ok ({len(docs)} objects, {len(deps)} roles, compose and Prometheus agree)", file=sys.stderr)
+    objects = sum(len(d) for d in renders.values())
+    print(f"check-deploy: ok ({len(renders)} renders, {objects} objects valid for Kubernetes {K8S_VERSION}, compose and Prometheus agree)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Network faults across hosts (root). The frontend, the base worker and the cache worker each run
 # in their own network namespace, joined to a bridge by veth links, as on three hosts addressed by
 # name (`frontend`, `base`, `cache-0` in each namespace's /etc/hosts), from the config the
-# Kubernetes manifests use (deploy/k8s/cluster.json: roles bind 0.0.0.0 and advertise those names;
+# Kubernetes manifests use (deploy/k8s/base/cluster.json: roles bind 0.0.0.0 and advertise those names;
 # its plan, token and layers replaced), with a shared token on the internal services. Optional latency and loss with `tc netem` on
 # every link (skipped, and said so, where the kernel lacks netem). Under load, the cache worker's
 # link is cut and restored: service must continue from the base path with no failed request, and
@@ -69,7 +69,7 @@ import json, sys
 plan, work = sys.argv[1], sys.argv[2]
 p = json.load(open(plan + "/plan.json"))
 layers = [c["layer"] for c in p["caches"]] + ([p["memory"]["layer"]] if p.get("memory") else [])
-c = json.load(open("deploy/k8s/cluster.json"))
+c = json.load(open("deploy/k8s/base/cluster.json"))
 # No exact-repeat answers: the loader repeats images, and every phase must reach the workers.
 c.update(plan=plan, auth_token_file=work + "/token", complete_on_hit_fraction=0.0, exact_cache_entries=0)
 c["caches"][0]["layers"] = layers

@@ -28,6 +28,11 @@ if ! have_torch; then
     "torch==$TORCH_VERSION" safetensors thrift numpy
 fi
 
+# Offline schema checks of deploy/k8s (scripts/check-deploy.py): the Kubernetes API schemas and PyYAML.
+if ! "$VENV/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
+fi
+
 TORCH_DIR="$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
 [ -f "$TORCH_DIR/lib/libtorch_cpu.so" ] || { echo "setup: $TORCH_DIR/lib/libtorch_cpu.so not found" >&2; exit 1; }
 

@@ -13,10 +13,10 @@ cargo fmt --all -- --check
 bash scripts/gen-thrift.sh --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
-if command -v kubectl >/dev/null && python3 -c 'import yaml' 2>/dev/null; then
-  python3 scripts/check-deploy.py --gati target/debug/gati
+if command -v kubectl >/dev/null; then
+  .venv/bin/python scripts/check-deploy.py --gati target/debug/gati
 else
-  echo "test: no kubectl or PyYAML: deploy/ manifests not checked" >&2
+  echo "test: no kubectl: deploy/ manifests not checked" >&2
 fi
 if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
   promtool check rules deploy/prometheus/rules.yml >/dev/null

@@ -263,6 +263,7 @@ impl LocalCluster {
             max_in_flight: 128,
             auth_token_file: None,
             tls: tls.clone(),
+            device: Default::default(),
             fault_cache_delay_ms: 0,
             online: None,
             max_batch,

@@ -294,9 +294,9 @@ impl MemoryCache {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keys of a batch of activations at this cache's layer.
+    /// Keys of a batch of activations at this cache's layer, on the CPU where the store is.
     pub fn keys(&self, activations: &Tensor) -> Tensor {
-        keys(activations, self.spec.grid)
+        keys(activations, self.spec.grid).to_device(tch::Device::Cpu)
     }
 
     /// For each key row: the stored softmax row and `(class, confidence)` on a hit, else None.

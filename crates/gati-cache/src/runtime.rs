@@ -519,7 +519,7 @@ fn select_rows(h: &Tensor, asking: &[usize], n: usize) -> Tensor {
     }
     h.index_select(
         0,
-        &Tensor::from_slice(&asking.iter().map(|&i| i as i64).collect::<Vec<_>>()),
+        &Tensor::from_slice(&asking.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(h.device()),
     )
 }
 
@@ -547,7 +547,7 @@ fn keep_rows(h: &Tensor, rows: &[usize], keep: impl Fn(usize) -> bool) -> (Tenso
     if kept.is_empty() {
         return (h.narrow(0, 0, 0), kept);
     }
-    (h.index_select(0, &Tensor::from_slice(&idx)), kept)
+    (h.index_select(0, &Tensor::from_slice(&idx).to_device(h.device())), kept)
 }
 
 pub fn probs_row(logits: &Tensor) -> Vec<f32> {

@@ -870,3 +870,55 @@ fn tls_links_refuse_peers_without_a_valid_certificate_and_leave_answers_unchange
     );
     eprintln!("RESULT tls distributed: {hits}/{sent} answered by cache workers");
 }
+
+/// `--device` and `device` in the config: a GPU this process cannot use stops the role at start
+/// with one line naming the device (never a silent CPU run); a device on the frontend is refused.
+#[test]
+fn a_role_asked_to_run_on_a_missing_gpu_fails_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let [front, sel, base, cache] = [(); 4].map(|_| free_port());
+    let config = |base_device: &str, frontend_device: &str| {
+        serde_json::json!({
+            "plan": plan_dir(), "mode": "distributed",
+            "selector": format!("127.0.0.1:{sel}"),
+            "frontend": {"listen": format!("127.0.0.1:{front}"), "device": frontend_device},
+            "base": {"listen": format!("127.0.0.1:{base}"), "device": base_device},
+            "caches": [{"listen": format!("127.0.0.1:{cache}"), "layers": plan_layers()}],
+        })
+    };
+    // cuda:0 where this libtorch sees no GPU (CI, this machine); else one beyond the last.
+    let missing = if tch::Cuda::is_available() {
+        format!("cuda:{}", tch::Cuda::device_count())
+    } else {
+        "cuda:0".to_string()
+    };
+    let path = dir.path().join("cluster.json");
+    let serve = |role: &str, config: serde_json::Value, extra: &[&str]| {
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let out = common::gati()
+            .args(["serve", role, "--config", path.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{role} started");
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    };
+    for (role, cfg, extra) in [
+        ("base", config(&missing, "cpu"), vec![]),
+        ("base", config("cpu", "cpu"), vec!["--device", missing.as_str()]),
+        ("cache", config("cpu", "cpu"), vec!["--device", missing.as_str()]),
+    ] {
+        let e = serve(role, cfg, &extra);
+        assert!(
+            e.contains(&format!("device {missing}")) && e.contains("CUDA"),
+            "{role}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    let e = serve("frontend", config("cpu", "cuda"), &[]);
+    assert!(e.contains("frontend.device cuda:0"), "{e}");
+    let e = serve("base", config("gpu", "cpu"), &[]);
+    assert!(e.contains("device 'gpu'"), "{e}");
+    let e = serve("base", config("cpu", "cpu"), &["--device", "gpu"]);
+    assert!(e.contains("'gpu'"), "{e}");
+}

@@ -3,6 +3,7 @@
 
 pub mod classifier;
 pub mod data;
+pub mod device;
 pub mod eval;
 pub mod files;
 pub mod models;

@@ -13,7 +13,7 @@ use crate::learning::{self, Collected, SampleRing, StartVersion};
 use crate::metrics::registered;
 use crate::net::{self, Pool};
 use crate::resources::{lock, panic_message, GaugeGuard, LeasePool};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use gati_cache::plan::Plan;
 use gati_cache::runtime::{EarlyExit, Hooks, Walked};
@@ -124,11 +124,14 @@ pub struct BaseWorker {
     fault_panic_request: Option<String>,
     /// The memory cache every replica shares (inline mode, when the plan has one).
     memory: Option<Arc<gati_cache::memory::MemoryCache>>,
+    /// Where the model and the inline caches run.
+    device: tch::Device,
     metrics: Metrics,
 }
 
 impl BaseWorker {
     pub fn new(cluster: &Cluster, registry: &Registry, replicas: usize) -> Result<Self> {
+        let device = cluster.base.device.open().context("base")?;
         let plan = Plan::load(&cluster.plan)?;
         cluster.check_layers(&plan)?;
         let inline = cluster.mode == ServeMode::Inline;
@@ -148,7 +151,7 @@ impl BaseWorker {
         rest.memory = None;
         let mut pool: Vec<Replica> = Vec::new();
         for _ in 0..replicas.max(1) {
-            let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
+            let model = BaseModel::load(&plan.model, &plan.weights, device)?;
             let this = if pool.is_empty() { &serving } else { &rest };
             let mut ee = EarlyExit::from_plan(this, model, &plan.caches_path(&cluster.plan))?;
             if let Some(first) = pool.first() {
@@ -245,6 +248,7 @@ impl BaseWorker {
             inline,
             input_shape,
             stage_names,
+            device,
             links,
             cancelled: Mutex::new(HashMap::new()),
             fault_panic_request: cluster.fault_panic_request.clone(),
@@ -356,7 +360,8 @@ impl BaseWorker {
             xs[0].shallow_clone()
         } else {
             Tensor::cat(xs, 0)
-        };
+        }
+        .to_device(self.device);
         let mut hooks = Serving {
             worker: self,
             reqs,
@@ -547,7 +552,8 @@ impl Hooks for Serving<'_> {
         for (i, &r) in rows.iter().enumerate() {
             let act = h.narrow(0, i as i64, 1);
             if sampled {
-                self.acts[r].push(act.shallow_clone());
+                // The trainer's samples live in host memory, whatever device the model runs on.
+                self.acts[r].push(act.to_device(tch::Device::Cpu));
             }
             let req = self.reqs[r];
             if let Some(link) = link.filter(|_| req.stream_stages.contains(&(k as i32))) {

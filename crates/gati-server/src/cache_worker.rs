@@ -9,7 +9,7 @@ use crate::learning;
 use crate::metrics::registered;
 use crate::net::{self, Pool};
 use crate::resources::lock;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use gati_cache::plan::Plan;
 use gati_cache::runtime::EarlyExit;
 use gati_core::BaseModel;
@@ -38,6 +38,8 @@ pub struct CacheWorker {
     /// The address of the only selector this worker reports to.
     selector: String,
     credentials: net::Credentials,
+    /// Where the cache models run.
+    device: tch::Device,
     fault_delay: Duration,
     /// The plan's memory cache, when this worker serves its layer.
     memory: Option<std::sync::Arc<gati_cache::memory::MemoryCache>>,
@@ -56,9 +58,10 @@ impl CacheWorker {
                 cluster.caches.len()
             );
         };
+        let device = me.endpoint.device.open().with_context(|| format!("caches[{index}]"))?;
         let plan = Plan::load(&cluster.plan)?;
         cluster.check_layers(&plan)?;
-        let model = BaseModel::new(&plan.model, tch::Device::Cpu)?;
+        let model = BaseModel::new(&plan.model, device)?;
         let shapes = model
             .stages()
             .iter()
@@ -107,6 +110,7 @@ impl CacheWorker {
             lookups,
             selector: cluster.selector_address().to_string(),
             credentials: cluster.credentials(),
+            device,
             fault_delay: Duration::from_millis(me.fault_delay_ms),
             memory,
             pending: Mutex::new(lru::LruCache::new(PENDING_KEYS)),
@@ -182,7 +186,9 @@ impl CacheWorker {
             std::thread::sleep(self.fault_delay);
         }
         let t0 = Instant::now();
-        let x = tensor_from_wire(&a.tensor).map_err(ServingError::from)?;
+        let x = tensor_from_wire(&a.tensor)
+            .map_err(ServingError::from)?
+            .to_device(self.device);
         if self.shapes.get(&a.stage) != Some(&x.size()) {
             return Err(thrift::Error::from(ServingError::InvalidInput(format!(
                 "activation for stage {} has shape {:?}",

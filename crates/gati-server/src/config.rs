@@ -48,6 +48,10 @@ pub struct Endpoint {
     /// CPU set to pin this process to (e.g. [0] or [1]); empty: no pinning.
     #[serde(default)]
     pub cpus: Vec<usize>,
+    /// Where its models run: `cpu` (default), `cuda` or `cuda:N` (base and cache workers; a
+    /// device the process cannot use stops it at start).
+    #[serde(default)]
+    pub device: gati_core::device::DeviceName,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +317,18 @@ impl Cluster {
                 bail!("{field} '{a}' is not an address peers can dial (host:port, port not 0)");
             }
         }
+        // The frontend runs no model and the trainer trains on the CPU: a GPU named there would do nothing.
+        for (field, e) in [
+            ("frontend", Some(&self.frontend)),
+            ("trainer", self.trainer.as_ref().map(|t| &t.endpoint)),
+        ] {
+            if let Some(e) = e.filter(|e| !e.device.is_cpu()) {
+                bail!(
+                    "{field}.device {}: only the base and cache workers run on a GPU; use cpu",
+                    e.device
+                );
+            }
+        }
         if self.mode == ServeMode::Distributed && self.caches.is_empty() {
             bail!("mode distributed needs at least one entry in caches");
         }
@@ -496,7 +512,7 @@ mod tests {
     #[test]
     fn the_shipped_cluster_configs_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        for f in ["deploy/k8s/cluster.json", "deploy/cluster.example.json"] {
+        for f in ["deploy/k8s/base/cluster.json", "deploy/cluster.example.json"] {
             let path = root.join(f);
             let c = Cluster::parse(&std::fs::read(&path).unwrap(), &path).unwrap_or_else(|e| panic!("{f}: {e:#}"));
             assert_eq!(c.mode, ServeMode::Distributed, "{f}");

@@ -16,6 +16,51 @@ pub enum Role {
     Trainer,
 }
 
+impl Role {
+    /// The role named `name` (`cache` is the cache worker `index` of the config).
+    pub fn parse(name: &str, index: usize) -> Result<Self> {
+        Ok(match name {
+            "frontend" => Role::Frontend,
+            "base" => Role::Base,
+            "cache" => Role::Cache(index),
+            "trainer" => Role::Trainer,
+            other => anyhow::bail!("unknown role '{other}' (frontend, base, cache, trainer)"),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Frontend => "frontend",
+            Role::Base => "base",
+            Role::Cache(_) => "cache",
+            Role::Trainer => "trainer",
+        }
+    }
+
+    /// This role's entry in `cluster`.
+    pub fn endpoint_mut<'a>(&self, cluster: &'a mut Cluster) -> Result<&'a mut crate::config::Endpoint> {
+        Ok(match *self {
+            Role::Frontend => &mut cluster.frontend,
+            Role::Base => &mut cluster.base,
+            Role::Cache(i) => {
+                let n = cluster.caches.len();
+                &mut cluster
+                    .caches
+                    .get_mut(i)
+                    .ok_or_else(|| anyhow::anyhow!("no caches[{i}] in the cluster config ({n} cache workers)"))?
+                    .endpoint
+            }
+            Role::Trainer => {
+                &mut cluster
+                    .trainer
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("the cluster config has no trainer"))?
+                    .endpoint
+            }
+        })
+    }
+}
+
 /// Starts `/metrics`, `/health` and `/ready`; workers start it once their model is loaded, so they
 /// are ready from then on.
 fn start_metrics(addr: &Option<String>, registry: &Registry, ready: Option<crate::metrics::Readiness>) -> Result<()> {
@@ -30,13 +75,7 @@ fn start_metrics(addr: &Option<String>, registry: &Registry, ready: Option<crate
 pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
     crate::logs::init();
     let registry = Registry::new();
-    let name = match role {
-        Role::Frontend => "frontend",
-        Role::Base => "base",
-        Role::Cache(_) => "cache",
-        Role::Trainer => "trainer",
-    };
-    crate::metrics::register_process(&registry, name)?;
+    crate::metrics::register_process(&registry, role.name())?;
     match role {
         Role::Base => {
             apply_placement(&cluster.base)?;

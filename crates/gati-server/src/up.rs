@@ -22,6 +22,8 @@ pub struct UpOptions {
     pub max_in_flight: usize,
     /// Internal services require the token in this file.
     pub auth_token_file: Option<PathBuf>,
+    /// Where the base and cache workers run their models.
+    pub device: gati_core::device::DeviceName,
     /// TLS certificates (`Cluster::tls`; None: plain links).
     pub tls: Option<crate::tls::TlsFiles>,
     /// Fault injection for tests: every cache lookup sleeps this long.
@@ -68,6 +70,7 @@ fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool) -> Resul
         },
         threads,
         cpus,
+        device: Default::default(),
     })
 }
 
@@ -84,7 +87,10 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         for i in 0..n {
             let layers = cache_layers.iter().skip(i).step_by(n).map(|(_, l)| l.clone()).collect();
             caches.push(CacheEndpoint {
-                endpoint: endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics)?,
+                endpoint: Endpoint {
+                    device: o.device,
+                    ..endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics)?
+                },
                 layers,
                 fault_delay_ms: o.fault_cache_delay_ms,
             });
@@ -102,7 +108,10 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         mode,
         frontend: endpoint(front_port, 1, vec![], o.metrics)?,
         selector: format!("127.0.0.1:{}", free_port()?),
-        base: endpoint(free_port()?, o.base_threads, cpus(0), o.metrics)?,
+        base: Endpoint {
+            device: o.device,
+            ..endpoint(free_port()?, o.base_threads, cpus(0), o.metrics)?
+        },
         caches,
         complete_on_hit_fraction: o.complete_on_hit_fraction,
         max_frame_bytes: 16 << 20,

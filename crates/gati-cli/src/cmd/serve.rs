@@ -1,4 +1,5 @@
 use anyhow::Result;
+use gati_core::device::DeviceName;
 use gati_server::config::Cluster;
 use gati_server::roles::{self, Role};
 use std::path::PathBuf;
@@ -13,16 +14,17 @@ pub struct Args {
     /// Which cache worker of the config (for role cache)
     #[arg(long, default_value_t = 0)]
     index: usize,
+    /// Run this role's models on cpu, cuda or cuda:N (overrides the role's `device` in the config)
+    #[arg(long)]
+    device: Option<DeviceName>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cluster = Cluster::load(&a.config)?;
-    let role = match a.role.as_str() {
-        "frontend" => Role::Frontend,
-        "base" => Role::Base,
-        "cache" => Role::Cache(a.index),
-        "trainer" => Role::Trainer,
-        other => anyhow::bail!("unknown role '{other}' (frontend, base, cache, trainer)"),
-    };
+    let mut cluster = Cluster::load(&a.config)?;
+    let role = Role::parse(&a.role, a.index)?;
+    if let Some(d) = a.device {
+        role.endpoint_mut(&mut cluster)?.device = d;
+        cluster.check()?;
+    }
     roles::run(role, &cluster)
 }

@@ -80,6 +80,9 @@ pub struct Args {
     token_file: Option<PathBuf>,
     #[command(flatten)]
     tls: super::tls_args::ClusterTls,
+    /// Run the base and cache workers' models on cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: gati_core::device::DeviceName,
     /// Fault injection (tests): every cache lookup sleeps this many milliseconds
     #[arg(long, default_value_t = 0, hide = true)]
     fault_cache_delay_ms: u64,
@@ -111,6 +114,7 @@ pub fn run(a: Args) -> Result<()> {
         max_in_flight: a.max_in_flight,
         auth_token_file: a.token_file.clone().map(std::path::absolute).transpose()?,
         tls: a.tls.files()?,
+        device: a.device,
         fault_cache_delay_ms: a.fault_cache_delay_ms,
         max_batch: a.max_batch,
         max_batch_delay_ms: a.max_batch_delay_ms,
