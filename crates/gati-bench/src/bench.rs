@@ -30,6 +30,8 @@ pub struct Options {
     pub pin: bool,
     /// Answers the frontends keep for exact repeats (None: decided by each plan).
     pub exact_cache_entries: Option<usize>,
+    /// `Cluster::memory_at_frontend` (None: the default).
+    pub memory_at_frontend: Option<bool>,
     /// TLS on every link of the served configurations (None: plain).
     pub tls: Option<gati_server::tls::TlsFiles>,
     pub seed: u64,
@@ -327,6 +329,7 @@ impl Options {
             pin: self.pin,
             cache_workers: self.cache_workers,
             exact_cache_entries: self.exact_cache_entries,
+            memory_at_frontend: self.memory_at_frontend,
             tls: self.tls.clone(),
         }
     }

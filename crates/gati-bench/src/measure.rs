@@ -211,6 +211,8 @@ pub struct Shape {
     pub cache_workers: usize,
     /// `UpOptions::exact_cache_entries` (None: decided by the plan).
     pub exact_cache_entries: Option<usize>,
+    /// `UpOptions::memory_at_frontend` (None: the default).
+    pub memory_at_frontend: Option<bool>,
     /// TLS on every link (None: plain).
     pub tls: Option<gati_server::tls::TlsFiles>,
 }
@@ -221,6 +223,7 @@ impl Default for Shape {
             pin: false,
             cache_workers: 1,
             exact_cache_entries: None,
+            memory_at_frontend: None,
             tls: None,
         }
     }
@@ -248,6 +251,7 @@ impl LocalCluster {
             pin,
             cache_workers,
             exact_cache_entries,
+            memory_at_frontend,
             ref tls,
         } = shape;
         let opts = UpOptions {
@@ -272,6 +276,7 @@ impl LocalCluster {
             frame_timeout_ms: 10_000,
             fault_panic_request: None,
             exact_cache_entries,
+            memory_at_frontend,
         };
         let dir = tempfile::tempdir()?;
         let (cluster, sup) = start_local(exe, &opts, &dir.path().join("cluster.json"))

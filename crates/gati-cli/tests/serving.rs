@@ -414,12 +414,18 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
     assert!(chosen["fidelity_loss"].as_f64().unwrap() <= 0.05);
     let layer = chosen["layer"].as_str().unwrap().to_string();
 
-    // Served inline, then distributed (the memory at a cache worker, filled from the answers the
-    // selector gives): ten new images, then each again twice (exact repeats).
+    // Served inline with the memory in the frontend (the default) and in the base worker, then
+    // distributed (the memory at a cache worker, filled from the answers the selector gives): ten
+    // new images, then each again twice (exact repeats).
     let images = test_images(10);
-    for mode in ["inline", "distributed"] {
+    for (mode, at_frontend) in [("inline", "true"), ("inline", "false"), ("distributed", "false")] {
         // The frontend's exact-repeat answers off: every repeat here is exact.
-        let c = Cluster::up_plan(&out, mode, &["--exact-cache-entries", "0"]);
+        let c = Cluster::up_plan(
+            &out,
+            mode,
+            &["--exact-cache-entries", "0", "--memory-at-frontend", at_frontend],
+        );
+        let mode = &*format!("{mode} (memory at frontend: {at_frontend})");
         let mut client = c.client();
         let mut first = Vec::new();
         for path in &images {
@@ -434,9 +440,19 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
             );
             first.push(r.class_index);
         }
-        // The process holding the memory: the base worker inline, a cache worker distributed.
-        let holder = match mode {
-            "inline" => c.info["metrics"]["base"].as_str().unwrap().to_string(),
+        // The process holding the memory: the frontend or the base worker inline, a cache worker
+        // distributed; only one holds it.
+        let role = |r: &str| c.info["metrics"][r].as_str().unwrap().to_string();
+        let limit = |m: &str| metric(m, "gati_memory{figure=\"limit_bytes\"");
+        let holder = match (mode.starts_with("inline"), at_frontend) {
+            (true, "true") => {
+                assert_eq!(limit(&role("base")), 0.0, "{mode}");
+                role("frontend")
+            }
+            (true, _) => {
+                assert_eq!(limit(&role("frontend")), 0.0, "{mode}");
+                role("base")
+            }
             _ => {
                 let workers = c.info["metrics"]["caches"].as_array().unwrap();
                 let holding: Vec<String> = workers
@@ -478,9 +494,10 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
             "{mode}: only {} of 20 repeats found in memory",
             held("hit")
         );
-        match mode {
-            "inline" => assert_eq!(held("hit"), memory_hits as f64),
-            _ => assert!(held("hit") >= memory_hits as f64),
+        if mode.starts_with("inline") {
+            assert_eq!(held("hit"), memory_hits as f64, "{mode}");
+        } else {
+            assert!(held("hit") >= memory_hits as f64, "{mode}");
         }
         assert!(metric(&holder, "gati_memory{figure=\"entries\"") >= 3.0, "{mode}");
         let fm = c.info["metrics"]["frontend"].as_str().unwrap().to_string();

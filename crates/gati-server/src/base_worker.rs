@@ -138,6 +138,8 @@ impl BaseWorker {
         let mut serving = plan.clone();
         if !inline {
             serving.caches.clear();
+        }
+        if !inline || cluster.memory_at_frontend(&plan) {
             serving.memory = None;
         }
         let start = if inline {

@@ -159,6 +159,12 @@ pub struct Cluster {
     /// `cert_file` and accepts only peers the CA signed), and the public service per `public`.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Inline mode with a memory cache in the plan: whether the frontend holds it (running the
+    /// base model's stages up to its layer itself, so a repeat costs no base-worker round trip)
+    /// rather than the base worker. Absent: the frontend when those stages take at most 5% of the
+    /// base model's time (a miss runs them twice).
+    #[serde(default)]
+    pub memory_at_frontend: Option<bool>,
     /// Online learning (absent: the plan's caches, frozen).
     #[serde(default)]
     pub trainer: Option<TrainerEndpoint>,
@@ -414,6 +420,18 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Whether the frontend holds `plan`'s memory cache (else the base worker or, distributed, a
+    /// cache worker does).
+    pub fn memory_at_frontend(&self, plan: &gati_cache::plan::Plan) -> bool {
+        let Some(m) = plan.memory.as_ref().filter(|_| self.mode == ServeMode::Inline) else {
+            return false;
+        };
+        self.memory_at_frontend.unwrap_or_else(|| {
+            let prefix: f64 = plan.stage_ms.iter().take(m.spec.stage + 1).sum();
+            prefix <= 0.05 * plan.stage_ms.iter().sum::<f64>()
+        })
     }
 
     /// Entries of the frontend's exact-repeat cache for `plan` (0: off).

@@ -8,6 +8,7 @@
 use crate::config::{Cluster, ServeMode};
 use crate::errors::{to_thrift, ServingError};
 use crate::exact::{self, ExactCache};
+use crate::front_memory::FrontMemory;
 use crate::metrics::registered;
 use crate::net::{self, Pool};
 use crate::resources::{lock, panic_message, Permits};
@@ -23,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tch::Tensor;
 use thrift::OrderedFloat;
 
 type BaseClient = BaseWorkerSyncClient<net::In, net::Out>;
@@ -135,6 +137,8 @@ pub struct Frontend {
     caches: Vec<Pool<CacheClient>>,
     /// Answers to exact repeats (None: off).
     exact: Option<ExactCache>,
+    /// The plan's memory cache, when the frontend holds it (inline mode).
+    memory: Option<FrontMemory>,
     /// The cache worker holding the plan's memory cache (distributed mode), told each answer.
     memory_worker: Option<usize>,
     /// Distributed mode: the stages whose activations a base run streams to cache workers (the
@@ -176,6 +180,14 @@ impl Frontend {
             BaseWorkerSyncClient::new,
         ));
         let metrics = Metrics::new(registry)?;
+        let memory = if cluster.memory_at_frontend(&plan) {
+            FrontMemory::new(&plan)?
+        } else {
+            None
+        };
+        if let Some(m) = &memory {
+            registry.register(Box::new(crate::metrics::MemoryCollector::new(m.cache.clone())?))?;
+        }
         let batcher = (cluster.max_batch > 1 && cluster.mode != ServeMode::Distributed).then(|| {
             Batcher::start(
                 base.clone(),
@@ -206,6 +218,7 @@ impl Frontend {
                 })
                 .collect(),
             exact: std::num::NonZeroUsize::new(cluster.exact_entries(&plan)).map(ExactCache::new),
+            memory,
             memory_worker: plan
                 .memory
                 .as_ref()
@@ -240,7 +253,14 @@ impl Frontend {
             if let Some(r) = key.as_ref().and_then(|k| self.repeat(k, &p)) {
                 return r;
             }
+            let memory_key = self.memory.as_ref().map(|m| m.key(&p.input));
+            if let Some(r) = memory_key.as_ref().and_then(|k| self.recall(k, &p)) {
+                return r;
+            }
             let settled = self.settle(&p)?;
+            if let (Some(m), Some(k), Some(probs)) = (&self.memory, &memory_key, self.to_remember(&settled)) {
+                m.remember(k, probs);
+            }
             let r = self.answer(p, settled)?;
             if let (Some(c), Some(k)) = (&self.exact, key) {
                 self.metrics.exact.with_label_values(&["insert"]).inc();
@@ -276,9 +296,41 @@ impl Frontend {
         Some(self.respond(p.base_req.request_id.clone(), stored.top_k, Some(hit), timing))
     }
 
-    /// Forgets the exact-repeat answers; how many there were.
+    /// The answer the frontend's memory holds for a near-duplicate of this request's input.
+    fn recall(&self, key: &Tensor, p: &Prepared) -> Option<Result<InferResponse, ServingError>> {
+        let t = Instant::now();
+        let (probs, _, _) = self.memory.as_ref()?.recall(key)?;
+        let timing = Timing {
+            total_ms: OrderedFloat(ms(p.t0)),
+            queue_ms: OrderedFloat(0.0),
+            preprocess_ms: OrderedFloat(p.preprocess_ms),
+            base_ms: OrderedFloat(0.0),
+            cache_ms: OrderedFloat(ms(t)),
+        };
+        let probs: Vec<OrderedFloat<f64>> = probs.into_iter().map(|v| OrderedFloat(v as f64)).collect();
+        let hit = self.cache_hit(-1, Some(MEMORY.into()), None);
+        Some(self.respond(
+            p.base_req.request_id.clone(),
+            self.top_scores(&probs, p.top_k),
+            Some(hit),
+            timing,
+        ))
+    }
+
+    /// The softmax row a settled request leaves in the frontend's memory: the base model's
+    /// answer, and a learned cache's where the plan remembers those.
+    fn to_remember(&self, settled: &Msg) -> Option<Vec<f32>> {
+        let Msg::Base(Ok(r)) = settled else { return None };
+        let remember_hits = self.plan.memory.as_ref().is_some_and(|m| m.spec.remember_cache_hits);
+        if !r.completed || (r.exit_stage.is_some() && !remember_hits) {
+            return None;
+        }
+        Some(r.probs.as_ref()?.iter().map(|v| v.0 as f32).collect())
+    }
+
+    /// Forgets the exact-repeat answers and the frontend's memory; how many entries there were.
     fn clear_exact(&self) -> usize {
-        self.exact.as_ref().map_or(0, ExactCache::clear)
+        self.exact.as_ref().map_or(0, ExactCache::clear) + self.memory.as_ref().map_or(0, |m| m.cache.clear())
     }
 
     /// Many requests as one batched base run (inline and base-only; distributed: one by one),
@@ -406,6 +458,7 @@ impl Frontend {
         let complete_on_hit = rand::thread_rng().gen::<f64>() < self.cluster.complete_on_hit_fraction;
         Ok(Prepared {
             t0,
+            input: x.shallow_clone(),
             deadline: t0 + Duration::from_millis(deadline_ms),
             preprocess_ms: ms(t0),
             top_k: self.top_k(req.top_k)?,
@@ -787,6 +840,8 @@ fn one_per_request(r: thrift::Result<Vec<BaseOutcome>>, n: usize) -> Result<Vec<
 /// A checked request on its way to the base worker.
 struct Prepared {
     t0: Instant,
+    /// The preprocessed input, `[1, C, H, W]`.
+    input: Tensor,
     deadline: Instant,
     preprocess_ms: f64,
     top_k: usize,

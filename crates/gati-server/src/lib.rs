@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod errors;
 pub mod exact;
+pub mod front_memory;
 pub mod frontend;
 pub mod learning;
 pub mod logs;

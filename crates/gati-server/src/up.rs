@@ -39,6 +39,8 @@ pub struct UpOptions {
     pub frame_timeout_ms: u64,
     /// Fault injection for tests: the base worker panics on the request with this id.
     pub fault_panic_request: Option<String>,
+    /// `Cluster::memory_at_frontend` (None: the default).
+    pub memory_at_frontend: Option<bool>,
     /// `Cluster::exact_cache_entries` (None: decided by the plan).
     pub exact_cache_entries: Option<usize>,
 }
@@ -104,6 +106,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
     let mut c = Cluster {
         selector_advertise: None,
         exact_cache_entries: o.exact_cache_entries,
+        memory_at_frontend: o.memory_at_frontend,
         plan: std::path::absolute(&o.plan)?,
         mode,
         frontend: endpoint(front_port, 1, vec![], o.metrics)?,

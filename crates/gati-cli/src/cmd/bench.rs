@@ -48,6 +48,10 @@ pub struct Args {
     /// the plan]
     #[arg(long)]
     exact_cache_entries: Option<usize>,
+    /// Inline with a memory cache: the frontend holds it (true) or the base worker (false)
+    /// [default: the frontend when the stages up to the memory's layer take ≤ 5% of the model's time]
+    #[arg(long)]
+    memory_at_frontend: Option<bool>,
     /// Serve every Thrift configuration over TLS (the cost of encryption)
     #[command(flatten)]
     tls: super::tls_args::ClusterTls,
@@ -103,6 +107,7 @@ pub fn run(a: Args) -> Result<()> {
         cache_workers: a.cache_workers,
         pin: a.pin,
         exact_cache_entries: a.exact_cache_entries,
+        memory_at_frontend: a.memory_at_frontend,
         tls: a.tls.files()?,
         seed: a.seed,
         exe: std::env::current_exe()?,

@@ -90,6 +90,10 @@ pub struct Args {
     /// memory cache and no trainer runs, else none]
     #[arg(long)]
     exact_cache_entries: Option<usize>,
+    /// Inline with a memory cache: the frontend holds it (true) or the base worker (false)
+    /// [default: the frontend when the stages up to the memory's layer take ≤ 5% of the model's time]
+    #[arg(long)]
+    memory_at_frontend: Option<bool>,
     /// Where to write the generated CLUSTER.json (default: a temporary folder)
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -122,6 +126,7 @@ pub fn run(a: Args) -> Result<()> {
         frame_timeout_ms: a.frame_timeout_ms,
         fault_panic_request: a.fault_panic_request.clone(),
         exact_cache_entries: a.exact_cache_entries,
+        memory_at_frontend: a.memory_at_frontend,
         online: a.online.then(|| OnlineOptions {
             state_dir: a.state_dir.clone(),
             retrain_every: a.retrain_every,
