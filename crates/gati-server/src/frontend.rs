@@ -261,22 +261,23 @@ impl Frontend {
             if let (Some(m), Some(k), Some(probs)) = (&self.memory, &memory_key, self.to_remember(&settled)) {
                 m.remember(k, probs);
             }
-            let deadline = p.deadline;
+            // The base worker stops between stages at the deadline, but a run can finish just in
+            // time there and still reach here late: the client has given up by then. Checked
+            // before the response is built, so a late request counts as an error only.
+            let late = Instant::now().saturating_duration_since(p.deadline);
+            if !late.is_zero() {
+                return Err(ServingError::DeadlineExceeded(format!(
+                    "request {} was answered {:.1} ms after its deadline",
+                    p.base_req.request_id,
+                    late.as_secs_f64() * 1e3
+                )));
+            }
             let r = self.answer(p, settled)?;
             if let (Some(c), Some(k)) = (&self.exact, key) {
                 self.metrics.exact.with_label_values(&["insert"]).inc();
                 if c.put(k, &r) {
                     self.metrics.exact.with_label_values(&["eviction"]).inc();
                 }
-            }
-            // The base worker stops between stages at the deadline, but a run can finish just in
-            // time there and still reach here late: the client has given up by then.
-            if Instant::now() > deadline {
-                return Err(ServingError::DeadlineExceeded(format!(
-                    "request {} was answered {:.1} ms after its deadline",
-                    r.request_id,
-                    Instant::now().duration_since(deadline).as_secs_f64() * 1e3
-                )));
             }
             Ok(r)
         }))
