@@ -2,7 +2,6 @@
 
 use crate::config::Cluster;
 use crate::net;
-use crate::tls::PublicTls;
 use gati_rpc::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +32,10 @@ impl Frontend {
     /// The frontend of `cluster`, over TLS where its public service uses it (presenting the
     /// cluster's own certificate, which a mutual-TLS frontend accepts).
     pub fn of(cluster: &Cluster) -> Self {
-        let public = cluster.tls.as_ref().is_some_and(|t| t.public != PublicTls::Plain);
+        let tls = cluster.tls_loaded.as_ref().filter(|t| t.public.is_some());
         Self {
             addr: cluster.frontend.address().to_string(),
-            tls: public
-                .then(|| cluster.tls_loaded.as_ref().map(|t| t.client.clone()))
-                .flatten(),
+            tls: tls.map(|t| t.client.clone()),
         }
     }
 
