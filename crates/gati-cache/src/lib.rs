@@ -6,6 +6,7 @@ pub mod candidates;
 pub mod decision;
 pub mod evaluate;
 pub mod heads;
+pub mod ivf;
 pub mod memory;
 pub mod memory_plan;
 pub mod online;

@@ -296,7 +296,7 @@ pub fn best_within(scored: &[Scored], budget: f64, margin_sigmas: f64) -> &Score
 }
 
 /// The spec of a scored setting.
-pub fn spec_of(s: &Scored, max_bytes: u64) -> MemorySpec {
+pub fn spec_of(s: &Scored, max_bytes: u64, index: crate::memory::MemoryIndex) -> MemorySpec {
     MemorySpec {
         layer: s.layer.clone(),
         stage: s.stage,
@@ -307,6 +307,7 @@ pub fn spec_of(s: &Scored, max_bytes: u64) -> MemorySpec {
         max_bytes,
         remember_cache_hits: s.remember_cache_hits,
         follow_hits: s.follow_hits,
+        index,
     }
 }
 
@@ -403,11 +404,13 @@ struct NoMemory;
 impl crate::runtime::Hooks for NoMemory {}
 
 /// Measured cost (ms, batch 1, at the current thread count; 500 lookups) of a lookup in a full
-/// store of `max_bytes` at `stage`: the key of one activation and the search.
+/// store of `max_bytes` at `stage` searched by `index`: the key of one activation and the search.
+/// The store is filled with the keys of random activations (in chunks, to bound the memory used).
 pub fn lookup_cost_ms(
     model: &gati_core::BaseModel,
     stage: usize,
     max_bytes: u64,
+    index: crate::memory::MemoryIndex,
 ) -> anyhow::Result<gati_core::stats::LatencyStats> {
     let info = &model.stages()[stage];
     let s = &info.output_shape;
@@ -421,20 +424,21 @@ pub fn lookup_cost_ms(
         max_bytes,
         remember_cache_hits: false,
         follow_hits: false,
+        index,
     };
     let cache = crate::runtime::memory_cache(model, &spec)?;
     let classes = model.spec().num_classes;
     let act = Tensor::randn([1, s[1], s[2], s[3]], (tch::Kind::Float, tch::Device::Cpu));
-    let filler = crate::memory::keys(
-        &Tensor::randn(
-            [cache.capacity() as i64, s[1], s[2], s[3]],
-            (tch::Kind::Float, tch::Device::Cpu),
-        ),
-        spec.grid,
-    );
     let probs = vec![1.0 / classes as f32; classes as usize];
-    for i in 0..cache.capacity() {
-        cache.remember(&filler.get(i as i64), probs.clone());
+    for start in (0..cache.capacity()).step_by(1024) {
+        let n = 1024.min(cache.capacity() - start) as i64;
+        let filler = crate::memory::keys(
+            &Tensor::randn([n, s[1], s[2], s[3]], (tch::Kind::Float, tch::Device::Cpu)),
+            spec.grid,
+        );
+        for i in 0..n {
+            cache.remember(&filler.get(i), probs.clone());
+        }
     }
     let _g = tch::no_grad_guard();
     let mut times = Vec::new();

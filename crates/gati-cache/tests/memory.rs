@@ -1,7 +1,7 @@
 //! Memory caches: near-duplicates answered and unrelated inputs not, bounded bytes with LRU
 //! eviction, and a threshold calibrated on one stream that holds its budget on another.
 
-use gati_cache::memory::{entry_bytes, keys, MemoryCache, MemorySpec};
+use gati_cache::memory::{entry_bytes, keys, MemoryCache, MemoryIndex, MemorySpec};
 use gati_cache::memory_plan::{best_within, score_all, LayerKeys, StreamSample};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -21,6 +21,7 @@ fn spec(max_bytes: u64) -> MemorySpec {
         max_bytes,
         remember_cache_hits: false,
         follow_hits: false,
+        index: Default::default(),
     }
 }
 
@@ -107,6 +108,63 @@ fn eviction_keeps_the_store_under_its_byte_limit_and_drops_the_least_recently_us
     // A limit below one entry is refused, naming the layer.
     let e = MemoryCache::new(spec(10), SHAPE, CLASSES).err().unwrap().to_string();
     assert!(e.contains("layer1.0") && e.contains("max_bytes"), "{e}");
+}
+
+#[test]
+fn a_large_store_searched_through_its_index_answers_as_exact_search_and_stays_under_its_limit() {
+    let dims = SHAPE[0] * 16;
+    let max_bytes = 3000 * entry_bytes(dims, CLASSES);
+    let with = |index| {
+        MemoryCache::new(
+            MemorySpec {
+                index,
+                ..spec(max_bytes)
+            },
+            SHAPE,
+            CLASSES,
+        )
+        .unwrap()
+    };
+    let (ivf, exact) = (with(MemoryIndex::Ivf), with(MemoryIndex::Exact));
+    // The index's own bytes come out of the same limit.
+    assert_eq!(exact.capacity(), 3000);
+    assert!(ivf.capacity() < 3000 && ivf.capacity() > 2900, "{}", ivf.capacity());
+    let key = |s: u64| ivf.keys(&act(s)).get(0);
+    let near = |s: u64| {
+        let a = act(s);
+        ivf.keys(&(&a + randn(&mut StdRng::seed_from_u64(s + 1_000_000), &a.size()) * 0.03))
+    };
+    for s in 0..ivf.capacity() as u64 + 500 {
+        let (k, p) = (key(s), sure_of((s % 10) as usize, 0.999));
+        ivf.remember(&k, p.clone());
+        exact.remember(&k, p);
+        assert!(ivf.bytes() <= max_bytes, "{} > {max_bytes} after {s}", ivf.bytes());
+    }
+    assert!(ivf.indexed() && !exact.indexed());
+    assert_eq!(ivf.len(), ivf.capacity());
+    // Near-duplicates of stored inputs (the oldest 500 were evicted from the index's store).
+    let (mut same, mut found) = (0, 0);
+    let queries: Vec<u64> = (600..ivf.capacity() as u64).step_by(5).collect();
+    for &s in &queries {
+        let q = near(s);
+        let (a, b) = (ivf.answer_rows(&q)[0].clone(), exact.answer_rows(&q)[0].clone());
+        found += a.as_ref().is_some_and(|(_, c, _)| *c == (s % 10) as usize) as usize;
+        same += (a.map(|x| x.1) == b.map(|x| x.1)) as usize;
+    }
+    let n = queries.len();
+    assert!(found * 100 >= n * 99, "index found {found} of {n} near-duplicates");
+    assert!(same * 100 >= n * 99, "index and exact search agree on {same} of {n}");
+    // Unrelated inputs miss.
+    for s in 900_000..900_050 {
+        assert!(ivf.answer_rows(&ivf.keys(&act(s)))[0].is_none(), "input {s} hit");
+    }
+    // Clearing drops the index with the entries; refilled, it is trained again.
+    assert_eq!(ivf.clear(), ivf.capacity());
+    assert!(!ivf.indexed() && ivf.answer_rows(&near(700))[0].is_none());
+    for s in 0..ivf.capacity() as u64 {
+        ivf.remember(&key(s), sure_of((s % 10) as usize, 0.999));
+    }
+    assert!(ivf.indexed() && ivf.answer_rows(&near(700))[0].is_some());
 }
 
 /// A synthetic stream of items recurring as perturbed frames: an item's key is a fixed random

@@ -117,6 +117,7 @@ impl Collector for MemoryCollector {
             ("entries", c.len() as i64),
             ("bytes", c.bytes() as i64),
             ("limit_bytes", c.spec.max_bytes as i64),
+            ("indexed", c.indexed() as i64),
         ] {
             self.gauges.with_label_values(&[figure]).set(v);
         }

@@ -1,6 +1,7 @@
 use super::data_args::load_split;
 use anyhow::{bail, Context, Result};
 use gati_cache::candidates::Candidates;
+use gati_cache::memory::MemoryIndex;
 use gati_cache::memory_plan::{self, Scored};
 use gati_cache::plan::{make_plan, Expected, Plan, PlanRequest, PlannedMemory};
 use gati_cache::runtime::EarlyExit;
@@ -32,10 +33,14 @@ pub struct Args {
     /// counted by item, so an item answered wrongly on all its repeats weighs as one burst)
     #[arg(long, default_value_t = 1.0)]
     margin_sigmas: f64,
-    /// Bytes the memory store may hold, in MiB (a lookup is one product over the whole store: 2 MiB
-    /// is about 2,000 CIFAR keys and 0.1 ms here)
+    /// Bytes the memory store may hold, in MiB (2 MiB is about 2,000 CIFAR keys at the stem, an exact
+    /// lookup 0.1 ms here; beyond 8,192 keys the store is searched through an index)
     #[arg(long, default_value_t = 2.0)]
     memory_cache_mb: f64,
+    /// How the store is searched: auto (exact up to 8,192 entries, else the inverted-file index),
+    /// exact, or ivf
+    #[arg(long, value_enum, default_value_t = MemoryIndex::Auto)]
+    memory_index: MemoryIndex,
     /// Candidate layers (comma list of stage names; default: the stem and the first blocks)
     #[arg(long)]
     layers: Option<String>,
@@ -100,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
     let max_bytes = (a.memory_cache_mb * 1048576.0) as u64;
     let lookup_stats: Vec<gati_core::stats::LatencyStats> = stages
         .iter()
-        .map(|&k| memory_plan::lookup_cost_ms(&model, k, max_bytes))
+        .map(|&k| memory_plan::lookup_cost_ms(&model, k, max_bytes, a.memory_index))
         .collect::<Result<_>>()?;
     let lookup_ms: Vec<f64> = lookup_stats.iter().map(|l| l.p50).collect();
     let dir = gati_core::paths::data_dir_for(&original.model, a.data.as_deref())?;
@@ -131,7 +136,9 @@ pub fn run(a: Args) -> Result<()> {
             None => break,
         }
     }
-    let capacity_of = |lk: &memory_plan::LayerKeys| gati_cache::memory::capacity(max_bytes, lk.keys.size()[1], classes);
+    let capacity_of = |lk: &memory_plan::LayerKeys| {
+        gati_cache::memory::capacity(max_bytes, lk.keys.size()[1], classes, a.memory_index).0
+    };
     let mut tried = Vec::new();
     for l in &learned {
         let base = BaseModel::load(&original.model, &original.weights, tch::Device::Cpu)?;
@@ -205,7 +212,7 @@ pub fn run(a: Args) -> Result<()> {
             plan.caches.clear();
         }
         plan.memory = Some(PlannedMemory {
-            spec: memory_plan::spec_of(&best, max_bytes),
+            spec: memory_plan::spec_of(&best, max_bytes, a.memory_index),
             stream: stream.name(),
             stream_requests: n,
             cost_ms: lookup_ms[stages.iter().position(|&k| k == best.stage).expect("a candidate")],
