@@ -9,7 +9,7 @@ use crate::learning;
 use crate::metrics::registered;
 use crate::net::{self, Pool};
 use crate::resources::lock;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use gati_cache::plan::Plan;
 use gati_cache::runtime::EarlyExit;
 use gati_core::BaseModel;
@@ -52,12 +52,7 @@ pub struct CacheWorker {
 
 impl CacheWorker {
     pub fn new(cluster: &Cluster, index: usize, registry: &Registry) -> Result<Self> {
-        let Some(me) = cluster.caches.get(index) else {
-            bail!(
-                "cluster config has no caches[{index}] ({} cache workers)",
-                cluster.caches.len()
-            );
-        };
+        let me = cluster.cache(index)?;
         let device = me.endpoint.device.open().with_context(|| format!("caches[{index}]"))?;
         let plan = Plan::load(&cluster.plan)?;
         cluster.check_layers(&plan)?;

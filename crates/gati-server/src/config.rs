@@ -236,6 +236,23 @@ impl Endpoint {
 }
 
 impl Cluster {
+    /// Cache worker `i`'s entry.
+    pub fn cache(&self, i: usize) -> Result<&CacheEndpoint> {
+        self.caches.get(i).ok_or_else(|| self.no_cache(i))
+    }
+
+    pub fn cache_mut(&mut self, i: usize) -> Result<&mut CacheEndpoint> {
+        let e = self.no_cache(i);
+        self.caches.get_mut(i).ok_or(e)
+    }
+
+    fn no_cache(&self, i: usize) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no caches[{i}] in the cluster config ({} cache workers)",
+            self.caches.len()
+        )
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading cluster config {}", path.display()))?;
         let mut c = Self::parse(&bytes, path)?;

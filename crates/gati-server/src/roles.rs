@@ -42,14 +42,7 @@ impl Role {
         Ok(match *self {
             Role::Frontend => &mut cluster.frontend,
             Role::Base => &mut cluster.base,
-            Role::Cache(i) => {
-                let n = cluster.caches.len();
-                &mut cluster
-                    .caches
-                    .get_mut(i)
-                    .ok_or_else(|| anyhow::anyhow!("no caches[{i}] in the cluster config ({n} cache workers)"))?
-                    .endpoint
-            }
+            Role::Cache(i) => &mut cluster.cache_mut(i)?.endpoint,
             Role::Trainer => {
                 &mut cluster
                     .trainer
@@ -90,10 +83,7 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             );
         }
         Role::Cache(i) => {
-            let me = cluster
-                .caches
-                .get(i)
-                .ok_or_else(|| anyhow::anyhow!("no caches[{i}] in the cluster config"))?;
+            let me = cluster.cache(i)?;
             apply_placement(&me.endpoint)?;
             let (listener, addr) = net::bind(&me.endpoint.listen)?;
             let worker = Arc::new(cache_worker::CacheWorker::new(cluster, i, &registry)?);

@@ -3,6 +3,7 @@
 
 use crate::config::{CacheEndpoint, Cluster, Endpoint, ServeMode, TrainerEndpoint};
 use anyhow::{bail, Context, Result};
+use gati_core::device::DeviceName;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ pub struct UpOptions {
     /// Internal services require the token in this file.
     pub auth_token_file: Option<PathBuf>,
     /// Where the base and cache workers run their models.
-    pub device: gati_core::device::DeviceName,
+    pub device: DeviceName,
     /// TLS certificates (`Cluster::tls`; None: plain links).
     pub tls: Option<crate::tls::TlsFiles>,
     /// Fault injection for tests: every cache lookup sleeps this long.
@@ -61,7 +62,7 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool) -> Result<Endpoint> {
+fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool, device: DeviceName) -> Result<Endpoint> {
     Ok(Endpoint {
         advertise: None,
         listen: format!("127.0.0.1:{port}"),
@@ -72,7 +73,7 @@ fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool) -> Resul
         },
         threads,
         cpus,
-        device: Default::default(),
+        device,
     })
 }
 
@@ -89,10 +90,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         for i in 0..n {
             let layers = cache_layers.iter().skip(i).step_by(n).map(|(_, l)| l.clone()).collect();
             caches.push(CacheEndpoint {
-                endpoint: Endpoint {
-                    device: o.device,
-                    ..endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics)?
-                },
+                endpoint: endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics, o.device)?,
                 layers,
                 fault_delay_ms: o.fault_cache_delay_ms,
             });
@@ -109,12 +107,9 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         memory_at_frontend: o.memory_at_frontend,
         plan: std::path::absolute(&o.plan)?,
         mode,
-        frontend: endpoint(front_port, 1, vec![], o.metrics)?,
+        frontend: endpoint(front_port, 1, vec![], o.metrics, DeviceName::CPU)?,
         selector: format!("127.0.0.1:{}", free_port()?),
-        base: Endpoint {
-            device: o.device,
-            ..endpoint(free_port()?, o.base_threads, cpus(0), o.metrics)?
-        },
+        base: endpoint(free_port()?, o.base_threads, cpus(0), o.metrics, o.device)?,
         caches,
         complete_on_hit_fraction: o.complete_on_hit_fraction,
         max_frame_bytes: 16 << 20,
@@ -132,7 +127,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
             None => None,
             Some(l) => Some(TrainerEndpoint {
                 // The trainer shares the cache workers' core, at low priority.
-                endpoint: endpoint(free_port()?, 1, cpus(1), o.metrics)?,
+                endpoint: endpoint(free_port()?, 1, cpus(1), o.metrics, DeviceName::CPU)?,
                 state_dir: l.state_dir.clone().map(std::path::absolute).transpose()?,
                 buffer_mb: l.buffer_mb,
                 evidence: 1500,
