@@ -43,11 +43,18 @@ pub struct CacheWorker {
     fault_delay: Duration,
     /// The plan's memory cache, when this worker serves its layer.
     memory: Option<std::sync::Arc<gati_cache::memory::MemoryCache>>,
-    /// Keys of requests looked up in the memory and missed, until their answer arrives; the
-    /// oldest dropped first (a request answered by a cache model, or whose answer was lost, is
-    /// never remembered). Requests in flight at once are far fewer: the frontend admits
-    /// `max_in_flight`.
-    pending: Mutex<lru::LruCache<String, Tensor>>,
+    /// Whichever half of a memory insert came first, until the other arrives: the key of a
+    /// request looked up and missed, or its final answer when that overtook the activation (the
+    /// base model can finish before this worker reads the stream). The oldest are dropped first
+    /// (a request answered by a cache model, or whose answer was lost, is never remembered).
+    /// Requests in flight at once are far fewer: the frontend admits `max_in_flight`.
+    pending: Mutex<lru::LruCache<String, Pending>>,
+}
+
+/// One half of a memory insert, waiting for the other.
+enum Pending {
+    Key(Tensor),
+    Answer(Vec<f32>),
 }
 
 impl CacheWorker {
@@ -156,7 +163,17 @@ impl CacheWorker {
                 Some(Self::result(a, Some((class, confidence)), probs, MEMORY, None, t0))
             }
             None => {
-                lock(&self.pending).put(a.request_id.clone(), key.get(0));
+                let key = key.get(0);
+                let mut pending = lock(&self.pending);
+                match pending.pop(&a.request_id) {
+                    Some(Pending::Answer(probs)) => {
+                        drop(pending);
+                        mem.remember(&key, probs);
+                    }
+                    _ => {
+                        pending.put(a.request_id.clone(), Pending::Key(key));
+                    }
+                }
                 None
             }
         }
@@ -167,8 +184,16 @@ impl CacheWorker {
         let Some(mem) = &self.memory else {
             return;
         };
-        if let Some(key) = lock(&self.pending).pop(&answer.request_id) {
-            mem.remember(&key, answer.probs.iter().map(|p| p.0 as f32).collect());
+        let probs = answer.probs.iter().map(|p| p.0 as f32).collect();
+        let mut pending = lock(&self.pending);
+        match pending.pop(&answer.request_id) {
+            Some(Pending::Key(key)) => {
+                drop(pending);
+                mem.remember(&key, probs);
+            }
+            _ => {
+                pending.put(answer.request_id, Pending::Answer(probs));
+            }
         }
     }
 
