@@ -34,6 +34,8 @@ pub struct Options {
     pub memory_at_frontend: Option<bool>,
     /// TLS on every link of the served configurations (None: plain).
     pub tls: Option<gati_server::tls::TlsFiles>,
+    /// Hits checked against the base model off the response's path (0: none).
+    pub complete_on_hit_fraction: f64,
     pub seed: u64,
     /// The `gati` executable that serves the cluster roles.
     pub exe: PathBuf,
@@ -331,6 +333,7 @@ impl Options {
             exact_cache_entries: self.exact_cache_entries,
             memory_at_frontend: self.memory_at_frontend,
             tls: self.tls.clone(),
+            complete_on_hit_fraction: self.complete_on_hit_fraction,
         }
     }
 

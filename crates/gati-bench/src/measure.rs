@@ -215,6 +215,9 @@ pub struct Shape {
     pub memory_at_frontend: Option<bool>,
     /// TLS on every link (None: plain).
     pub tls: Option<gati_server::tls::TlsFiles>,
+    /// `UpOptions::complete_on_hit_fraction`: hits checked against the base model (the frontend
+    /// memory's audits among them).
+    pub complete_on_hit_fraction: f64,
 }
 
 impl Default for Shape {
@@ -225,6 +228,7 @@ impl Default for Shape {
             exact_cache_entries: None,
             memory_at_frontend: None,
             tls: None,
+            complete_on_hit_fraction: 0.0,
         }
     }
 }
@@ -253,6 +257,7 @@ impl LocalCluster {
             exact_cache_entries,
             memory_at_frontend,
             ref tls,
+            complete_on_hit_fraction,
         } = shape;
         let opts = UpOptions {
             plan: plan.to_path_buf(),
@@ -261,7 +266,7 @@ impl LocalCluster {
             cache_workers,
             base_threads: 1,
             cache_threads: 1,
-            complete_on_hit_fraction: 0.0,
+            complete_on_hit_fraction,
             pin,
             metrics: false,
             max_in_flight: 128,

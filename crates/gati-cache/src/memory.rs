@@ -13,7 +13,8 @@
 use crate::ivf::Ivf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -351,6 +352,16 @@ impl MemoryStore {
     }
 }
 
+/// Audited hits the guard keeps (most recent).
+pub const AUDIT_WINDOW: usize = 400;
+
+/// Audits among the current hits the guard needs before it acts.
+const GUARD_MIN_AUDITS: usize = 30;
+
+/// The confidence floors the guard raises `min_confidence` through, one step at a time; past the
+/// last one the memory stops answering.
+const GUARD_FLOORS: [f32; 6] = [0.9, 0.95, 0.98, 0.99, 0.995, 0.999];
+
 /// Counters a memory cache keeps (exported by the servers).
 #[derive(Debug, Default)]
 pub struct MemoryStats {
@@ -360,6 +371,9 @@ pub struct MemoryStats {
     pub evictions: AtomicU64,
     /// Total lookup time, nanoseconds.
     pub lookup_ns: AtomicU64,
+    /// Hits checked against the base model (the guard's evidence), and those it disagreed with.
+    pub audits: AtomicU64,
+    pub audit_disagreements: AtomicU64,
 }
 
 /// A memory cache in service: its spec, its store (shared by every replica of a worker) and counters.
@@ -368,6 +382,11 @@ pub struct MemoryCache {
     pub dims: i64,
     store: Mutex<MemoryStore>,
     pub stats: MemoryStats,
+    /// The guard's confidence floor (f32 bits; 0 until it acts): hits need at least
+    /// `max(spec.min_confidence, floor)`.
+    floor: AtomicU32,
+    /// The guard's evidence: (stored answer's confidence, the base model disagreed), most recent.
+    audits: Mutex<VecDeque<(f32, bool)>>,
 }
 
 impl MemoryCache {
@@ -396,6 +415,8 @@ impl MemoryCache {
             spec,
             dims,
             stats: MemoryStats::default(),
+            floor: AtomicU32::new(0f32.to_bits()),
+            audits: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -411,6 +432,7 @@ impl MemoryCache {
     /// For each key row: the stored softmax row and `(class, confidence)` on a hit, else None.
     pub fn answer_rows(&self, keys: &Tensor) -> Vec<Option<(Vec<f32>, usize, f32)>> {
         let t = Instant::now();
+        let min_confidence = self.min_confidence();
         let mut store = self.store();
         store.tick += 1;
         let found = store.nearest(keys);
@@ -419,7 +441,7 @@ impl MemoryCache {
             .enumerate()
             .map(|(i, near)| {
                 let ns: Vec<Neighbour> = near.iter().map(|(n, _)| *n).collect();
-                let class = self.spec.decide(&ns)?;
+                let class = decide(&ns, self.spec.min_similarity, min_confidence, self.spec.min_votes)?;
                 let (n, slot) = near[0];
                 store.touch(slot);
                 if self.spec.follow_hits {
@@ -437,6 +459,46 @@ impl MemoryCache {
             .lookup_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         out
+    }
+
+    /// The confidence a stored answer needs to be repeated: the plan's, or the guard's floor.
+    pub fn min_confidence(&self) -> f32 {
+        self.spec
+            .min_confidence
+            .max(f32::from_bits(self.floor.load(Ordering::Relaxed)))
+    }
+
+    /// The guard: records an audited hit (a hit whose request also ran the rest of the base model:
+    /// the stored answer's confidence, and whether the base model answered otherwise). When the
+    /// hits the memory still makes (stored confidence at least `min_confidence()`) disagree with
+    /// the base model more often than `max_error` — the Wilson interval of their last audits lies
+    /// wholly above it — the confidence floor rises one step (0.9, 0.95, 0.98, 0.99, 0.995, 0.999,
+    /// then no hits). Traffic the plan was not calibrated for (another camera, a model that is
+    /// less stable on it) then costs speed, not the budget. Returns the new floor when it rose.
+    pub fn audit(&self, confidence: f32, wrong: bool, max_error: f64) -> Option<f32> {
+        self.stats.audits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .audit_disagreements
+            .fetch_add(wrong as u64, Ordering::Relaxed);
+        let mut audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
+        audits.push_back((confidence, wrong));
+        if audits.len() > AUDIT_WINDOW {
+            audits.pop_front();
+        }
+        let floor = self.min_confidence();
+        let (n, k) = audits
+            .iter()
+            .filter(|(c, _)| *c >= floor)
+            .fold((0, 0), |(n, k), &(_, w)| (n + 1, k + w as usize));
+        if n < GUARD_MIN_AUDITS || crate::online::wilson(k, n).0 <= max_error {
+            return None;
+        }
+        let next = GUARD_FLOORS
+            .into_iter()
+            .find(|&f| f > floor)
+            .unwrap_or(crate::decision::NEVER);
+        self.floor.store(next.to_bits(), Ordering::Relaxed);
+        Some(next)
     }
 
     /// Stores the base model's answer (softmax row) for a key.
@@ -469,11 +531,15 @@ impl MemoryCache {
         self.store().indexed()
     }
 
-    /// Forgets every entry (counters stay); how many there were.
+    /// Forgets every entry and the guard's audits and floor (counters stay); how many entries
+    /// there were.
     pub fn clear(&self) -> usize {
         let mut store = self.store();
         let n = store.len();
         store.clear();
+        // The guard's evidence was about the stored answers: it starts again with them.
+        self.audits.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.floor.store(0f32.to_bits(), Ordering::Relaxed);
         n
     }
 }

@@ -269,3 +269,36 @@ fn keys_are_unit_length_and_ignore_a_uniform_shift() {
     let sim = (&k * &shifted).sum(Kind::Float).double_value(&[]);
     assert!(sim > 0.9999, "{sim}");
 }
+
+#[test]
+fn the_guard_raises_the_confidence_floor_only_when_audited_hits_disagree_beyond_the_budget() {
+    let m = MemoryCache::new(spec(1 << 20), SHAPE, CLASSES).unwrap();
+    let (a, b) = (act(1), act(2));
+    m.remember(&m.keys(&a).get(0), sure_of(3, 0.93));
+    m.remember(&m.keys(&b).get(0), sure_of(4, 0.999));
+    assert!(m.answer_rows(&m.keys(&a))[0].is_some(), "0.93 is above the plan's 0.9");
+    // Audits that agree with the base model (1 in 100 wrong, budget 5%): the floor stays.
+    for i in 0..300 {
+        assert_eq!(m.audit(0.93, i % 100 == 0, 0.05), None, "audit {i}");
+    }
+    assert_eq!(m.min_confidence(), 0.9);
+    // The base model now disagrees with a third of the hits: the floor rises past 0.93 at once,
+    // and the sure stored answer still answers.
+    let mut rose = Vec::new();
+    for i in 0..200 {
+        rose.extend(m.audit(0.93, i % 3 == 0, 0.05));
+    }
+    assert!(!rose.is_empty() && m.min_confidence() > 0.93, "{rose:?}");
+    assert!(
+        m.answer_rows(&m.keys(&a))[0].is_none(),
+        "the unsure answer is no longer repeated"
+    );
+    assert!(m.answer_rows(&m.keys(&b))[0].is_some(), "the sure one still is");
+    let floor = m.min_confidence();
+    // Audits of hits below the floor are no longer hits: they cannot raise it further.
+    for _ in 0..200 {
+        assert_eq!(m.audit(0.93, true, 0.05), None);
+    }
+    assert_eq!(m.min_confidence(), floor);
+    assert_eq!(m.stats.audits.load(std::sync::atomic::Ordering::Relaxed), 700);
+}

@@ -420,10 +420,18 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
     let images = test_images(10);
     for (mode, at_frontend) in [("inline", "true"), ("inline", "false"), ("distributed", "false")] {
         // The frontend's exact-repeat answers off: every repeat here is exact.
+        // Every hit checked against the base model: the frontend's memory audits its hits.
         let c = Cluster::up_plan(
             &out,
             mode,
-            &["--exact-cache-entries", "0", "--memory-at-frontend", at_frontend],
+            &[
+                "--exact-cache-entries",
+                "0",
+                "--memory-at-frontend",
+                at_frontend,
+                "--complete-fraction",
+                "1",
+            ],
         );
         let mode = &*format!("{mode} (memory at frontend: {at_frontend})");
         let mut client = c.client();
@@ -470,6 +478,11 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
         // First sights: looked up, none found, their answers stored (the base model's, reported
         // through the selector when distributed).
         assert_eq!(held("hit"), 0.0, "{mode}");
+        // Distributed, the answers travel to the cache worker after the responses (oneway).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while held("insert") < 3.0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         assert!(held("insert") >= 3.0, "{mode}: {} answers stored", held("insert"));
         let mut memory_hits = 0;
         for _ in 0..2 {
@@ -506,6 +519,21 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
             memory_hits as f64,
             "{mode}"
         );
+        if holder == fm {
+            // Each hit audited off the response's path (the whole base model on its input): exact
+            // repeats of the base model's own answers all agree, so the guard leaves the floor.
+            let agreed = format!("gati_hit_agreement_total{{agree=\"yes\",layer=\"memory:{layer}\"}}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while held("audit") < memory_hits as f64 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert_eq!(held("audit"), memory_hits as f64, "{mode}");
+            assert_eq!(held("audit_disagreement"), 0.0, "{mode}");
+            assert_eq!(metric(&fm, &agreed), memory_hits as f64, "{mode}");
+            let floor = metric(&fm, "gati_memory{figure=\"min_confidence_permille\"");
+            let planned = chosen["min_confidence"].as_f64().unwrap();
+            assert_eq!(floor, (planned * 1000.0).round(), "{mode}");
+        }
     }
 
     // With the frontend's exact-repeat answers on (the default for a plan with a memory cache),

@@ -3,32 +3,71 @@
 //! answered request is answered without the round trip to the base worker; the others go on to
 //! the base worker as before (which then runs those few stages again: at an early layer, a small
 //! fraction of a millisecond), and their answers are stored here.
+//!
+//! A sampled share of its hits (`complete_on_hit_fraction`) is audited: a thread here runs the
+//! whole base model on the request off the response's path (its own copy: the base worker's
+//! inline caches would answer early), and the memory's guard raises its confidence floor when
+//! the hits disagree with the base model beyond the plan's budget.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use gati_cache::memory::MemoryCache;
 use gati_cache::plan::Plan;
 use gati_core::BaseModel;
+use prometheus::IntCounterVec;
 use std::sync::{Arc, Mutex};
 use tch::Tensor;
+
+/// Sampled hits waiting for their audit; more are dropped (audits are a sample anyway).
+const AUDIT_QUEUE: usize = 64;
 
 pub struct FrontMemory {
     /// The base model; only stages `0..=cache.spec.stage` run here (a few tens of microseconds
     /// at an early layer, so one model behind a lock serves every request thread).
     model: Mutex<BaseModel>,
     pub cache: Arc<MemoryCache>,
+    /// To the audit thread (it ends when this is dropped).
+    audits: Sender<Audit>,
+}
+
+/// A memory hit to check: its preprocessed input and the answer the memory gave.
+struct Audit {
+    input: Tensor,
+    class: usize,
+    confidence: f32,
 }
 
 impl FrontMemory {
-    pub fn new(plan: &Plan) -> Result<Option<Self>> {
+    /// `agreement` counts the audits (`gati_hit_agreement_total`).
+    pub fn new(plan: &Plan, agreement: IntCounterVec) -> Result<Option<Self>> {
         let Some(m) = &plan.memory else {
             return Ok(None);
         };
         let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
         let cache = Arc::new(gati_cache::runtime::memory_cache(&model, &m.spec)?);
+        let (audits, queue) = bounded(AUDIT_QUEUE);
+        let (c, budget) = (cache.clone(), plan.budget);
+        let auditor = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
+        std::thread::Builder::new()
+            .name("memory-audit".into())
+            .spawn(move || audit_hits(queue, &auditor, &c, &agreement, budget))
+            .context("starting the memory audit thread")?;
         Ok(Some(Self {
             model: Mutex::new(model),
             cache,
+            audits,
         }))
+    }
+
+    /// Has the base model check a hit on `input` (`[1, C, H, W]`); dropped when the audit queue
+    /// is full.
+    pub fn audit(&self, input: &Tensor, class: usize, confidence: f32) {
+        let input = input.shallow_clone();
+        let _ = self.audits.try_send(Audit {
+            input,
+            class,
+            confidence,
+        });
     }
 
     /// The memory key of one preprocessed input `[1, C, H, W]`.
@@ -51,5 +90,26 @@ impl FrontMemory {
     /// Stores a request's final answer (its full softmax row) under its key.
     pub fn remember(&self, key: &Tensor, probs: Vec<f32>) {
         self.cache.remember(&key.get(0), probs);
+    }
+}
+
+/// The audit thread: the whole base model on each audited hit's input, the agreement counted,
+/// and the guard told.
+fn audit_hits(queue: Receiver<Audit>, model: &BaseModel, cache: &MemoryCache, agreement: &IntCounterVec, budget: f64) {
+    let _g = tch::no_grad_guard();
+    let label = gati_cache::evaluate::memory_label(&cache.spec.layer);
+    for a in queue {
+        let base_class = model.forward(&a.input).argmax(-1, false).int64_value(&[0]) as usize;
+        let wrong = base_class != a.class;
+        agreement
+            .with_label_values(&[label.as_str(), if wrong { "no" } else { "yes" }])
+            .inc();
+        if let Some(floor) = cache.audit(a.confidence, wrong, budget) {
+            tracing::warn!(
+                layer = %cache.spec.layer,
+                min_confidence = floor,
+                "memory hits disagree with the base model beyond the budget: confidence floor raised"
+            );
+        }
     }
 }

@@ -181,7 +181,7 @@ impl Frontend {
         ));
         let metrics = Metrics::new(registry)?;
         let memory = if cluster.memory_at_frontend(&plan) {
-            FrontMemory::new(&plan)?
+            FrontMemory::new(&plan, metrics.agreement.clone())?
         } else {
             None
         };
@@ -310,7 +310,11 @@ impl Frontend {
     /// The answer the frontend's memory holds for a near-duplicate of this request's input.
     fn recall(&self, key: &Tensor, p: &Prepared) -> Option<Result<InferResponse, ServingError>> {
         let t = Instant::now();
-        let (probs, _, _) = self.memory.as_ref()?.recall(key)?;
+        let memory = self.memory.as_ref()?;
+        let (probs, class, confidence) = memory.recall(key)?;
+        if p.complete_on_hit {
+            memory.audit(&p.input, class, confidence);
+        }
         let timing = Timing {
             total_ms: OrderedFloat(ms(p.t0)),
             queue_ms: OrderedFloat(0.0),

@@ -81,13 +81,18 @@ impl MemoryCollector {
         let opts = |name: &str, help: &str| Opts::new(name, help).const_label("layer", layer.clone());
         Ok(Self {
             gauges: prometheus::IntGaugeVec::new(
-                opts("gati_memory", "Memory cache store: entries, bytes held and byte limit"),
+                opts(
+                    "gati_memory",
+                    "Memory cache store: entries, bytes held and byte limit, whether indexed, and the \
+                     confidence a stored answer needs (permille; the guard raises it)",
+                ),
                 &["figure"],
             )?,
             counters: prometheus::IntCounterVec::new(
                 opts(
                     "gati_memory_events_total",
-                    "Memory cache events: lookups, hits, inserts (base answers stored) and evictions",
+                    "Memory cache events: lookups, hits, inserts (base answers stored), evictions, and \
+                     audits of hits (sampled full base runs) with their disagreements",
                 ),
                 &["event"],
             )?,
@@ -118,6 +123,7 @@ impl Collector for MemoryCollector {
             ("bytes", c.bytes() as i64),
             ("limit_bytes", c.spec.max_bytes as i64),
             ("indexed", c.indexed() as i64),
+            ("min_confidence_permille", (c.min_confidence() * 1000.0).round() as i64),
         ] {
             self.gauges.with_label_values(&[figure]).set(v);
         }
@@ -127,6 +133,8 @@ impl Collector for MemoryCollector {
             ("hit", s.hits.load(Relaxed)),
             ("insert", s.inserts.load(Relaxed)),
             ("eviction", s.evictions.load(Relaxed)),
+            ("audit", s.audits.load(Relaxed)),
+            ("audit_disagreement", s.audit_disagreements.load(Relaxed)),
         ] {
             let m = self.counters.with_label_values(&[event]);
             m.inc_by(total.saturating_sub(m.get()));

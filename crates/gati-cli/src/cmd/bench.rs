@@ -52,6 +52,10 @@ pub struct Args {
     /// [default: the frontend when the stages up to the memory's layer take ≤ 5% of the model's time]
     #[arg(long)]
     memory_at_frontend: Option<bool>,
+    /// Fraction of hits the served configurations check against the base model off the
+    /// response's path (the frontend memory's guard audits these) [default: 0, none]
+    #[arg(long, default_value_t = 0.0)]
+    complete_fraction: f64,
     /// Serve every Thrift configuration over TLS (the cost of encryption)
     #[command(flatten)]
     tls: super::tls_args::ClusterTls,
@@ -109,6 +113,7 @@ pub fn run(a: Args) -> Result<()> {
         exact_cache_entries: a.exact_cache_entries,
         memory_at_frontend: a.memory_at_frontend,
         tls: a.tls.files()?,
+        complete_on_hit_fraction: a.complete_fraction,
         seed: a.seed,
         exe: std::env::current_exe()?,
         out: a.out.clone(),
