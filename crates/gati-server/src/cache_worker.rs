@@ -163,17 +163,7 @@ impl CacheWorker {
                 Some(Self::result(a, Some((class, confidence)), probs, MEMORY, None, t0))
             }
             None => {
-                let key = key.get(0);
-                let mut pending = lock(&self.pending);
-                match pending.pop(&a.request_id) {
-                    Some(Pending::Answer(probs)) => {
-                        drop(pending);
-                        mem.remember(&key, probs);
-                    }
-                    _ => {
-                        pending.put(a.request_id.clone(), Pending::Key(key));
-                    }
-                }
+                self.meet(mem, a.request_id.clone(), Pending::Key(key.get(0)));
                 None
             }
         }
@@ -181,18 +171,23 @@ impl CacheWorker {
 
     /// Stores a request's final answer under the key its lookup kept.
     fn remember(&self, answer: FinalAnswer) {
-        let Some(mem) = &self.memory else {
-            return;
-        };
-        let probs = answer.probs.iter().map(|p| p.0 as f32).collect();
-        let mut pending = lock(&self.pending);
-        match pending.pop(&answer.request_id) {
-            Some(Pending::Key(key)) => {
-                drop(pending);
+        if let Some(mem) = &self.memory {
+            let probs = answer.probs.iter().map(|p| p.0 as f32).collect();
+            self.meet(mem, answer.request_id, Pending::Answer(probs));
+        }
+    }
+
+    /// One half of request `id`'s memory insert: stored with the other half if that came first,
+    /// else kept for it.
+    fn meet(&self, mem: &gati_cache::memory::MemoryCache, id: String, half: Pending) {
+        let mut waiting = lock(&self.pending);
+        match (waiting.pop(&id), half) {
+            (Some(Pending::Key(key)), Pending::Answer(probs)) | (Some(Pending::Answer(probs)), Pending::Key(key)) => {
+                drop(waiting);
                 mem.remember(&key, probs);
             }
-            _ => {
-                pending.put(answer.request_id, Pending::Answer(probs));
+            (_, half) => {
+                waiting.put(id, half);
             }
         }
     }
