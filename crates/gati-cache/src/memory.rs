@@ -93,7 +93,9 @@ pub struct Neighbour {
     pub confidence: f32,
 }
 
-/// The one hit rule (serving and the planner's replay): `nearest` best first.
+/// The one hit rule (serving and the planner's replay), on the nearest stored entries (best
+/// first): the nearest is close enough and was a sure answer, at least `min_votes` entries are
+/// close enough, and all close ones agree.
 pub fn decide(nearest: &[Neighbour], min_similarity: f32, min_confidence: f32, min_votes: usize) -> Option<usize> {
     let first = nearest.first()?;
     let close: Vec<&Neighbour> = nearest.iter().filter(|n| n.similarity >= min_similarity).collect();
@@ -103,12 +105,6 @@ pub fn decide(nearest: &[Neighbour], min_similarity: f32, min_confidence: f32, m
 }
 
 impl MemorySpec {
-    /// The hit rule, on the nearest stored entries (best first): the nearest is close enough and
-    /// was a sure answer, at least `min_votes` entries are close enough, and all close ones agree.
-    pub fn decide(&self, nearest: &[Neighbour]) -> Option<usize> {
-        decide(nearest, self.min_similarity, self.min_confidence, self.min_votes)
-    }
-
     /// Entries that fit in `max_bytes` with keys of `dims` values and answers over `classes`,
     /// and whether the store needs the inverted-file index to search them.
     pub fn capacity(&self, dims: i64, classes: i64) -> (usize, bool) {
