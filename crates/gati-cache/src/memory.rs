@@ -348,6 +348,11 @@ impl MemoryStore {
     }
 }
 
+/// A lock that a panic while it was held does not poison: the store and the audits stay usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Audited hits the guard keeps (most recent).
 pub const AUDIT_WINDOW: usize = 400;
 
@@ -417,7 +422,7 @@ impl MemoryCache {
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, MemoryStore> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.store)
     }
 
     /// Keys of a batch of activations at this cache's layer, on the CPU where the store is.
@@ -476,7 +481,7 @@ impl MemoryCache {
         self.stats
             .audit_disagreements
             .fetch_add(wrong as u64, Ordering::Relaxed);
-        let mut audits = self.audits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut audits = lock(&self.audits);
         audits.push_back((confidence, wrong));
         if audits.len() > AUDIT_WINDOW {
             audits.pop_front();
@@ -534,7 +539,7 @@ impl MemoryCache {
         let n = store.len();
         store.clear();
         // The guard's evidence was about the stored answers: it starts again with them.
-        self.audits.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        lock(&self.audits).clear();
         self.floor.store(0f32.to_bits(), Ordering::Relaxed);
         n
     }
