@@ -4,7 +4,9 @@
 //! the spatial layout and cost a fraction: `gap` (global average pool + MLP), `conv-pool`
 //! (1x1 conv + BN + ReLU + 4x4 adaptive pool + linear), and the stronger 3x3 heads of published
 //! frozen-backbone early exits: `conv3-pool` (3x3 conv) and `conv3-mix` (3x3 conv, then a learned
-//! mix of max and average pooling).
+//! mix of max and average pooling), and `branch`, a small convolutional side network (two 3x3 convs
+//! that downsample to the last stage's resolution) for early layers, where a linear read-out of the
+//! activation is rarely sure.
 
 use anyhow::{bail, Context, Result};
 use gati_core::names::Named;
@@ -33,9 +35,12 @@ pub enum Variant {
     /// As `conv3-pool` (same conv and stride), but pooled to 4x4 by σ(a)·max + (1−σ(a))·avg, a
     /// learned – Linear(512, K).
     Conv3Mix,
+    /// Conv3x3(C→64) – BN – ReLU – Conv3x3(64→64) – BN – ReLU – global average pool –
+    /// Linear(64, K); each conv at stride 2 while its input map is 16x16 or larger.
+    Branch,
 }
 
-pub const ALL_VARIANTS: [Variant; 7] = [
+pub const ALL_VARIANTS: [Variant; 8] = [
     Variant::Fc,
     Variant::Pool,
     Variant::Conv,
@@ -43,6 +48,7 @@ pub const ALL_VARIANTS: [Variant; 7] = [
     Variant::ConvPool,
     Variant::Conv3Pool,
     Variant::Conv3Mix,
+    Variant::Branch,
 ];
 
 impl Named for Variant {
@@ -66,6 +72,9 @@ const POOL_MAX: i64 = 4096;
 const GAP_HIDDEN: i64 = 128;
 const REDUCED: i64 = 32;
 const GRID: i64 = 4;
+const BRANCH_WIDTH: i64 = 64;
+/// A branch conv reads maps at least this large at stride 2.
+const BRANCH_STRIDE_FROM: i64 = 16;
 
 /// One cache model: a variant built for one activation shape.
 #[derive(Debug)]
@@ -98,6 +107,10 @@ enum Layers {
         bn: nn::BatchNorm,
         /// Mixed pooling's logit (None: average pooling).
         mix: Option<Tensor>,
+        l: nn::Linear,
+    },
+    Branch {
+        convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
         l: nn::Linear,
     },
 }
@@ -170,6 +183,29 @@ impl CacheHead {
                     l: lin("l", REDUCED * GRID * GRID, classes),
                 }
             }
+            Variant::Branch => {
+                let mut size = h.min(w);
+                let mut conv_bn = |name: &str, input: i64| {
+                    let stride = if size >= BRANCH_STRIDE_FROM { 2 } else { 1 };
+                    size = (size + stride - 1) / stride;
+                    let config = nn::ConvConfig {
+                        bias: false,
+                        padding: 1,
+                        stride,
+                        ..Default::default()
+                    };
+                    (
+                        nn::conv2d(p / format!("conv{name}"), input, BRANCH_WIDTH, 3, config),
+                        nn::batch_norm2d(p / format!("bn{name}"), BRANCH_WIDTH, Default::default()),
+                    )
+                };
+                let first = conv_bn("1", c);
+                let second = conv_bn("2", BRANCH_WIDTH);
+                Layers::Branch {
+                    convs: vec![first, second],
+                    l: lin("l", BRANCH_WIDTH, classes),
+                }
+            }
         };
         Self { variant, layers }
     }
@@ -179,10 +215,8 @@ impl CacheHead {
         match &self.layers {
             Layers::Fc { l1, .. } | Layers::Pool { l1, .. } | Layers::Gap { l1, .. } => l1.ws.size()[1],
             Layers::Conv { l, .. } => l.ws.size()[1],
-            Layers::ConvPool { conv, .. } => {
-                let s = conv.ws.size();
-                s[1] * s[2] * s[3]
-            }
+            Layers::ConvPool { conv, .. } => conv.ws.size()[1..].iter().product(),
+            Layers::Branch { convs, .. } => convs[0].0.ws.size()[1..].iter().product(),
         }
     }
 
@@ -212,6 +246,13 @@ impl CacheHead {
                 };
                 pooled.reshape([b, -1]).apply(l)
             }
+            Layers::Branch { convs, l } => convs
+                .iter()
+                .fold(x.shallow_clone(), |y, (conv, bn)| {
+                    bn.forward_t(&y.apply(conv), train).relu()
+                })
+                .mean_dim([2i64, 3].as_slice(), false, None)
+                .apply(l),
         }
     }
 }
@@ -317,4 +358,28 @@ impl HeadBank {
 /// Trainable parameter count (BatchNorm running statistics excluded).
 pub fn param_count(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On each CIFAR stage's map a branch ends at the last stage's 8x8 resolution (stride 2 while
+    /// the map is 16x16 or larger) and gives one row of logits per activation.
+    #[test]
+    fn a_branch_reads_every_stage_down_to_8x8() {
+        for (chw, sides) in [([16, 32, 32], [16, 8]), ([32, 16, 16], [8, 8]), ([64, 8, 8], [8, 8])] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let head = CacheHead::new(&vs.root(), Variant::Branch, chw, 10);
+            let x = Tensor::rand([2, chw[0], chw[1], chw[2]], (Kind::Float, tch::Device::Cpu));
+            let Layers::Branch { convs, .. } = &head.layers else {
+                panic!("a branch head has branch layers")
+            };
+            let first = x.apply(&convs[0].0);
+            let second = first.apply(&convs[1].0);
+            assert_eq!(first.size()[2..], [sides[0], sides[0]], "{chw:?}");
+            assert_eq!(second.size()[2..], [sides[1], sides[1]], "{chw:?}");
+            assert_eq!(head.forward_t(&x, false).size(), [2, 10]);
+        }
+    }
 }
