@@ -142,17 +142,25 @@ fn selector_score(w: &[f32], b: f32, row: &[f32]) -> f32 {
 }
 
 /// Largest prefix of `(score, wrong)` (sorted by score, descending) whose error rate is at most
-/// `target`; returns the score at its end, or `NEVER` if even the first sample is wrong.
+/// `target`; returns the score halfway between its last sample and the next one (so that a
+/// calibration sample served again is not decided by rounding: a batch computes its scores with
+/// other rounding than a single request), or `NEVER` if even the first sample is wrong.
 pub(crate) fn threshold_for(sorted: &[(f32, bool)], target: f64) -> f32 {
     let mut wrong = 0usize;
     let mut best = None;
-    for (k, &(score, w)) in sorted.iter().enumerate() {
+    for (k, &(_, w)) in sorted.iter().enumerate() {
         wrong += w as usize;
         if wrong as f64 <= target * (k + 1) as f64 {
-            best = Some(score);
+            best = Some(k);
         }
     }
-    best.unwrap_or(NEVER)
+    match best {
+        None => NEVER,
+        Some(k) => match sorted.get(k + 1) {
+            Some(&(next, _)) => sorted[k].0 - (sorted[k].0 - next) / 2.0,
+            None => sorted[k].0,
+        },
+    }
 }
 
 /// The ladder of per-class threshold settings of head `h`.
@@ -250,9 +258,11 @@ mod tests {
             (0.6, true),
             (0.5, true),
         ];
-        assert_eq!(threshold_for(&s, 0.0), 0.95);
-        assert_eq!(threshold_for(&s, 0.2), 0.7); // 1 wrong in 5
-        assert_eq!(threshold_for(&s, 0.34), 0.6); // 2 in 6
+        // Halfway to the first sample left out.
+        assert!((threshold_for(&s, 0.0) - 0.925).abs() < 1e-6);
+        assert!((threshold_for(&s, 0.2) - 0.65).abs() < 1e-6); // 1 wrong in 5
+        assert!((threshold_for(&s, 0.34) - 0.55).abs() < 1e-6); // 2 in 6
+        assert_eq!(threshold_for(&s[..2], 0.0), 0.95); // every sample in
         assert_eq!(threshold_for(&[(0.9, true)], 0.0), NEVER);
     }
 }

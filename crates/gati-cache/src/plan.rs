@@ -120,7 +120,7 @@ fn legacy_caches_file() -> String {
 pub struct PlanRequest {
     pub mode: Mode,
     pub budget: f64,
-    /// Plan for w + z·√w ≤ budget·n disagreements on calibration data (z = this; 1 by default).
+    /// Plan for w + z·√w ≤ budget·n disagreements on calibration data (z = this; 2 by default).
     pub margin_sigmas: f64,
     pub decision: DecisionKind,
     pub send_ms: f64,
@@ -143,7 +143,7 @@ impl Default for PlanRequest {
         Self {
             mode: Mode::Inline,
             budget: 0.01,
-            margin_sigmas: 1.0,
+            margin_sigmas: 2.0,
             decision: DecisionKind::Threshold,
             send_ms: 0.05,
             transfer_ms: 0.3,
@@ -156,14 +156,24 @@ impl Default for PlanRequest {
     }
 }
 
-/// The calibration half cut again per class: (fit, score). Decision ladders are fitted on the
-/// first, configurations scored on the second, so that the thresholds' fit to their own data does
-/// not make the expected loss optimistic.
-pub fn fit_and_score(c: &Candidates, req: &PlanRequest) -> (Outcomes, Outcomes) {
+/// The calibration samples the plan uses (`calibration_limit` of them), and the same cut again per
+/// class into two parts.
+pub fn calibration_parts(c: &Candidates, req: &PlanRequest) -> (Outcomes, [Outcomes; 2]) {
     let n = req.calibration_limit.unwrap_or(usize::MAX).min(c.calibration.len());
     let all = c.calibration.subset(&(0..n).collect::<Vec<_>>());
-    let (fit_idx, score_idx) = crate::split::calibration_evaluation(&all.labels);
-    (all.subset(&fit_idx), all.subset(&score_idx))
+    let (first, second) = crate::split::calibration_evaluation(&all.labels);
+    let parts = [all.subset(&first), all.subset(&second)];
+    (all, parts)
+}
+
+/// One decision setting of a head, fitted three times: on each calibration part (and scored on
+/// the other one, so that every calibration sample scores the setting out of sample: a threshold
+/// fitted to its own samples looks better there than it is) and on all of them (what the plan
+/// deploys, so its thresholds rest on every sample).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    parts: [Decision; 2],
+    all: Decision,
 }
 
 /// Outcome of every sample of `o` under decision `d` of head `h`.
@@ -177,15 +187,33 @@ fn score(d: &Decision, o: &Outcomes, h: usize, kind: BudgetKind) -> Vec<Outcome>
         .collect()
 }
 
-/// The planner's problem for a candidate set: every head with its ladder fitted on `fit`, scored
-/// on `o` (the two parts from `fit_and_score`).
+/// A setting's outcomes on every calibration sample, cross-fitted: the second part under the
+/// decision fitted on the first, then the first under the one fitted on the second.
+fn cross_score(f: &Fitted, parts: &[Outcomes; 2], h: usize, kind: BudgetKind) -> Vec<Outcome> {
+    let mut out = score(&f.parts[0], &parts[1], h, kind);
+    out.extend(score(&f.parts[1], &parts[0], h, kind));
+    out
+}
+
+/// Head `h`'s decision ladder fitted on each part and on all of them (`on`: part 0, part 1, all).
+fn fitted_ladder(req: &PlanRequest, h: usize, on: [&Outcomes; 3]) -> Vec<Fitted> {
+    let [a, b, all] = on.map(|o| decision::ladder(req.decision, req.budget_kind, o, h));
+    a.into_iter()
+        .zip(b)
+        .zip(all)
+        .map(|((a, b), all)| Fitted { parts: [a, b], all })
+        .collect()
+}
+
+/// The planner's problem for a candidate set: every head with its decision ladder, each setting
+/// scored cross-fitted on every calibration sample (the parts from `calibration_parts`).
 pub fn problem(
     c: &Candidates,
-    (fit, o): (&Outcomes, &Outcomes),
+    (all, parts): (&Outcomes, &[Outcomes; 2]),
     costs: &[f64],
     stage_ms: &[f64],
     req: &PlanRequest,
-) -> (Problem, Vec<Vec<Decision>>) {
+) -> (Problem, Vec<Vec<Fitted>>) {
     let mut options = Vec::new();
     let mut ladders = Vec::new();
     for (h, entry) in c.bank.heads.iter().enumerate() {
@@ -194,9 +222,12 @@ pub fn problem(
         let ladder = if excluded {
             Vec::new()
         } else {
-            decision::ladder(req.decision, req.budget_kind, fit, h)
+            fitted_ladder(req, h, [&parts[0], &parts[1], all])
         };
-        let settings = ladder.iter().map(|d| score(d, o, h, req.budget_kind)).collect();
+        let settings = ladder
+            .iter()
+            .map(|f| cross_score(f, parts, h, req.budget_kind))
+            .collect();
         options.push(HeadOption {
             stage: entry.stage,
             cost_ms: costs[h],
@@ -206,7 +237,7 @@ pub fn problem(
         ladders.push(ladder);
     }
     let problem = Problem {
-        samples: o.len(),
+        samples: parts[0].len() + parts[1].len(),
         stage_ms: stage_ms.to_vec(),
         options,
         mode: req.mode,
@@ -230,14 +261,14 @@ pub fn make_plan(
     threads: i32,
 ) -> (Plan, Vec<(String, Tensor)>) {
     let t0 = std::time::Instant::now();
-    let (fit, scored) = fit_and_score(c, req);
-    let (mut problem, mut ladders) = problem(c, (&fit, &scored), costs, stage_ms, req);
+    let (all, parts) = calibration_parts(c, req);
+    let (mut problem, mut ladders) = problem(c, (&all, &parts), costs, stage_ms, req);
     let mut choices: Vec<Choice> = problem.solve();
     let mut rounds = 0;
     while rounds < req.survivor_rounds && !choices.is_empty() {
         rounds += 1;
         let before = problem.evaluate(&choices).mean_latency_ms;
-        add_survivor_ladders(&mut problem, &mut ladders, &choices, &fit, &scored, req);
+        add_survivor_ladders(&mut problem, &mut ladders, &choices, (&all, &parts), req);
         let next = problem.solve();
         if problem.evaluate(&next).mean_latency_ms >= before - 1e-9 {
             break;
@@ -249,11 +280,11 @@ pub fn make_plan(
     }
     let planning_seconds = t0.elapsed().as_secs_f64();
     let ev = problem.evaluate(&choices);
-    let chosen: Vec<(usize, &Decision)> = choices
+    let chosen: Vec<(usize, &Fitted)> = choices
         .iter()
         .map(|ch| (ch.option, &ladders[ch.option][ch.setting]))
         .collect();
-    let (fidelity_loss, accuracy_loss) = cascade_losses(&scored, &chosen);
+    let (fidelity_loss, accuracy_loss) = cross_cascade_losses(&parts, &chosen);
     let vars = c.bank.vs.variables();
     let mut tensors = Vec::new();
     let caches: Vec<PlannedCache> = choices
@@ -271,7 +302,7 @@ pub fn make_plan(
                 key: e.key.clone(),
                 params: e.params,
                 cost_ms: costs[ch.option],
-                decision: ladders[ch.option][ch.setting].clone(),
+                decision: ladders[ch.option][ch.setting].all.clone(),
                 expected_hit_rate: hr,
             }
         })
@@ -315,39 +346,63 @@ pub fn make_plan(
     (plan, tensors)
 }
 
-/// Survivor-aware ladders: each chosen cache's ladder re-fitted on the fit samples that reach it
-/// (missed by every chosen cache before it), added to its head's options as further settings. The
-/// planner scores them on the score part like every other setting, so they are used only where
-/// they lower the expected latency within budget.
+/// Survivor-aware ladders: each chosen cache's ladder re-fitted on the samples that reach it
+/// (missed by every chosen cache before it; in each part under the decisions fitted there), added
+/// to its head's options as further settings. The planner scores them cross-fitted like every
+/// other setting, so they are used only where they lower the expected latency within budget.
 fn add_survivor_ladders(
     problem: &mut Problem,
-    ladders: &mut [Vec<Decision>],
+    ladders: &mut [Vec<Fitted>],
     choices: &[Choice],
-    fit: &Outcomes,
-    scored: &Outcomes,
+    (all, parts): (&Outcomes, &[Outcomes; 2]),
     req: &PlanRequest,
 ) {
-    let mut alive: Vec<usize> = (0..fit.len()).collect();
+    let every = |o: &Outcomes| (0..o.len()).collect::<Vec<_>>();
+    let mut alive_all = every(all);
+    let mut alive = [every(&parts[0]), every(&parts[1])];
     for ch in choices {
         let h = ch.option;
-        if alive.len() < 2 * fit.classes {
+        if alive.iter().any(|a| a.len() < 2 * all.classes) {
             break;
         }
-        let survivors = fit.subset(&alive);
-        for d in decision::ladder(req.decision, req.budget_kind, &survivors, h) {
-            if !ladders[h].contains(&d) {
-                problem.options[h].settings.push(score(&d, scored, h, req.budget_kind));
-                ladders[h].push(d);
+        let survivors = [
+            parts[0].subset(&alive[0]),
+            parts[1].subset(&alive[1]),
+            all.subset(&alive_all),
+        ];
+        for f in fitted_ladder(req, h, [&survivors[0], &survivors[1], &survivors[2]]) {
+            if !ladders[h].contains(&f) {
+                problem.options[h]
+                    .settings
+                    .push(cross_score(&f, parts, h, req.budget_kind));
+                ladders[h].push(f);
             }
         }
-        let d = &ladders[h][ch.setting];
-        alive.retain(|&i| d.hit(fit.row(h, i)).is_none());
+        let f = &ladders[h][ch.setting];
+        alive_all.retain(|&i| f.all.hit(all.row(h, i)).is_none());
+        for (s, a) in alive.iter_mut().enumerate() {
+            a.retain(|&i| f.parts[s].hit(parts[s].row(h, i)).is_none());
+        }
     }
 }
 
-/// (fidelity loss, accuracy loss) of running `chosen` caches (head index, decision; in stage
-/// order) over the samples of `o`: the first hit answers, else the base model.
-pub fn cascade_losses(o: &Outcomes, chosen: &[(usize, &Decision)]) -> (f64, f64) {
+/// (fidelity loss, accuracy loss) of running `chosen` caches (head index, setting; in stage order)
+/// over both calibration parts, each under the decisions fitted on the other: the first hit
+/// answers, else the base model.
+fn cross_cascade_losses(parts: &[Outcomes; 2], chosen: &[(usize, &Fitted)]) -> (f64, f64) {
+    let (mut differ, mut lost) = (0, 0);
+    for (s, part) in parts.iter().enumerate() {
+        let fitted_on_other: Vec<(usize, &Decision)> = chosen.iter().map(|(h, f)| (*h, &f.parts[1 - s])).collect();
+        let (d, l) = cascade_counts(part, &fitted_on_other);
+        differ += d;
+        lost += l;
+    }
+    let n = (parts[0].len() + parts[1].len()).max(1) as f64;
+    (differ as f64 / n, lost as f64 / n)
+}
+
+/// (answers that differ from the base model's, top-1 lost net) of `chosen` over `o`.
+fn cascade_counts(o: &Outcomes, chosen: &[(usize, &Decision)]) -> (i64, i64) {
     let (mut differ, mut lost) = (0i64, 0i64);
     for i in 0..o.len() {
         let answer = chosen
@@ -357,8 +412,7 @@ pub fn cascade_losses(o: &Outcomes, chosen: &[(usize, &Decision)]) -> (f64, f64)
         differ += (answer != o.base_pred[i]) as i64;
         lost += (o.base_pred[i] == o.labels[i]) as i64 - (answer == o.labels[i]) as i64;
     }
-    let n = o.len().max(1) as f64;
-    (differ as f64 / n, lost as f64 / n)
+    (differ, lost)
 }
 
 impl Plan {

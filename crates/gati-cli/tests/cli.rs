@@ -125,8 +125,8 @@ fn plan_then_evaluate_end_to_end() {
     assert_eq!(p["candidates"].as_array().unwrap().len(), 4);
     let plan = &p["plan"];
     assert_eq!(
-        plan["calibration_samples"], 100,
-        "half of the 200 calibration images scores the plan"
+        plan["calibration_samples"], 200,
+        "every one of the 200 calibration images scores the plan (cross-fitted)"
     );
     assert!(plan["expected"]["fidelity_loss"].as_f64().unwrap() <= 0.05);
     assert!(out.join(plan["caches_file"].as_str().unwrap()).is_file());
