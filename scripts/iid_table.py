@@ -5,6 +5,7 @@ benchmark of the 1% plans against the base model alone in the same run.
 
   python3 scripts/iid_table.py reports/iid/resnet56-jpeg
   python3 scripts/iid_table.py --line reports/iid/resnet56-jpeg/plan-inline-0.01   (one plan, one line)
+  python3 scripts/iid_table.py --models reports/iid-models   (scripts/bench-iid-models.sh: a line per model)
 """
 import glob
 import json
@@ -33,9 +34,25 @@ def line(plan_dir):
             f"{e['oracle_speedup'] or float('nan'):.2f}x")
 
 
+def models(root):
+    print("| model | base top-1 (evaluation half) | caches | hit rate | planned | measured speed-up | fidelity loss "
+          "| accuracy loss | oracle (share reached) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for d in sorted(glob.glob(os.path.join(root, "*", "plan-inline-0.01.evaluate.json"))):
+        p, e = load(d[: -len(".evaluate.json")])
+        o = e["oracle_speedup"]
+        share = f"{o:.2f}x ({100 * (e['speedup'] - 1) / (o - 1):.0f}%)" if o and o > 1 else "–"
+        print(f"| {os.path.basename(os.path.dirname(d))} | {e['base_top1']:.2f}% | {caches(p)} | "
+              f"{100 * e['hit_rate']:.1f}% | {p['expected']['speedup']:.2f}x | **{e['speedup']:.2f}x** | "
+              f"{100 * e['fidelity_loss']:.2f}% | {100 * e['accuracy_loss']:.2f}% | {share} |")
+
+
 def main():
     if sys.argv[1] == "--line":
         print(line(sys.argv[2]))
+        return
+    if sys.argv[1] == "--models":
+        models(sys.argv[2])
         return
     out = sys.argv[1]
     print("| plan | budget | caches | planned speed-up / loss | measured speed-up | fidelity loss | accuracy loss "
