@@ -370,8 +370,8 @@ fn training_is_reproducible_for_a_seed() {
 fn planned_at(budget: f64) -> (tempfile::TempDir, BaseModel, data::Dataset, Vec<i64>) {
     let (c, w) = &trained();
     let (model, _) = resnet20();
-    // No margin: 500 calibration samples, cross-fitted, leave a plan with a margin too few hits for
-    // the tests below (a cache to rein in, frozen caches that drift past the budget).
+    // No margin: the tests below need caches that answer often (a deep cache to rein in, frozen
+    // caches for the online learner to beat), and 500 cross-fitted calibration samples are few.
     let req = PlanRequest {
         mode: Mode::Inline,
         budget,
