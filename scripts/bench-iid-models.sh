@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's per-model table (not CI): for each MODEL, candidate caches (gap and conv-pool at every
-# block, 15,000 training images with random crops and flips, 3 epochs, the last 5,000 training
-# images held out for calibration), a 1% fidelity plan inline, and `gati evaluate` of it on the
+# block, trained on 10,000 images with random crops and flips for 3 epochs: --train-limit 15000
+# less the last 5,000, held out of training for calibration), a 1% fidelity plan inline, and `gati evaluate` of it on the
 # evaluation half. Extra `gati plan` flags go in PLAN_FLAGS (e.g. "--augment false" for the
 # augmentation ablation) and results in reports/iid-models/MODEL$TAG/; CANDIDATES_TAG=T plans with
 # the candidates trained under TAG=T instead of training again (e.g. CANDIDATES_TAG= for a margin).

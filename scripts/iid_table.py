@@ -34,17 +34,21 @@ def line(plan_dir):
             f"{e['oracle_speedup'] or float('nan'):.2f}x")
 
 
+def oracle_share(e):
+    """The oracle's speed-up and the share of its gain the plan reached."""
+    o = e["oracle_speedup"]
+    return f"{o:.2f}x ({100 * (e['speedup'] - 1) / (o - 1):.0f}%)" if o and o > 1 else "–"
+
+
 def models(root):
     print("| model | base top-1 (evaluation half) | caches | hit rate | planned | measured speed-up | fidelity loss "
           "| accuracy loss | oracle (share reached) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for d in sorted(glob.glob(os.path.join(root, "*", "plan-inline-0.01.evaluate.json"))):
         p, e = load(d[: -len(".evaluate.json")])
-        o = e["oracle_speedup"]
-        share = f"{o:.2f}x ({100 * (e['speedup'] - 1) / (o - 1):.0f}%)" if o and o > 1 else "–"
         print(f"| {os.path.basename(os.path.dirname(d))} | {e['base_top1']:.2f}% | {caches(p)} | "
               f"{100 * e['hit_rate']:.1f}% | {p['expected']['speedup']:.2f}x | **{e['speedup']:.2f}x** | "
-              f"{100 * e['fidelity_loss']:.2f}% | {100 * e['accuracy_loss']:.2f}% | {share} |")
+              f"{100 * e['fidelity_loss']:.2f}% | {100 * e['accuracy_loss']:.2f}% | {oracle_share(e)} |")
 
 
 def main():
@@ -63,12 +67,11 @@ def main():
         if not os.path.exists(d + ".evaluate.json"):
             continue
         p, e = load(d)
-        x, o = p["expected"], e["oracle_speedup"]
-        share = f"{o:.2f}x ({100 * (e['speedup'] - 1) / (o - 1):.0f}%)" if o and o > 1 else "–"
+        x = p["expected"]
         print(f"| {os.path.basename(d)} | {100 * p['budget']:.1f}% {p.get('budget_kind', 'fidelity')} | {caches(p)} | "
               f"{x['speedup']:.2f}x / {100 * x['fidelity_loss']:.2f}% | **{e['speedup']:.2f}x** | "
               f"{100 * e['fidelity_loss']:.2f}% | {100 * e['accuracy_loss']:.2f}% | "
-              f"{e['base_top1']:.2f} → {e['gati_top1']:.2f} | {share} |")
+              f"{e['base_top1']:.2f} → {e['gati_top1']:.2f} | {oracle_share(e)} |")
     print()
     print("| bench | configuration | mean ms | speed-up (min–max) | fidelity loss % | top-1 % | hit rate % |")
     print("|---|---|---|---|---|---|---|")
