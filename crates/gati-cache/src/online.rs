@@ -21,7 +21,11 @@
 //! Accuracy guard: every uniform sample also scores the serving caches against the base model, so
 //! each layer's live agreement among its hits is known with a Wilson interval; a layer whose
 //! interval lies wholly below `1 - guard_error` gets raised thresholds, and if that is not enough,
-//! is switched off until a retrained version passes validation.
+//! is switched off until a retrained version passes validation. Drift: when the base model's
+//! answers move to classes a learned version never certified (`drift_share` of the last
+//! `drift_window` complete runs), the plan's cache serves again at once. And a candidate is
+//! promoted only if it also stays within the target on class-balanced evidence held out from its
+//! training (the classes the traffic is not showing now).
 
 use crate::decision::{decide, threshold_for, Decision, NEVER, PLAN_DECIDES};
 use crate::heads::CacheHead;
@@ -61,6 +65,10 @@ pub struct OnlineConfig {
     pub guard_window: usize,
     /// The guard acts only on at least this many hits in its window.
     pub guard_min_hits: usize,
+    /// Drift: among the last `drift_window` complete runs, at least this share of base answers in
+    /// classes a learned version never certified puts the plan's cache back at once.
+    pub drift_share: f64,
+    pub drift_window: usize,
     pub seed: u64,
 }
 
@@ -79,6 +87,8 @@ impl Default for OnlineConfig {
             recent: 400,
             guard_window: 200,
             guard_min_hits: 20,
+            drift_share: 0.2,
+            drift_window: 40,
             seed: 0,
         }
     }
@@ -109,6 +119,10 @@ pub struct LayerRound {
     pub serving_wrong: usize,
     pub candidate_hits: usize,
     pub candidate_wrong: usize,
+    /// The candidate's hits and disagreements on the class-balanced evidence held out from its
+    /// training (every class seen, not only today's); over the target, it is not promoted.
+    pub balanced_hits: usize,
+    pub balanced_wrong: usize,
     pub promoted: bool,
     /// The serving version disagreed with the base model beyond the target: the plan's cache was
     /// restored before the candidate was judged.
@@ -130,6 +144,8 @@ pub struct LiveAgreement {
 pub enum GuardAction {
     RaisedThresholds,
     Disabled,
+    /// The traffic moved to classes the learned version never certified: the plan's cache serves.
+    RestoredPlan,
 }
 
 impl gati_core::names::Named for GuardAction {
@@ -174,8 +190,13 @@ pub struct Learner {
     live: Vec<VecDeque<bool>>,
     /// Per cache: the guard already raised its thresholds (next time it switches it off).
     struck: Vec<bool>,
+    /// Per cache: was each recent complete run's base class one the serving version left to the
+    /// plan (not certified)?
+    novel: Vec<VecDeque<bool>>,
     since: usize,
     seen: u64,
+    /// Learned versions put back to the plan's cache because the traffic drifted.
+    pub drifts: u64,
     rng: StdRng,
 }
 
@@ -190,8 +211,10 @@ impl Learner {
             recent: (0..n).map(|_| VecDeque::new()).collect(),
             live: (0..n).map(|_| VecDeque::new()).collect(),
             struck: vec![false; n],
+            novel: (0..n).map(|_| VecDeque::new()).collect(),
             since: 0,
             seen: 0,
+            drifts: 0,
         }
     }
 
@@ -214,6 +237,40 @@ impl Learner {
             }
         }
         self.keep(acts, logits, class, uniform);
+        self.note_novelty(class);
+    }
+
+    /// Notes, per cache, whether the base model's answer is a class the serving version left to
+    /// the plan (never certified).
+    fn note_novelty(&mut self, class: i64) {
+        for (cache, w) in self.ee.caches.iter().zip(&mut self.novel) {
+            let learned = cache.decision != cache.plan_decision;
+            w.push_back(learned && cache.decision.plan_decides(class as usize));
+            if w.len() > self.cfg.drift_window {
+                w.pop_front();
+            }
+        }
+    }
+
+    /// A learned version is validated on the classes the traffic showed. When the base model's
+    /// answers move to classes it never certified, its hits there are images of new classes given
+    /// an old class's name, and uniform samples show too few of them too late.
+    fn drifted(&self, c: usize) -> bool {
+        let novel = self.novel[c].iter().filter(|&&v| v).count();
+        novel as f64 >= self.cfg.drift_share * self.cfg.drift_window as f64
+    }
+
+    /// Cache `c` serves the plan's own head and decision again, judged afresh.
+    fn restore_plan(&mut self, c: usize) {
+        serve_plan(&mut self.ee, c);
+        self.start_over(c);
+    }
+
+    /// Cache `c`'s live estimates start over (a new version serves).
+    fn start_over(&mut self, c: usize) {
+        self.live[c].clear();
+        self.novel[c].clear();
+        self.struck[c] = false;
     }
 
     /// Keeps the evidence class-balanced: a class at its share of the buffer loses its oldest
@@ -275,12 +332,21 @@ impl Learner {
     /// The accuracy guard, for every enabled cache whose live agreement is, with 95% confidence,
     /// below `1 - guard_error`: the first time, its thresholds are raised (re-fitted on the recent
     /// uniform samples, never lowered); if it fails again before a retrained version replaces it,
-    /// it is switched off. Returns what it did, per layer.
+    /// it is switched off. A learned version the traffic drifted away from gives way to the plan's
+    /// cache. Returns what it did, per layer.
     pub fn guard(&mut self) -> Vec<(String, GuardAction)> {
         let target = 1.0 - self.cfg.guard_error.max(self.cfg.error_target);
         let live = self.live();
         let mut acted = Vec::new();
         for (c, l) in live.iter().enumerate() {
+            if self.drifted(c) {
+                // The plan's cache, calibrated on every class, serves until a round certifies the
+                // new ones.
+                self.restore_plan(c);
+                self.drifts += 1;
+                acted.push((self.ee.caches[c].layer.clone(), GuardAction::RestoredPlan));
+                continue;
+            }
             if !self.ee.caches[c].enabled || !l.below(target, self.cfg.guard_min_hits) {
                 continue;
             }
@@ -348,8 +414,7 @@ impl Learner {
         for c in 0..self.ee.caches.len() {
             let r = self.retrain_cache(c);
             if r.promoted || r.reverted {
-                self.live[c].clear();
-                self.struck[c] = false;
+                self.start_over(c);
             }
             layers.push(r);
         }
@@ -374,7 +439,10 @@ impl Learner {
             .collect();
         let fit: Vec<usize> = (0..recent.len()).step_by(2).collect();
         let val: Vec<usize> = (1..recent.len()).step_by(2).collect();
-        let train: Vec<usize> = (recent.len()..ev.len()).collect();
+        // Every fourth piece of the class-balanced buffer is held out from training: the classes
+        // the traffic is not showing now (the next shift's) judge the candidate there.
+        let (held_out, train): (Vec<usize>, Vec<usize>) =
+            (recent.len()..ev.len()).partition(|&i| ev[i].seq.is_multiple_of(4));
         let mut round = LayerRound {
             layer: cache.layer.clone(),
             validation: val.len(),
@@ -382,6 +450,8 @@ impl Learner {
             serving_wrong: 0,
             candidate_hits: 0,
             candidate_wrong: 0,
+            balanced_hits: 0,
+            balanced_wrong: 0,
             promoted: false,
             reverted: false,
         };
@@ -413,7 +483,12 @@ impl Learner {
             opt.backward_step(&loss);
         }
         // Thresholds on A, verdict on B.
-        let rows = |h: &CacheHead, idx: &[usize]| softmax_rows(h, &stack(idx, |e| &e.act));
+        let rows = |h: &CacheHead, idx: &[usize]| {
+            if idx.is_empty() {
+                return Vec::new();
+            }
+            softmax_rows(h, &stack(idx, |e| &e.act))
+        };
         let base = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| ev[i].class as usize).collect() };
         let decision = fit_thresholds(
             &rows(&head, &fit),
@@ -431,19 +506,23 @@ impl Learner {
         let truth = base(&val);
         let plan_decision = cache.plan_decision.clone();
         let plan_rows = rows(&cache.plan_head, &val);
-        let score = |rows: &[Vec<f32>], d: &Decision, enabled: bool| {
-            if !enabled {
-                return (0, 0);
-            }
+        let held_plan_rows = rows(&cache.plan_head, &held_out);
+        let decided = |rows: &[Vec<f32>], d: &Decision, plan_rows: &[Vec<f32>], truth: &[usize]| {
             rows.iter()
-                .zip(&plan_rows)
-                .zip(&truth)
+                .zip(plan_rows)
+                .zip(truth)
                 .fold((0, 0), |(h, w), ((r, p), &b)| {
                     match decide(d, r, &plan_decision, || p.clone()).1 {
                         Some((cls, _)) => (h + 1, w + (cls != b) as usize),
                         None => (h, w),
                     }
                 })
+        };
+        let score = |rows: &[Vec<f32>], d: &Decision, enabled: bool| {
+            if !enabled {
+                return (0, 0);
+            }
+            decided(rows, d, &plan_rows, &truth)
         };
         (round.serving_hits, round.serving_wrong) = score(&rows(&cache.head, &val), &cache.decision, cache.enabled);
         // The plan's own cache stands as a candidate too: a learned version that disagrees beyond
@@ -453,18 +532,24 @@ impl Learner {
         let plan_better = dominates((plan_hits, plan_wrong), (round.serving_hits, round.serving_wrong));
         let learned = cache.decision != plan_decision;
         if learned && cache.enabled && (over || plan_better) {
-            copy_params(&self.ee.cache_params(c), &self.ee.plan_params(c));
-            self.ee.caches[c].decision = plan_decision.clone();
+            serve_plan(&mut self.ee, c);
             round.reverted = true;
             (round.serving_hits, round.serving_wrong) = (plan_hits, plan_wrong);
         }
         (round.candidate_hits, round.candidate_wrong) = score(&rows(&head, &val), &decision, true);
+        // On the held-out balanced evidence, the candidate must stay within the target like the
+        // plan (a head sharpened on today's classes answers tomorrow's confidently wrong).
+        let (all_hits, all_wrong) = decided(&rows(&head, &held_out), &decision, &held_plan_rows, &base(&held_out));
+        round.balanced_hits = all_hits;
+        round.balanced_wrong = all_wrong;
+        let steady = all_wrong as f64 <= self.cfg.error_target * all_hits as f64 + 1.0;
         // Dominance on the same held-out samples: more hits, no more disagreements. (A target rate
         // on a few dozen samples is no evidence at a 1% budget; a paired comparison is.)
-        round.promoted = dominates(
-            (round.candidate_hits, round.candidate_wrong),
-            (round.serving_hits, round.serving_wrong),
-        );
+        round.promoted = steady
+            && dominates(
+                (round.candidate_hits, round.candidate_wrong),
+                (round.serving_hits, round.serving_wrong),
+            );
         if round.promoted {
             copy_params(&self.ee.cache_params(c), &named(&vs));
             self.ee.caches[c].decision = decision;
@@ -548,6 +633,12 @@ impl Hooks for Collecting {
     fn run_on_after_hit(&mut self, _sample: usize) -> bool {
         self.uniform
     }
+}
+
+/// Cache `c` of `ee` serves the plan's own head and decision.
+fn serve_plan(ee: &mut EarlyExit, c: usize) {
+    copy_params(&ee.cache_params(c), &ee.plan_params(c));
+    ee.caches[c].decision = ee.caches[c].plan_decision.clone();
 }
 
 /// Softmax rows of `head` on a batch of activations.

@@ -319,8 +319,15 @@ impl Trainer {
                     .iter()
                     .map(|l| {
                         format!(
-                            "{} on {}: serving {}/{} wrong, candidate {}/{}",
-                            l.layer, l.validation, l.serving_hits, l.serving_wrong, l.candidate_hits, l.candidate_wrong
+                            "{} on {}: serving {}/{} wrong, candidate {}/{} (balanced {}/{})",
+                            l.layer,
+                            l.validation,
+                            l.serving_hits,
+                            l.serving_wrong,
+                            l.candidate_hits,
+                            l.candidate_wrong,
+                            l.balanced_hits,
+                            l.balanced_wrong
                         )
                     })
                     .collect();
