@@ -176,6 +176,13 @@ pub struct Fitted {
     all: Decision,
 }
 
+impl Fitted {
+    /// What judges calibration part `s` out of sample: the decision fitted on the other part.
+    fn judging(&self, s: usize) -> &Decision {
+        &self.parts[1 - s]
+    }
+}
+
 /// Outcome of every sample of `o` under decision `d` of head `h`.
 fn score(d: &Decision, o: &Outcomes, h: usize, kind: BudgetKind) -> Vec<Outcome> {
     (0..o.len())
@@ -190,9 +197,10 @@ fn score(d: &Decision, o: &Outcomes, h: usize, kind: BudgetKind) -> Vec<Outcome>
 /// A setting's outcomes on every calibration sample, cross-fitted: the second part under the
 /// decision fitted on the first, then the first under the one fitted on the second.
 fn cross_score(f: &Fitted, parts: &[Outcomes; 2], h: usize, kind: BudgetKind) -> Vec<Outcome> {
-    let mut out = score(&f.parts[0], &parts[1], h, kind);
-    out.extend(score(&f.parts[1], &parts[0], h, kind));
-    out
+    [1, 0]
+        .into_iter()
+        .flat_map(|s| score(f.judging(s), &parts[s], h, kind))
+        .collect()
 }
 
 /// Head `h`'s decision ladder fitted on each part and on all of them (`on`: part 0, part 1, all).
@@ -392,8 +400,8 @@ fn add_survivor_ladders(
 fn cross_cascade_losses(parts: &[Outcomes; 2], chosen: &[(usize, &Fitted)]) -> (f64, f64) {
     let (mut differ, mut lost) = (0, 0);
     for (s, part) in parts.iter().enumerate() {
-        let fitted_on_other: Vec<(usize, &Decision)> = chosen.iter().map(|(h, f)| (*h, &f.parts[1 - s])).collect();
-        let (d, l) = cascade_counts(part, &fitted_on_other);
+        let judging: Vec<(usize, &Decision)> = chosen.iter().map(|(h, f)| (*h, f.judging(s))).collect();
+        let (d, l) = cascade_counts(part, &judging);
         differ += d;
         lost += l;
     }
