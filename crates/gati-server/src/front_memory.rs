@@ -26,8 +26,9 @@ pub struct FrontMemory {
     /// at an early layer, so one model behind a lock serves every request thread).
     model: Mutex<BaseModel>,
     pub cache: Arc<MemoryCache>,
-    /// To the audit thread (it ends when this is dropped).
-    audits: Sender<Audit>,
+    /// To the audit thread (it ends when this is dropped); none when no hit is audited
+    /// (`complete_on_hit_fraction` 0: no second copy of the model, no thread).
+    audits: Option<Sender<Audit>>,
 }
 
 /// A memory hit to check: its preprocessed input and the answer the memory gave.
@@ -38,20 +39,25 @@ struct Audit {
 }
 
 impl FrontMemory {
-    /// `agreement` counts the audits (`gati_hit_agreement_total`).
-    pub fn new(plan: &Plan, agreement: IntCounterVec) -> Result<Option<Self>> {
+    /// `agreement` counts the audits (`gati_hit_agreement_total`); `audited`: some hits will be.
+    pub fn new(plan: &Plan, agreement: IntCounterVec, audited: bool) -> Result<Option<Self>> {
         let Some(m) = &plan.memory else {
             return Ok(None);
         };
         let model = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
         let cache = Arc::new(gati_cache::runtime::memory_cache(&model, &m.spec)?);
-        let (audits, queue) = bounded(AUDIT_QUEUE);
-        let (c, budget) = (cache.clone(), plan.budget);
-        let auditor = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
-        std::thread::Builder::new()
-            .name("memory-audit".into())
-            .spawn(move || audit_hits(queue, &auditor, &c, &agreement, budget))
-            .context("starting the memory audit thread")?;
+        let audits = if audited {
+            let (audits, queue) = bounded(AUDIT_QUEUE);
+            let (c, budget) = (cache.clone(), plan.budget);
+            let auditor = BaseModel::load(&plan.model, &plan.weights, tch::Device::Cpu)?;
+            std::thread::Builder::new()
+                .name("memory-audit".into())
+                .spawn(move || audit_hits(queue, &auditor, &c, &agreement, budget))
+                .context("starting the memory audit thread")?;
+            Some(audits)
+        } else {
+            None
+        };
         Ok(Some(Self {
             model: Mutex::new(model),
             cache,
@@ -62,8 +68,11 @@ impl FrontMemory {
     /// Has the base model check a hit on `input` (`[1, C, H, W]`); dropped when the audit queue
     /// is full.
     pub fn audit(&self, input: &Tensor, class: usize, confidence: f32) {
+        let Some(audits) = &self.audits else {
+            return;
+        };
         let input = input.shallow_clone();
-        let _ = self.audits.try_send(Audit {
+        let _ = audits.try_send(Audit {
             input,
             class,
             confidence,

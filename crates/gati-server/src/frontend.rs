@@ -181,7 +181,7 @@ impl Frontend {
         ));
         let metrics = Metrics::new(registry)?;
         let memory = if cluster.memory_at_frontend(&plan) {
-            FrontMemory::new(&plan, metrics.agreement.clone())?
+            FrontMemory::new(&plan, metrics.agreement.clone(), cluster.complete_on_hit_fraction > 0.0)?
         } else {
             None
         };
