@@ -110,9 +110,7 @@ fn audit_hits(queue: Receiver<Audit>, model: &BaseModel, cache: &MemoryCache, ag
     for a in queue {
         let base_class = model.forward(&a.input).argmax(-1, false).int64_value(&[0]) as usize;
         let wrong = base_class != a.class;
-        agreement
-            .with_label_values(&[label.as_str(), if wrong { "no" } else { "yes" }])
-            .inc();
+        crate::metrics::count_agreement(agreement, &label, !wrong);
         if let Some(floor) = cache.audit(a.confidence, wrong, budget) {
             tracing::warn!(
                 layer = %cache.spec.layer,

@@ -658,8 +658,7 @@ impl Frontend {
         };
         if let Some(p) = &r.probs {
             let base = p.iter().enumerate().max_by(|a, b| a.1.cmp(b.1)).map(|(i, _)| i as i32);
-            let agree = if base == Some(class) { "yes" } else { "no" };
-            self.metrics.agreement.with_label_values(&[&layer, agree]).inc();
+            crate::metrics::count_agreement(&self.metrics.agreement, &layer, base == Some(class));
         }
     }
 

@@ -147,3 +147,11 @@ impl Collector for MemoryCollector {
         out
     }
 }
+
+/// One audited hit at `layer`: did the base model give the same class
+/// (`gati_hit_agreement_total{layer, agree}`)?
+pub fn count_agreement(agreement: &prometheus::IntCounterVec, layer: &str, agreed: bool) {
+    agreement
+        .with_label_values(&[layer, if agreed { "yes" } else { "no" }])
+        .inc();
+}
