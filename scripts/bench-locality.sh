@@ -3,14 +3,17 @@
 # fidelity budget. Plans a memory cache beside the learned caches on calibration streams
 # (gati plan-memory), measures it in-process (gati evaluate --stream, evaluation half, another
 # seed) and through Thrift inline against the base model alone in the same run (gati bench).
-# About 40 minutes on 2 cores (plus 8 minutes to train the learned caches once). Results in
+# About an hour on 2 cores (plus 8 minutes to train the learned caches once). Results in
 # reports/locality/ (override: OUT=...); docs/results.md quotes them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 G=target/release/gati
 R=${OUT:-reports/locality}
 LEARNED=$R/learned-r56j-1pct
-REPEAT=${REPEAT:-3}
+REPEAT=${REPEAT:-9}
+# Pinned (base worker on CPU 0), its CPU kept awake in every cluster, base model alone and gati
+# alike (docs/results.md, "Keeping the base worker's core awake"); BENCH_FLAGS= for neither.
+BENCH_FLAGS=${BENCH_FLAGS---pin --keep-awake}
 mkdir -p "$R"
 cargo build --release -p gati-cli
 
@@ -27,11 +30,11 @@ done
 $G evaluate --plan "$R/mem-bursty-repeat" --json > "$R/evaluate-mem-bursty-repeat-iid.json"
 
 # Through Thrift: base-only and inline in one interleaved run per plan.
-B="--configs thrift-base,thrift-inline --requests 1000 --repeat $REPEAT --json"
+B="--configs thrift-base,thrift-inline --requests 1000 --repeat $REPEAT $BENCH_FLAGS --json"
 $G bench --plan "$R/mem-bursty-repeat" --streams bursty-repeat,working-set,zipf,iid $B --out "$R/bench-mem-bursty-repeat" > "$R/bench-mem-bursty-repeat.json"
 $G bench --plan "$R/mem-frames" --streams frames $B --out "$R/bench-mem-frames" > "$R/bench-mem-frames.json"
 # The memory at a cache worker (distributed mode), beside the base model alone.
 $G bench --plan "$R/mem-bursty-repeat" --streams bursty-repeat --configs thrift-base,thrift-distributed --requests 1000 \
-  --repeat "$REPEAT" --json --out "$R/bench-mem-distributed" > "$R/bench-mem-distributed.json"
+  --repeat "$REPEAT" $BENCH_FLAGS --json --out "$R/bench-mem-distributed" > "$R/bench-mem-distributed.json"
 $G bench --plan "$LEARNED" --streams bursty-repeat,frames,working-set,zipf,iid $B --out "$R/bench-learned" > "$R/bench-learned.json"
 echo "bench-locality: done; see $R" >&2

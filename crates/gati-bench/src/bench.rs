@@ -28,6 +28,8 @@ pub struct Options {
     pub saturation_clients: usize,
     pub cache_workers: usize,
     pub pin: bool,
+    /// Every cluster's base worker keeps its CPU busy while it waits (`Endpoint::keep_awake`).
+    pub keep_awake: bool,
     /// Answers the frontends keep for exact repeats (None: decided by each plan).
     pub exact_cache_entries: Option<usize>,
     /// `Cluster::memory_at_frontend` (None: the default).
@@ -107,6 +109,7 @@ pub fn run(o: &Options) -> Result<Report> {
         repeat: o.repeat,
         saturation_clients: o.saturation_clients,
         pinned: o.pin,
+        keep_awake: o.keep_awake,
         models,
         plots: Vec::new(),
         plot_error: None,
@@ -329,6 +332,7 @@ impl Options {
     fn shape(&self) -> crate::measure::Shape {
         crate::measure::Shape {
             pin: self.pin,
+            keep_awake: self.keep_awake,
             cache_workers: self.cache_workers,
             exact_cache_entries: self.exact_cache_entries,
             memory_at_frontend: self.memory_at_frontend,

@@ -208,6 +208,8 @@ pub struct LocalCluster {
 pub struct Shape {
     /// Base worker on CPU 0, cache workers on CPU 1.
     pub pin: bool,
+    /// `UpOptions::keep_awake`.
+    pub keep_awake: bool,
     pub cache_workers: usize,
     /// `UpOptions::exact_cache_entries` (None: decided by the plan).
     pub exact_cache_entries: Option<usize>,
@@ -224,6 +226,7 @@ impl Default for Shape {
     fn default() -> Self {
         Self {
             pin: false,
+            keep_awake: false,
             cache_workers: 1,
             exact_cache_entries: None,
             memory_at_frontend: None,
@@ -253,6 +256,7 @@ impl LocalCluster {
     ) -> Result<Self> {
         let Shape {
             pin,
+            keep_awake,
             cache_workers,
             exact_cache_entries,
             memory_at_frontend,
@@ -268,6 +272,7 @@ impl LocalCluster {
             cache_threads: 1,
             complete_on_hit_fraction,
             pin,
+            keep_awake,
             metrics: false,
             max_in_flight: 128,
             auth_token_file: None,

@@ -256,6 +256,9 @@ pub struct Report {
     pub repeat: usize,
     pub saturation_clients: usize,
     pub pinned: bool,
+    /// The base workers' CPUs kept busy while they wait (`gati up --keep-awake`).
+    #[serde(default)]
+    pub keep_awake: bool,
     pub models: Vec<ModelReport>,
     /// Plot files written beside the report (relative to the report folder).
     pub plots: Vec<String>,
@@ -288,10 +291,10 @@ pub fn markdown(r: &Report) -> String {
         r.requests_per_run,
         r.repeat,
         r.saturation_clients,
-        if r.pinned {
-            "pinned (base on CPU 0, caches on CPU 1)"
-        } else {
-            "not pinned"
+        match (r.pinned, r.keep_awake) {
+            (true, false) => "pinned (base on CPU 0, caches on CPU 1)",
+            (true, true) => "pinned (base on CPU 0, kept awake; caches on CPU 1)",
+            _ => "not pinned",
         }
     );
     for m in &r.models {

@@ -235,6 +235,62 @@ fn python_thrift_client_calls_infer() {
     assert_eq!(lines[4]["error"], "InvalidInput");
 }
 
+/// `gati up --pin --keep-awake`: the base worker, and only it, has one spinning thread, pinned to
+/// its CPU at the lowest priority (SCHED_IDLE), and the cluster answers as usual.
+#[test]
+fn a_kept_awake_base_worker_spins_on_its_own_cpu_at_idle_priority() {
+    assert!(
+        std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2,
+        "--pin needs 2 CPUs"
+    );
+    let c = Cluster::up_with("inline", &["--pin", "--keep-awake"]);
+    let mut spinners = Vec::new();
+    for pid in c.info["pids"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let role = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let task = task.unwrap().path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+            if comm.trim().starts_with("keep-awake") {
+                let sched = std::fs::read_to_string(task.join("sched")).unwrap();
+                let status = std::fs::read_to_string(task.join("status")).unwrap();
+                let field = |text: &str, name: &str| {
+                    text.lines()
+                        .find(|l| l.starts_with(name))
+                        .and_then(|l| l.split(':').nth(1))
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default()
+                };
+                spinners.push((
+                    role.clone(),
+                    comm.trim().to_string(),
+                    field(&sched, "policy"),
+                    field(&status, "Cpus_allowed_list"),
+                ));
+            }
+        }
+    }
+    // SCHED_IDLE is policy 5.
+    assert_eq!(
+        spinners,
+        vec![(
+            "base".to_string(),
+            "keep-awake-0".to_string(),
+            "5".to_string(),
+            "0".to_string()
+        )]
+    );
+    let r = c
+        .client()
+        .infer(image_request("resnet20", std::fs::read(&test_images(1)[0]).unwrap()))
+        .unwrap();
+    assert!((0..10).contains(&r.class_index));
+}
+
 /// `gati bench` end to end on the tiny plan: every figure in report.json follows from the
 /// per-request records it wrote beside it.
 #[test]

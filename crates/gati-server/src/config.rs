@@ -48,6 +48,13 @@ pub struct Endpoint {
     /// CPU set to pin this process to (e.g. [0] or [1]); empty: no pinning.
     #[serde(default)]
     pub cpus: Vec<usize>,
+    /// Keep the pinned CPUs busy while this process waits: one spinning thread per CPU at the
+    /// lowest priority (Linux `SCHED_IDLE`: it runs only when nothing else wants the CPU). On a
+    /// virtual machine a base worker that idled for a few milliseconds (a memory cache answering
+    /// the repeats elsewhere) ran its next request 1-2 ms slower (docs/results.md). Costs the
+    /// CPUs' idle time, which counts as this process's CPU time. Needs `cpus`.
+    #[serde(default)]
+    pub keep_awake: bool,
     /// Where its models run: `cpu` (default), `cuda` or `cuda:N` (base and cache workers; a
     /// device the process cannot use stops it at start).
     #[serde(default)]
@@ -236,6 +243,19 @@ impl Endpoint {
 }
 
 impl Cluster {
+    /// Every process's endpoint, named as in the config (`caches[i]`).
+    fn endpoints(&self) -> Vec<(String, &Endpoint)> {
+        let mut all = vec![("frontend".to_string(), &self.frontend), ("base".into(), &self.base)];
+        all.extend(
+            self.caches
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("caches[{i}]"), &c.endpoint)),
+        );
+        all.extend(self.trainer.iter().map(|t| ("trainer".to_string(), &t.endpoint)));
+        all
+    }
+
     /// Cache worker `i`'s entry.
     pub fn cache(&self, i: usize) -> Result<&CacheEndpoint> {
         self.caches.get(i).ok_or_else(|| self.no_cache(i))
@@ -338,6 +358,11 @@ impl Cluster {
                     .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err() || p == "0")
             }) {
                 bail!("{field} '{a}' is not an address peers can dial (host:port, port not 0)");
+            }
+        }
+        for (field, e) in self.endpoints() {
+            if e.keep_awake && e.cpus.is_empty() {
+                bail!("{field}.keep_awake needs {field}.cpus: only pinned CPUs are kept awake");
             }
         }
         // The frontend runs no model and the trainer trains on the CPU: a GPU named there would do nothing.
@@ -496,13 +521,47 @@ pub fn unknown_keys(given: &serde_json::Value, known: &serde_json::Value, at: &s
     }
 }
 
-/// Applies an endpoint's thread count and CPU pinning to this process.
+/// Applies an endpoint's thread count, CPU pinning and `keep_awake` to this process.
 pub fn apply_placement(e: &Endpoint) -> Result<()> {
     gati_core::set_threads(e.threads);
     if !e.cpus.is_empty() {
         pin_to(&e.cpus)?;
     }
+    if e.keep_awake {
+        for &c in &e.cpus {
+            std::thread::Builder::new()
+                .name(format!("keep-awake-{c}"))
+                .spawn(move || keep_awake(c))
+                .context("starting a keep-awake thread")?;
+        }
+    }
     Ok(())
+}
+
+/// Spins on CPU `cpu` forever at `SCHED_IDLE` priority (see `Endpoint::keep_awake`).
+#[cfg(target_os = "linux")]
+fn keep_awake(cpu: usize) {
+    let placed = pin_to(&[cpu]).and_then(|_| {
+        let p = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sets the calling thread's policy; `p` is a valid sched_param for SCHED_IDLE.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) } != 0 {
+            bail!("{}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    });
+    if let Err(e) = placed {
+        // Spinning at normal priority would take the CPU from the work it keeps warm.
+        tracing::warn!(cpu, "keep_awake: not started: {e}");
+        return;
+    }
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn keep_awake(cpu: usize) {
+    tracing::warn!(cpu, "keep_awake is only supported on Linux");
 }
 
 #[cfg(target_os = "linux")]
@@ -569,5 +628,20 @@ mod tests {
             let e = with(serde_json::json!({"listen": "0.0.0.0:7002", "advertise": bad})).unwrap_err();
             assert!(e.contains("base.advertise") && e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn only_pinned_cpus_are_kept_awake() {
+        let with = |base: serde_json::Value| {
+            let c: Cluster = serde_json::from_value(serde_json::json!({
+                "plan": "p", "mode": "inline", "selector": "0.0.0.0:7001",
+                "frontend": {"listen": "0.0.0.0:7000"}, "base": base,
+            }))
+            .unwrap();
+            c.check().map_err(|e| e.to_string())
+        };
+        assert!(with(serde_json::json!({"listen": "0.0.0.0:7002", "cpus": [0], "keep_awake": true})).is_ok());
+        let e = with(serde_json::json!({"listen": "0.0.0.0:7002", "keep_awake": true})).unwrap_err();
+        assert!(e.contains("base.keep_awake needs base.cpus"), "{e}");
     }
 }

@@ -18,6 +18,8 @@ pub struct UpOptions {
     pub complete_on_hit_fraction: f64,
     /// Pin the base worker to CPU 0 and the cache workers to CPU 1 (the paper's layout on 2 cores).
     pub pin: bool,
+    /// Keep the base worker's CPU busy while it waits (`Endpoint::keep_awake`; needs `pin`).
+    pub keep_awake: bool,
     pub metrics: bool,
     /// Requests the frontend admits at once; more get `Overloaded`.
     pub max_in_flight: usize,
@@ -73,6 +75,7 @@ fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool, device: 
         },
         threads,
         cpus,
+        keep_awake: false,
         device,
     })
 }
@@ -109,7 +112,10 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         mode,
         frontend: endpoint(front_port, 1, vec![], o.metrics, DeviceName::CPU)?,
         selector: format!("127.0.0.1:{}", free_port()?),
-        base: endpoint(free_port()?, o.base_threads, cpus(0), o.metrics, o.device)?,
+        base: Endpoint {
+            keep_awake: o.keep_awake,
+            ..endpoint(free_port()?, o.base_threads, cpus(0), o.metrics, o.device)?
+        },
         caches,
         complete_on_hit_fraction: o.complete_on_hit_fraction,
         max_frame_bytes: 16 << 20,

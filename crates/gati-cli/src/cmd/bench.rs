@@ -44,6 +44,10 @@ pub struct Args {
     /// Pin base workers to CPU 0 and cache workers to CPU 1
     #[arg(long)]
     pin: bool,
+    /// Keep every cluster's base worker CPU busy while it waits (`gati up --keep-awake`), base
+    /// model alone and gati alike
+    #[arg(long, requires = "pin")]
+    keep_awake: bool,
     /// Answers the frontends keep for exact repeats (0: none) [default: as `gati up` decides from
     /// the plan]
     #[arg(long)]
@@ -110,6 +114,7 @@ pub fn run(a: Args) -> Result<()> {
         saturation_clients: a.saturation_clients.unwrap_or(2 * cores),
         cache_workers: a.cache_workers,
         pin: a.pin,
+        keep_awake: a.keep_awake,
         exact_cache_entries: a.exact_cache_entries,
         memory_at_frontend: a.memory_at_frontend,
         tls: a.tls.files()?,

@@ -53,6 +53,11 @@ pub struct Args {
     /// Pin the base worker to CPU 0 and cache workers to CPU 1
     #[arg(long)]
     pin: bool,
+    /// Keep the base worker's CPU busy while it waits: a spinning thread at the lowest priority
+    /// (Linux SCHED_IDLE), so a request after an idle gap runs on a warm core; costs the CPU's
+    /// idle time
+    #[arg(long, requires = "pin")]
+    keep_awake: bool,
     /// Serve Prometheus metrics from every process
     #[arg(long)]
     metrics: bool,
@@ -114,6 +119,7 @@ pub fn run(a: Args) -> Result<()> {
         cache_threads: a.cache_threads,
         complete_on_hit_fraction: a.complete_fraction.unwrap_or(if a.online { 0.2 } else { 0.05 }),
         pin: a.pin,
+        keep_awake: a.keep_awake,
         metrics: a.metrics,
         max_in_flight: a.max_in_flight,
         auth_token_file: a.token_file.clone().map(std::path::absolute).transpose()?,
