@@ -613,16 +613,19 @@ mod tests {
         }
     }
 
+    /// `Cluster::check` on an inline cluster with this `base` entry.
+    fn check_with_base(base: serde_json::Value) -> Result<(), String> {
+        let c: Cluster = serde_json::from_value(serde_json::json!({
+            "plan": "p", "mode": "inline", "selector": "0.0.0.0:7001",
+            "frontend": {"listen": "0.0.0.0:7000"}, "base": base,
+        }))
+        .unwrap();
+        c.check().map_err(|e| e.to_string())
+    }
+
     #[test]
     fn an_advertised_address_needs_a_host_and_a_port() {
-        let with = |base: serde_json::Value| {
-            let c: Cluster = serde_json::from_value(serde_json::json!({
-                "plan": "p", "mode": "inline", "selector": "0.0.0.0:7001",
-                "frontend": {"listen": "0.0.0.0:7000"}, "base": base,
-            }))
-            .unwrap();
-            c.check().map_err(|e| e.to_string())
-        };
+        let with = check_with_base;
         assert!(with(serde_json::json!({"listen": "0.0.0.0:7002", "advertise": "base:7002"})).is_ok());
         for bad in ["base", "base:0", ":7002", "base:port"] {
             let e = with(serde_json::json!({"listen": "0.0.0.0:7002", "advertise": bad})).unwrap_err();
@@ -632,14 +635,7 @@ mod tests {
 
     #[test]
     fn only_pinned_cpus_are_kept_awake() {
-        let with = |base: serde_json::Value| {
-            let c: Cluster = serde_json::from_value(serde_json::json!({
-                "plan": "p", "mode": "inline", "selector": "0.0.0.0:7001",
-                "frontend": {"listen": "0.0.0.0:7000"}, "base": base,
-            }))
-            .unwrap();
-            c.check().map_err(|e| e.to_string())
-        };
+        let with = check_with_base;
         assert!(with(serde_json::json!({"listen": "0.0.0.0:7002", "cpus": [0], "keep_awake": true})).is_ok());
         let e = with(serde_json::json!({"listen": "0.0.0.0:7002", "keep_awake": true})).unwrap_err();
         assert!(e.contains("base.keep_awake needs base.cpus"), "{e}");
