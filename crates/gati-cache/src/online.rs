@@ -168,6 +168,12 @@ pub fn dominates(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 > b.0 && a.1 <= b.1
 }
 
+/// `wrong` disagreements among `hits` are within `target`, with a one-sample slack (a few dozen
+/// held-out samples cannot certify a rate; one disagreement more than the rate allows is noise).
+fn within(target: f64, hits: usize, wrong: usize) -> bool {
+    wrong as f64 <= target * hits as f64 + 1.0
+}
+
 /// The 95% Wilson score interval of `k` successes in `n`.
 pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     if n == 0 {
@@ -528,7 +534,7 @@ impl Learner {
         // The plan's own cache stands as a candidate too: a learned version that disagrees beyond
         // the target (with a one-sample slack), or that the plan dominates, gives way to it.
         let (plan_hits, plan_wrong) = score(&plan_rows, &plan_decision, true);
-        let over = round.serving_wrong as f64 > self.cfg.error_target * round.serving_hits as f64 + 1.0;
+        let over = !within(self.cfg.error_target, round.serving_hits, round.serving_wrong);
         let plan_better = dominates((plan_hits, plan_wrong), (round.serving_hits, round.serving_wrong));
         let learned = cache.decision != plan_decision;
         if learned && cache.enabled && (over || plan_better) {
@@ -542,7 +548,7 @@ impl Learner {
         let (all_hits, all_wrong) = decided(&rows(&head, &held_out), &decision, &held_plan_rows, &base(&held_out));
         round.balanced_hits = all_hits;
         round.balanced_wrong = all_wrong;
-        let steady = all_wrong as f64 <= self.cfg.error_target * all_hits as f64 + 1.0;
+        let steady = within(self.cfg.error_target, all_hits, all_wrong);
         // Dominance on the same held-out samples: more hits, no more disagreements. (A target rate
         // on a few dozen samples is no evidence at a 1% budget; a paired comparison is.)
         round.promoted = steady
