@@ -335,21 +335,10 @@ impl Cluster {
         if self.idle_timeout_ms == 0 || self.frame_timeout_ms == 0 || self.max_connections_per_peer == 0 {
             bail!("idle_timeout_ms, frame_timeout_ms and max_connections_per_peer must be positive");
         }
-        let advertised = [
-            ("selector_advertise", &self.selector_advertise),
-            ("frontend.advertise", &self.frontend.advertise),
-            ("base.advertise", &self.base.advertise),
-        ]
-        .into_iter()
-        .chain(
-            self.trainer
-                .iter()
-                .map(|t| ("trainer.advertise", &t.endpoint.advertise)),
-        )
-        .chain(
-            self.caches
-                .iter()
-                .map(|c| ("caches[].advertise", &c.endpoint.advertise)),
+        let advertised = std::iter::once(("selector_advertise".to_string(), &self.selector_advertise)).chain(
+            self.endpoints()
+                .into_iter()
+                .map(|(name, e)| (format!("{name}.advertise"), &e.advertise)),
         );
         for (field, a) in advertised {
             // Peers dial this address: it needs a host and a real port.
