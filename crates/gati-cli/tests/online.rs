@@ -353,8 +353,11 @@ fn a_trainer_killed_mid_write_leaves_the_last_good_version_serving() {
     let idx = index(&dir).unwrap();
     assert_eq!(idx["serving"].as_u64(), Some(good), "the index moved after the kill");
     let good = format!("v{good}");
-    // Restarted (without the fault): the last complete version serves.
+    // Restarted (without the fault): the last complete version serves. Learning is paused before
+    // any request, so that every hit must come from the version the restart loaded (this traffic
+    // is not the working set it learned on: the drift guard would rightly publish the plan again).
     let c = online(&dir, &[]);
+    assert_eq!(admin(&c, &["pause"])["paused"], true);
     let v = admin(&c, &["versions"]);
     assert_eq!(v["serving"], good.as_str());
     assert!(
