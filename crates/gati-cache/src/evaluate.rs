@@ -34,6 +34,31 @@ pub struct Report {
     /// planned stage costs), when the candidates are available.
     pub oracle_speedup: Option<f64>,
     pub threads: i32,
+    /// What the memory cache did and cost over the measured run (None: the plan has none).
+    pub memory: Option<MemoryUse>,
+}
+
+/// The memory cache's work over a measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryUse {
+    /// Requests whose key was searched, and those the gate let skip the search.
+    pub lookups: u64,
+    pub skipped: u64,
+    pub hits: u64,
+    /// Time making keys, searching and storing answers, per request of the run.
+    pub ms_per_request: f64,
+    /// That time over the base model's mean latency.
+    pub share_of_base_latency: f64,
+}
+
+fn memory_counters(s: &crate::memory::MemoryStats) -> [u64; 4] {
+    use std::sync::atomic::Ordering::Relaxed;
+    [
+        s.lookups.load(Relaxed),
+        s.skipped.load(Relaxed),
+        s.hits.load(Relaxed),
+        s.key_ns.load(Relaxed) + s.lookup_ns.load(Relaxed) + s.insert_ns.load(Relaxed),
+    ]
 }
 
 /// How reports name the memory cache's hits (`memory:layer1.0`), apart from a cache model's there.
@@ -54,6 +79,7 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
     if let Some(mem) = &ee.memory {
         mem.clear();
     }
+    let memory_before = ee.memory.as_ref().map(|m| memory_counters(&m.stats));
     let (mut base_ms, mut gati_ms) = (Vec::new(), Vec::new());
     let (mut base_ok, mut gati_ok, mut differ) = (0usize, 0usize, 0usize);
     let mut hits = vec![0usize; ee.caches.len()];
@@ -94,6 +120,18 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
     let n = ds.len().max(1) as f64;
     let base = LatencyStats::from_samples(&base_ms);
     let gati = LatencyStats::from_samples(&gati_ms);
+    let memory = ee.memory.as_ref().zip(memory_before).map(|(m, before)| {
+        let now = memory_counters(&m.stats);
+        let [lookups, skipped, hits, ns] = std::array::from_fn(|i| now[i] - before[i]);
+        let ms_per_request = ns as f64 * 1e-6 / n;
+        MemoryUse {
+            lookups,
+            skipped,
+            hits,
+            ms_per_request,
+            share_of_base_latency: ms_per_request / base.mean,
+        }
+    });
     Report {
         n: ds.len(),
         base_top1: 100.0 * base_ok as f64 / n,
@@ -120,6 +158,7 @@ pub fn evaluate(ee: &EarlyExit, ds: &Dataset, warmup: usize) -> Report {
         gati_latency_ms: gati,
         oracle_speedup: None,
         threads: tch::get_num_threads(),
+        memory,
     }
 }
 

@@ -76,6 +76,12 @@ pub struct MemorySpec {
     /// How the store is searched.
     #[serde(default)]
     pub index: MemoryIndex,
+    /// The hit rate below which lookups do not pay for themselves (the lookup's cost over the
+    /// time a hit saves; `gati plan-memory` measures both). While fewer of the recent lookups hit,
+    /// only one request in `GATE_PROBE_EVERY` is looked up; the others skip the search (their
+    /// answers are still stored). 0: every request is looked up.
+    #[serde(default)]
+    pub min_hit_rate: f64,
 }
 
 fn one() -> usize {
@@ -148,14 +154,28 @@ pub fn key_grid(channels: i64, height: i64) -> i64 {
 /// Keys of a batch of activations `[n, C, H, W]`: pooled to `grid` x `grid`, centred and scaled to
 /// unit length, `[n, C·grid²]` (cosine similarity is then a dot product; centring makes it
 /// insensitive to a uniform brightness shift of the features).
+/// On the CPU: one pooling op, the rest on a few hundred floats per row here (every request pays
+/// for its key, and each small libtorch op costs more than the arithmetic).
 pub fn keys(activations: &Tensor, grid: i64) -> Tensor {
-    let k = activations
+    let pooled = activations
         .to_kind(Kind::Float)
         .adaptive_avg_pool2d([grid, grid])
-        .flatten(1, -1);
-    let k = &k - k.mean_dim(1, true, Kind::Float);
-    let norm = k.norm_scalaropt_dim(2.0, [1], true).clamp_min(1e-12);
-    k / norm
+        .flatten(1, -1)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
+    let [n, d] = pooled.size()[..] else {
+        unreachable!("flattened to two dimensions")
+    };
+    let mut v = vec![0f32; (n * d) as usize];
+    let len = v.len();
+    pooled.copy_data(&mut v, len);
+    for row in v.chunks_mut(d.max(1) as usize) {
+        let mean = row.iter().sum::<f32>() / row.len() as f32;
+        row.iter_mut().for_each(|x| *x -= mean);
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= norm);
+    }
+    Tensor::from_slice(&v).view([n, d])
 }
 
 #[derive(Debug, Clone)]
@@ -363,15 +383,74 @@ const GUARD_MIN_AUDITS: usize = 30;
 /// last one the memory stops answering.
 const GUARD_FLOORS: [f32; 6] = [0.9, 0.95, 0.98, 0.99, 0.995, 0.999];
 
+/// Recent lookups the gate judges the hit rate on.
+pub const GATE_WINDOW: usize = 64;
+
+/// While the gate is closed, one request in this many is still looked up, so that it sees the
+/// traffic turn repetitive again.
+pub const GATE_PROBE_EVERY: usize = 16;
+
+/// Whether the store is searched for a request: on traffic without near-duplicates the search
+/// would cost every request and answer none. Open while the last `GATE_WINDOW` lookups hit at
+/// least `min_hit_rate` of the time (or there were fewer); closed, it lets one request in
+/// `GATE_PROBE_EVERY` through, and a probe that hits opens it again at once.
+#[derive(Debug, Default)]
+struct Gate {
+    /// Did each of the most recent lookups hit?
+    recent: VecDeque<bool>,
+    hits: usize,
+    /// Requests skipped since the last probe.
+    skipped: usize,
+}
+
+impl Gate {
+    fn closed(&self, min_hit_rate: f64) -> bool {
+        self.recent.len() >= GATE_WINDOW && (self.hits as f64) < min_hit_rate * self.recent.len() as f64
+    }
+
+    /// Whether `rows` requests are looked up now.
+    fn admits(&mut self, rows: usize, min_hit_rate: f64) -> bool {
+        if !self.closed(min_hit_rate) {
+            return true;
+        }
+        self.skipped += rows;
+        if self.skipped >= GATE_PROBE_EVERY {
+            self.skipped = 0;
+            return true;
+        }
+        false
+    }
+
+    fn record(&mut self, hits: &[bool], min_hit_rate: f64) {
+        if self.closed(min_hit_rate) && hits.contains(&true) {
+            // A probe found a repeat: judge the traffic afresh, looking every request up.
+            *self = Self::default();
+        }
+        for &hit in hits {
+            self.recent.push_back(hit);
+            self.hits += hit as usize;
+            if self.recent.len() > GATE_WINDOW {
+                self.hits -= self.recent.pop_front().unwrap_or(false) as usize;
+            }
+        }
+    }
+}
+
 /// Counters a memory cache keeps (exported by the servers).
 #[derive(Debug, Default)]
 pub struct MemoryStats {
     pub lookups: AtomicU64,
+    /// Requests the gate let skip the search (too few recent lookups hit to pay for it).
+    pub skipped: AtomicU64,
     pub hits: AtomicU64,
     pub inserts: AtomicU64,
     pub evictions: AtomicU64,
     /// Total lookup time, nanoseconds.
     pub lookup_ns: AtomicU64,
+    /// Total time making keys (every request's, looked up or not) and storing answers,
+    /// nanoseconds.
+    pub key_ns: AtomicU64,
+    pub insert_ns: AtomicU64,
     /// Hits checked against the base model (the guard's evidence), and those it disagreed with.
     pub audits: AtomicU64,
     pub audit_disagreements: AtomicU64,
@@ -388,6 +467,7 @@ pub struct MemoryCache {
     floor: AtomicU32,
     /// The guard's evidence: (stored answer's confidence, the base model disagreed), most recent.
     audits: Mutex<VecDeque<(f32, bool)>>,
+    gate: Mutex<Gate>,
 }
 
 impl MemoryCache {
@@ -418,6 +498,7 @@ impl MemoryCache {
             stats: MemoryStats::default(),
             floor: AtomicU32::new(0f32.to_bits()),
             audits: Mutex::new(VecDeque::new()),
+            gate: Mutex::new(Gate::default()),
         })
     }
 
@@ -427,11 +508,22 @@ impl MemoryCache {
 
     /// Keys of a batch of activations at this cache's layer, on the CPU where the store is.
     pub fn keys(&self, activations: &Tensor) -> Tensor {
-        keys(activations, self.spec.grid).to_device(tch::Device::Cpu)
+        let t = Instant::now();
+        let k = keys(activations, self.spec.grid);
+        self.stats
+            .key_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        k
     }
 
-    /// For each key row: the stored softmax row and `(class, confidence)` on a hit, else None.
+    /// For each key row: the stored softmax row and `(class, confidence)` on a hit, else None
+    /// (also when the gate skips the search).
     pub fn answer_rows(&self, keys: &Tensor) -> Vec<Option<(Vec<f32>, usize, f32)>> {
+        let rows = keys.size()[0] as usize;
+        if self.spec.min_hit_rate > 0.0 && !lock(&self.gate).admits(rows, self.spec.min_hit_rate) {
+            self.stats.skipped.fetch_add(rows as u64, Ordering::Relaxed);
+            return (0..rows).map(|_| None).collect();
+        }
         let t = Instant::now();
         let min_confidence = self.min_confidence();
         let mut store = self.store();
@@ -452,9 +544,12 @@ impl MemoryCache {
             })
             .collect();
         drop(store);
-        let n = keys.size()[0] as u64;
+        if self.spec.min_hit_rate > 0.0 {
+            let hits: Vec<bool> = out.iter().map(Option::is_some).collect();
+            lock(&self.gate).record(&hits, self.spec.min_hit_rate);
+        }
         let hits = out.iter().filter(|o| o.is_some()).count() as u64;
-        self.stats.lookups.fetch_add(n, Ordering::Relaxed);
+        self.stats.lookups.fetch_add(rows as u64, Ordering::Relaxed);
         self.stats.hits.fetch_add(hits, Ordering::Relaxed);
         self.stats
             .lookup_ns
@@ -504,7 +599,11 @@ impl MemoryCache {
 
     /// Stores the base model's answer (softmax row) for a key.
     pub fn remember(&self, key: &Tensor, probs: Vec<f32>) {
+        let t = Instant::now();
         let evicted = self.store().insert(key, probs);
+        self.stats
+            .insert_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.stats.inserts.fetch_add(1, Ordering::Relaxed);
         if evicted {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -540,6 +639,7 @@ impl MemoryCache {
         store.clear();
         // The guard's evidence was about the stored answers: it starts again with them.
         lock(&self.audits).clear();
+        *lock(&self.gate) = Gate::default();
         self.floor.store(0f32.to_bits(), Ordering::Relaxed);
         n
     }

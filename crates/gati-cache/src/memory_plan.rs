@@ -295,9 +295,21 @@ pub fn best_within(scored: &[Scored], budget: f64, margin_sigmas: f64) -> &Score
         .unwrap_or(&scored[0])
 }
 
-/// The spec of a scored setting.
-pub fn spec_of(s: &Scored, max_bytes: u64, index: crate::memory::MemoryIndex) -> MemorySpec {
+/// The spec of a scored setting, whose lookup costs `lookup_ms` and whose hit saves `saved_ms`
+/// (the base model's stages after it): lookups pay while more than their ratio hit.
+pub fn spec_of(
+    s: &Scored,
+    max_bytes: u64,
+    index: crate::memory::MemoryIndex,
+    lookup_ms: f64,
+    saved_ms: f64,
+) -> MemorySpec {
     MemorySpec {
+        min_hit_rate: if saved_ms > 0.0 {
+            (lookup_ms / saved_ms).min(1.0)
+        } else {
+            0.0
+        },
         layer: s.layer.clone(),
         stage: s.stage,
         grid: s.grid,
@@ -425,6 +437,7 @@ pub fn lookup_cost_ms(
         remember_cache_hits: false,
         follow_hits: false,
         index,
+        min_hit_rate: 0.0,
     };
     let cache = crate::runtime::memory_cache(model, &spec)?;
     let classes = model.spec().num_classes;

@@ -1,7 +1,7 @@
 //! Memory caches: near-duplicates answered and unrelated inputs not, bounded bytes with LRU
 //! eviction, and a threshold calibrated on one stream that holds its budget on another.
 
-use gati_cache::memory::{entry_bytes, keys, MemoryCache, MemoryIndex, MemorySpec};
+use gati_cache::memory::{entry_bytes, keys, MemoryCache, MemoryIndex, MemorySpec, GATE_PROBE_EVERY, GATE_WINDOW};
 use gati_cache::memory_plan::{best_within, score_all, LayerKeys, StreamSample};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,6 +22,7 @@ fn spec(max_bytes: u64) -> MemorySpec {
         remember_cache_hits: false,
         follow_hits: false,
         index: Default::default(),
+        min_hit_rate: 0.0,
     }
 }
 
@@ -74,6 +75,50 @@ fn a_near_duplicate_of_an_answered_input_hits_and_an_unrelated_one_does_not() {
     let stats = &cache.stats;
     assert_eq!(stats.hits.load(std::sync::atomic::Ordering::Relaxed), 2);
     assert_eq!(stats.lookups.load(std::sync::atomic::Ordering::Relaxed), 23);
+}
+
+/// Traffic without repeats: after a window of lookups that find nothing, only one request in
+/// `GATE_PROBE_EVERY` is looked up (the rest still store their answers); when repeats come back,
+/// the first probe finds one and every request is looked up again.
+#[test]
+fn a_memory_whose_lookups_stop_paying_probes_and_resumes_when_repeats_return() {
+    let cache = MemoryCache::new(
+        MemorySpec {
+            min_hit_rate: 0.05,
+            ..spec(1 << 20)
+        },
+        SHAPE,
+        CLASSES,
+    )
+    .unwrap();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let ask = |s: u64| {
+        let k = cache.keys(&act(s));
+        let hit = cache.answer_rows(&k)[0].is_some();
+        cache.remember(&k.get(0), sure_of((s % 10) as usize, 0.999));
+        hit
+    };
+    let (window, every) = (GATE_WINDOW as u64, GATE_PROBE_EVERY);
+    // A window of unrelated inputs: every one looked up, none hits.
+    assert!((0..window).all(|s| !ask(s)));
+    assert_eq!(count(&cache.stats.lookups), GATE_WINDOW);
+    // Ten probes' worth more: only the probes are searched.
+    assert!((window..window + 10 * every as u64).all(|s| !ask(s)));
+    assert_eq!(count(&cache.stats.lookups), GATE_WINDOW + 10);
+    assert_eq!(count(&cache.stats.skipped), 10 * (every - 1));
+    // Repeats of inputs answered while the gate was closed (they were stored): the requests
+    // before the next probe skip the search and miss; the probe hits, and from then on every
+    // repeat is looked up and hits.
+    let repeats: Vec<bool> = (window..window + 10 * every as u64).map(ask).collect();
+    assert!(repeats[..every - 1].iter().all(|&h| !h), "{repeats:?}");
+    assert!(repeats[every - 1..].iter().all(|&h| h), "{repeats:?}");
+    // Without a floor, nothing is skipped.
+    let plain = MemoryCache::new(spec(1 << 20), SHAPE, CLASSES).unwrap();
+    for s in 0..3 * window {
+        let _ = plain.answer_rows(&plain.keys(&act(s)));
+    }
+    assert_eq!(count(&plain.stats.lookups), 3 * GATE_WINDOW);
+    assert_eq!(count(&plain.stats.skipped), 0);
 }
 
 #[test]

@@ -130,6 +130,7 @@ impl Collector for MemoryCollector {
         let s = &c.stats;
         for (event, total) in [
             ("lookup", s.lookups.load(Relaxed)),
+            ("skipped", s.skipped.load(Relaxed)),
             ("hit", s.hits.load(Relaxed)),
             ("insert", s.inserts.load(Relaxed)),
             ("eviction", s.evictions.load(Relaxed)),

@@ -121,6 +121,16 @@ pub fn run(a: Args) -> Result<()> {
     println!("latency ms   mean     p50     p99");
     println!("  base     {:>7.3} {:>7.3} {:>7.3}", b.mean, b.p50, b.p99);
     println!("  gati     {:>7.3} {:>7.3} {:>7.3}", g.mean, g.p50, g.p99);
+    if let Some(m) = &r.memory {
+        println!(
+            "memory: {} lookups, {} skipped by the gate, {} hits; {:.3} ms per request ({:.1}% of the base model's)",
+            m.lookups,
+            m.skipped,
+            m.hits,
+            m.ms_per_request,
+            100.0 * m.share_of_base_latency
+        );
+    }
     print!("speed-up {:.2}x (planned {:.2}x)", r.speedup, out.expected.speedup);
     match r.oracle_speedup {
         Some(o) => println!(", oracle {o:.2}x"),

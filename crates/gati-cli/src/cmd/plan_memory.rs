@@ -211,11 +211,13 @@ pub fn run(a: Args) -> Result<()> {
         if !best.learned {
             plan.caches.clear();
         }
+        let cost_ms = lookup_ms[stages.iter().position(|&k| k == best.stage).expect("a candidate")];
+        let saved_ms: f64 = original.stage_ms[best.stage + 1..].iter().sum();
         plan.memory = Some(PlannedMemory {
-            spec: memory_plan::spec_of(&best, max_bytes, a.memory_index),
+            spec: memory_plan::spec_of(&best, max_bytes, a.memory_index, cost_ms, saved_ms),
             stream: stream.name(),
             stream_requests: n,
-            cost_ms: lookup_ms[stages.iter().position(|&k| k == best.stage).expect("a candidate")],
+            cost_ms,
             expected: Expected {
                 hit_rate: best.hit_rate,
                 fidelity_loss: best.fidelity_loss,
