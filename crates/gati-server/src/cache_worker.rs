@@ -49,11 +49,22 @@ pub struct CacheWorker {
     /// (a request answered by a cache model, or whose answer was lost, is never remembered).
     /// Requests in flight at once are far fewer: the frontend admits `max_in_flight`.
     pending: Mutex<lru::LruCache<String, Pending>>,
+    /// The plan's budget: the memory's guard raises its confidence floor when audited hits
+    /// disagree with the base model beyond it.
+    budget: f64,
 }
 
-/// One half of a memory insert, waiting for the other.
+/// What this worker keeps of a request at the memory's layer until its final answer comes (or the
+/// answer, when it came first).
 enum Pending {
+    /// Looked up and missed: the key its answer is stored under.
     Key(Tensor),
+    /// Answered from memory: the stored class and confidence, audited against the base model's
+    /// answer when the frontend had the base run finish (a sampled hit).
+    Hit {
+        class: usize,
+        confidence: f32,
+    },
     Answer(Vec<f32>),
 }
 
@@ -116,6 +127,7 @@ impl CacheWorker {
             fault_delay: Duration::from_millis(me.fault_delay_ms),
             memory,
             pending: Mutex::new(lru::LruCache::new(PENDING_KEYS)),
+            budget: plan.budget,
         })
     }
 
@@ -160,6 +172,7 @@ impl CacheWorker {
         self.count(&label, found.is_some(), t0);
         match found {
             Some((probs, class, confidence)) => {
+                self.meet(mem, a.request_id.clone(), Pending::Hit { class, confidence });
                 Some(Self::result(a, Some((class, confidence)), probs, MEMORY, None, t0))
             }
             None => {
@@ -177,14 +190,20 @@ impl CacheWorker {
         }
     }
 
-    /// One half of request `id`'s memory insert: stored with the other half if that came first,
-    /// else kept for it.
+    /// One half of request `id`'s memory work: with its final answer, a missed key is stored and a
+    /// hit audited; the half that comes first waits for the other.
     fn meet(&self, mem: &gati_cache::memory::MemoryCache, id: String, half: Pending) {
         let mut waiting = lock(&self.pending);
         match (waiting.pop(&id), half) {
             (Some(Pending::Key(key)), Pending::Answer(probs)) | (Some(Pending::Answer(probs)), Pending::Key(key)) => {
                 drop(waiting);
                 mem.remember(&key, probs);
+            }
+            (Some(Pending::Hit { class, confidence }), Pending::Answer(probs))
+            | (Some(Pending::Answer(probs)), Pending::Hit { class, confidence }) => {
+                drop(waiting);
+                let wrong = gati_cache::outcomes::top1(&probs).0 != class;
+                crate::front_memory::tell_guard(mem, confidence, wrong, self.budget);
             }
             (_, half) => {
                 waiting.put(id, half);

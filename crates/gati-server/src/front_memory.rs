@@ -111,12 +111,18 @@ fn audit_hits(queue: Receiver<Audit>, model: &BaseModel, cache: &MemoryCache, ag
         let base_class = model.forward(&a.input).argmax(-1, false).int64_value(&[0]) as usize;
         let wrong = base_class != a.class;
         crate::metrics::count_agreement(agreement, &label, !wrong);
-        if let Some(floor) = cache.audit(a.confidence, wrong, budget) {
-            tracing::warn!(
-                layer = %cache.spec.layer,
-                min_confidence = floor,
-                "memory hits disagree with the base model beyond the budget: confidence floor raised"
-            );
-        }
+        tell_guard(cache, a.confidence, wrong, budget);
+    }
+}
+
+/// The memory's guard told of one audited hit (wherever the memory serves: here, or at a cache
+/// worker): the stored answer's confidence and whether the base model answered otherwise.
+pub fn tell_guard(cache: &MemoryCache, confidence: f32, wrong: bool, budget: f64) {
+    if let Some(floor) = cache.audit(confidence, wrong, budget) {
+        tracing::warn!(
+            layer = %cache.spec.layer,
+            min_confidence = floor,
+            "memory hits disagree with the base model beyond the budget: confidence floor raised"
+        );
     }
 }
