@@ -153,8 +153,7 @@ pub fn key_grid(channels: i64, height: i64) -> i64 {
 
 /// Keys of a batch of activations `[n, C, H, W]`: pooled to `grid` x `grid`, centred and scaled to
 /// unit length, `[n, C·grid²]` (cosine similarity is then a dot product; centring makes it
-/// insensitive to a uniform brightness shift of the features).
-/// On the CPU: one pooling op, the rest on a few hundred floats per row here (every request pays
+/// insensitive to a uniform brightness shift of the features). On the CPU: one pooling op, the rest on a few hundred floats per row here (every request pays
 /// for its key, and each small libtorch op costs more than the arithmetic).
 pub fn keys(activations: &Tensor, grid: i64) -> Tensor {
     let pooled = activations
@@ -447,9 +446,9 @@ pub struct MemoryStats {
     pub evictions: AtomicU64,
     /// Total lookup time, nanoseconds.
     pub lookup_ns: AtomicU64,
-    /// Total time making keys (every request's, looked up or not) and storing answers,
-    /// nanoseconds.
+    /// Total time making keys (every request's, looked up or not), nanoseconds.
     pub key_ns: AtomicU64,
+    /// Total time storing answers, nanoseconds.
     pub insert_ns: AtomicU64,
     /// Hits checked against the base model (the guard's evidence), and those it disagreed with.
     pub audits: AtomicU64,
@@ -544,11 +543,11 @@ impl MemoryCache {
             })
             .collect();
         drop(store);
+        let hit: Vec<bool> = out.iter().map(Option::is_some).collect();
         if self.spec.min_hit_rate > 0.0 {
-            let hits: Vec<bool> = out.iter().map(Option::is_some).collect();
-            lock(&self.gate).record(&hits, self.spec.min_hit_rate);
+            lock(&self.gate).record(&hit, self.spec.min_hit_rate);
         }
-        let hits = out.iter().filter(|o| o.is_some()).count() as u64;
+        let hits = hit.iter().filter(|&&h| h).count() as u64;
         self.stats.lookups.fetch_add(rows as u64, Ordering::Relaxed);
         self.stats.hits.fetch_add(hits, Ordering::Relaxed);
         self.stats

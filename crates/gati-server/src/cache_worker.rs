@@ -23,7 +23,7 @@ use tch::Tensor;
 
 type SelectorClient = SelectorSyncClient<net::In, net::Out>;
 
-/// Memory keys kept for answers to come.
+/// Memory keys and hits kept for answers to come.
 const PENDING_KEYS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(4096).unwrap();
 
 pub struct CacheWorker {
@@ -43,11 +43,12 @@ pub struct CacheWorker {
     fault_delay: Duration,
     /// The plan's memory cache, when this worker serves its layer.
     memory: Option<std::sync::Arc<gati_cache::memory::MemoryCache>>,
-    /// Whichever half of a memory insert came first, until the other arrives: the key of a
-    /// request looked up and missed, or its final answer when that overtook the activation (the
-    /// base model can finish before this worker reads the stream). The oldest are dropped first
-    /// (a request answered by a cache model, or whose answer was lost, is never remembered).
-    /// Requests in flight at once are far fewer: the frontend admits `max_in_flight`.
+    /// Whichever half of a request's memory work came first, until the other arrives: the key of
+    /// a request looked up and missed (or the hit it got), or its final answer when that overtook
+    /// the activation (the base model can finish before this worker reads the stream). The oldest
+    /// are dropped first (a request answered by a cache model, or whose answer was lost, is never
+    /// remembered; a hit whose base run was cancelled is never audited). Requests in flight at
+    /// once are far fewer: the frontend admits `max_in_flight`.
     pending: Mutex<lru::LruCache<String, Pending>>,
     /// The plan's budget: the memory's guard raises its confidence floor when audited hits
     /// disagree with the base model beyond it.
