@@ -636,7 +636,7 @@ impl Hooks for Collecting {
         }
     }
 
-    fn run_on_after_hit(&mut self, _sample: usize) -> bool {
+    fn run_on_after_hit(&mut self, _sample: usize, _hit: &crate::runtime::Hit) -> bool {
         self.uniform
     }
 }

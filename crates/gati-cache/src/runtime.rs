@@ -413,14 +413,14 @@ impl Answered<'_> {
             out[r].cache_ms += self.ms;
             if let Some((class, confidence)) = hit {
                 on_hit(r, &probs);
-                out[r].hit = Some(Hit {
+                let hit = out[r].hit.insert(Hit {
                     cache: self.cache,
                     stage: self.stage,
                     probs,
                     class,
                     confidence,
                 });
-                if !hooks.run_on_after_hit(r) {
+                if !hooks.run_on_after_hit(r, hit) {
                     leaving.push(r);
                 }
             }
@@ -500,9 +500,9 @@ pub trait Hooks {
     }
     /// After stage `k` ran on `rows`, with its output `h` and how long it took.
     fn after_stage(&mut self, _k: usize, _h: &Tensor, _rows: &[usize], _took: std::time::Duration) {}
-    /// A cache answered `sample`: true keeps it running to the end (it is not consulted again),
-    /// false lets it leave the batch.
-    fn run_on_after_hit(&mut self, _sample: usize) -> bool {
+    /// A cache answered `sample` with `hit`: true keeps it running to the end (it is not
+    /// consulted again), false lets it leave the batch.
+    fn run_on_after_hit(&mut self, _sample: usize, _hit: &Hit) -> bool {
         false
     }
 }

@@ -476,7 +476,7 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
     let images = test_images(10);
     for (mode, at_frontend) in [("inline", "true"), ("inline", "false"), ("distributed", "false")] {
         // The frontend's exact-repeat answers off: every repeat here is exact.
-        // Every hit checked against the base model: the frontend's memory audits its hits.
+        // Every hit checked against the base model (its memory's auditor, wherever it is).
         let c = Cluster::up_plan(
             &out,
             mode,
@@ -575,28 +575,25 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
             memory_hits as f64,
             "{mode}"
         );
-        // Each hit audited: at the frontend off the response's path (the whole base model on its
-        // input); at a cache worker when the base run the frontend let finish reports its answer
-        // (every hit's here, the memory's answer or not). Exact repeats of the base model's own
-        // answers all agree, so the guard leaves the floor.
-        let audited = if holder == fm {
-            Some(memory_hits as f64)
-        } else if mode.starts_with("distributed") {
-            Some(held("hit"))
+        // Each hit audited: inline, off the response's path (the rest of the base model, from
+        // the input at the frontend, from the memory's layer at the base worker); at a cache
+        // worker when the base run the frontend let finish reports its answer (every hit's
+        // here, the memory's answer or not). Exact repeats of the base model's own answers all
+        // agree, so the guard leaves the floor.
+        let audited = if mode.starts_with("distributed") {
+            held("hit")
         } else {
-            None
+            memory_hits as f64
         };
-        if let Some(audited) = audited {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while held("audit") < audited && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            assert_eq!(held("audit"), audited, "{mode}");
-            assert_eq!(held("audit_disagreement"), 0.0, "{mode}");
-            let floor = metric(&holder, "gati_memory{figure=\"min_confidence_permille\"");
-            let planned = chosen["min_confidence"].as_f64().unwrap();
-            assert_eq!(floor, (planned * 1000.0).round(), "{mode}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while held("audit") < audited && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        assert_eq!(held("audit"), audited, "{mode}");
+        assert_eq!(held("audit_disagreement"), 0.0, "{mode}");
+        let floor = metric(&holder, "gati_memory{figure=\"min_confidence_permille\"");
+        let planned = chosen["min_confidence"].as_f64().unwrap();
+        assert_eq!(floor, (planned * 1000.0).round(), "{mode}");
         if holder == fm {
             let agreed = format!("gati_hit_agreement_total{{agree=\"yes\",layer=\"memory:{layer}\"}}");
             assert_eq!(metric(&fm, &agreed), memory_hits as f64, "{mode}");

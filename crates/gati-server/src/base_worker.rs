@@ -10,13 +10,14 @@
 use crate::config::{Cluster, ServeMode};
 use crate::errors::ServingError;
 use crate::learning::{self, Collected, SampleRing, StartVersion};
+use crate::memory_audit::MemoryAuditor;
 use crate::metrics::registered;
 use crate::net::{self, Pool};
 use crate::resources::{lock, panic_message, GaugeGuard, LeasePool};
 use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use gati_cache::plan::Plan;
-use gati_cache::runtime::{EarlyExit, Hooks, Walked};
+use gati_cache::runtime::{EarlyExit, Hit, Hooks, Walked};
 use gati_core::BaseModel;
 use gati_rpc::convert::{tensor_from_wire, tensor_to_wire};
 use gati_rpc::*;
@@ -124,6 +125,8 @@ pub struct BaseWorker {
     fault_panic_request: Option<String>,
     /// The memory cache every replica shares (inline mode, when the plan has one).
     memory: Option<Arc<gati_cache::memory::MemoryCache>>,
+    /// Checks the memory's hits sampled to complete (`complete_on_hit_fraction` above 0).
+    memory_auditor: Option<MemoryAuditor>,
     /// Where the model and the inline caches run.
     device: tch::Device,
     metrics: Metrics,
@@ -167,6 +170,12 @@ impl BaseWorker {
         if let Some(mem) = &memory {
             registry.register(Box::new(crate::metrics::MemoryCollector::new(mem.clone())?))?;
         }
+        let memory_auditor = match &memory {
+            Some(mem) if cluster.complete_on_hit_fraction > 0.0 => {
+                Some(MemoryAuditor::start(&plan, mem.clone(), None)?)
+            }
+            _ => None,
+        };
         let input_shape = pool[0].ee.model.spec().input_shape;
         let stage_names = pool[0].ee.model.stages().iter().map(|s| s.name.clone()).collect();
         let c = |name: &str, help: &str, labels: &[&str]| {
@@ -255,6 +264,7 @@ impl BaseWorker {
             cancelled: Mutex::new(HashMap::new()),
             fault_panic_request: cluster.fault_panic_request.clone(),
             memory,
+            memory_auditor,
             metrics,
         })
     }
@@ -368,6 +378,7 @@ impl BaseWorker {
             worker: self,
             reqs,
             acts: (0..reqs.len()).map(|_| Vec::new()).collect(),
+            memory_acts: (0..reqs.len()).map(|_| None).collect(),
             deadlines,
             expired: vec![false; reqs.len()],
         };
@@ -510,6 +521,9 @@ struct Serving<'a> {
     reqs: &'a [&'a BaseRequest],
     /// Per request: its activations at the sampled stages.
     acts: Vec<Vec<Tensor>>,
+    /// Per request sampled to complete: its activation at the memory's stage, for an audit if
+    /// the memory answers it.
+    memory_acts: Vec<Option<Tensor>>,
     /// Per request: when it must be answered by, and whether it was stopped for passing that.
     deadlines: Vec<Option<Instant>>,
     expired: Vec<bool>,
@@ -546,6 +560,13 @@ impl Hooks for Serving<'_> {
             .with_label_values(&[w.stage_names[k].as_str()])
             .observe(took.as_secs_f64());
         w.metrics.stages_run.inc();
+        if w.memory_auditor.is_some() && w.memory.as_ref().is_some_and(|m| m.spec.stage == k) {
+            for (i, &r) in rows.iter().enumerate() {
+                if self.reqs[r].complete_on_hit {
+                    self.memory_acts[r] = Some(h.narrow(0, i as i64, 1));
+                }
+            }
+        }
         let sampled = w.samples.is_some() && w.sample_stages.contains(&k);
         let link = w.links.get(&(k as i32));
         if !sampled && link.is_none() {
@@ -572,9 +593,14 @@ impl Hooks for Serving<'_> {
         }
     }
 
-    fn run_on_after_hit(&mut self, sample: usize) -> bool {
-        // A hit sampled to complete is answered now all the same: the trainer runs the rest of
-        // the model on its own cores.
+    fn run_on_after_hit(&mut self, sample: usize, hit: &Hit) -> bool {
+        // A hit sampled to complete is answered now all the same: the trainer (a learned
+        // cache's hit) or the memory's auditor runs the rest of the model on its own cores.
+        if let (None, Some(auditor), Some(act)) =
+            (hit.cache, &self.worker.memory_auditor, self.memory_acts[sample].take())
+        {
+            auditor.audit(&act, hit.stage + 1, hit.class, hit.confidence);
+        }
         if self.reqs[sample].complete_on_hit {
             self.worker.collect(std::mem::take(&mut self.acts[sample]), None, true);
         }

@@ -204,7 +204,7 @@ impl CacheWorker {
             | (Some(Pending::Answer(probs)), Pending::Hit { class, confidence }) => {
                 drop(waiting);
                 let wrong = gati_cache::outcomes::top1(&probs).0 != class;
-                crate::front_memory::tell_guard(mem, confidence, wrong, self.budget);
+                crate::memory_audit::tell_guard(mem, confidence, wrong, self.budget);
             }
             (_, half) => {
                 waiting.put(id, half);

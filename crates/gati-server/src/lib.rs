@@ -19,6 +19,7 @@ pub mod front_memory;
 pub mod frontend;
 pub mod learning;
 pub mod logs;
+pub mod memory_audit;
 pub mod metrics;
 pub mod net;
 pub mod resources;
