@@ -7,6 +7,7 @@
 # the candidates trained under TAG=T instead of training again (e.g. CANDIDATES_TAG= for a margin).
 #
 #   scripts/bench-iid-models.sh resnet20 resnet20-jpeg resnet32 resnet32-jpeg resnet44 resnet44-jpeg
+#   scripts/bench-iid-models.sh resnet20-jpeg-exits resnet56-jpeg-exits   (bases trained with early exits)
 #   PLAN_FLAGS="--augment false" TAG=-no-augment scripts/bench-iid-models.sh resnet56-jpeg
 #   PLAN_FLAGS="--margin-sigmas 1" TAG=-z1 CANDIDATES_TAG= scripts/bench-iid-models.sh resnet56-jpeg
 #   python3 scripts/iid_table.py --models reports/iid-models   # one line per model

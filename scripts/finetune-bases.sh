@@ -4,6 +4,7 @@
 # Long (about 10 min an epoch for ResNet-56 on 2 cores); never run in CI.
 #   scripts/finetune-bases.sh [MODEL ...]     (default: resnet56 resnet20 resnet32 resnet44)
 #   EPOCHS=3 SEED=0 scripts/finetune-bases.sh resnet20
+#   EXIT_WEIGHT=1 scripts/finetune-bases.sh resnet20   (trained with early exits: models/resnet20-jpeg-exits)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,6 +16,8 @@ SHARED="${GATI_SHARED:-$ROOT/../shared}"
 WORK="${WORK:-$ROOT/reports/finetune}"
 EPOCHS="${EPOCHS:-3}"
 SEED="${SEED:-0}"
+EXIT_WEIGHT="${EXIT_WEIGHT:-0}"
+SUFFIX=""; [ "$EXIT_WEIGHT" = 0 ] || SUFFIX="-exits"
 mkdir -p "$WORK"
 for split in train test; do
   [ -f "$WORK/cifar10-$split.safetensors" ] || "$GATI" export-data --model resnet20 --split "$split" --out "$WORK/cifar10-$split.safetensors"
@@ -26,14 +29,16 @@ MODELS=("$@")
 [ ${#MODELS[@]} -gt 0 ] || MODELS=(resnet56 resnet20 resnet32 resnet44)
 for m in "${MODELS[@]}"; do
   ckpt="$(ls "$SHARED"/weights/resnet-cifar10/"$m"-*.th | head -1)"
-  out="$ROOT/models/$m-jpeg"
+  out="$ROOT/models/$m-jpeg$SUFFIX"
   mkdir -p "$out"
   echo "fine-tuning $m ($EPOCHS epochs, seed $SEED) -> $out" >&2
   (cd scripts/py && "$PY" finetune_base.py --checkpoint "$ckpt" \
      --train "$WORK/cifar10-train.safetensors" --test "$WORK/cifar10-test.safetensors" \
-     --out "$out/weights.safetensors" --epochs "$EPOCHS" --seed "$SEED") > "$WORK/$m.json" 2> "$WORK/$m.log"
-  (cd scripts/py && "$PY" cifar_resnet.py top1 "$out/weights.safetensors" "$WORK/cifar10-test-2000.safetensors") > "$WORK/$m-2000.json"
-  "$PY" - "$WORK/$m.json" "$out/finetune.json" "$(git rev-parse HEAD)" "EPOCHS=$EPOCHS SEED=$SEED scripts/finetune-bases.sh $m" "$WORK/$m-2000.json" <<'PYEOF'
+     --out "$out/weights.safetensors" --epochs "$EPOCHS" --seed "$SEED" --exit-weight "$EXIT_WEIGHT") \
+     > "$WORK/$m$SUFFIX.json" 2> "$WORK/$m$SUFFIX.log"
+  (cd scripts/py && "$PY" cifar_resnet.py top1 "$out/weights.safetensors" "$WORK/cifar10-test-2000.safetensors") > "$WORK/$m$SUFFIX-2000.json"
+  "$PY" - "$WORK/$m$SUFFIX.json" "$out/finetune.json" "$(git rev-parse HEAD)" \
+    "EPOCHS=$EPOCHS SEED=$SEED EXIT_WEIGHT=$EXIT_WEIGHT scripts/finetune-bases.sh $m" "$WORK/$m$SUFFIX-2000.json" <<'PYEOF'
 import json, os, sys
 r = json.load(open(sys.argv[1]))
 r["commit"], r["command"] = sys.argv[3], sys.argv[4]

@@ -11,6 +11,12 @@ class); the rest stay unseen, for calibrating caches on data the base model neve
 Plain SGD with momentum, cosine learning rate, random crop (4-pixel zero padding) and horizontal
 flip. Writes the weights in the key layout gati loads and prints one JSON object (top-1 before and
 after, the settings, seconds) on stdout.
+
+--exit-weight W > 0 trains the base *with early exits* (as Shallow-Deep Networks do): a throw-away
+head of gati's conv-pool shape (1x1 conv to 32 channels, BN, ReLU, 4x4 average pool, linear) after
+every residual block but the last, each adding W / (number of heads) times its cross-entropy to the
+loss. Only the base's weights are saved: gati trains its own caches on the result, as on any base;
+the heads only teach the early blocks features a small head can read.
 """
 import argparse
 import hashlib
@@ -58,6 +64,37 @@ def top1(model, pixels, labels, batch=500):
     return correct / len(labels)
 
 
+class ExitHeads(torch.nn.Module):
+    """One conv-pool head after each residual block but the last."""
+
+    def __init__(self, model, classes=10):
+        super().__init__()
+        self.blocks = [b for layer in (model.layer1, model.layer2, model.layer3) for b in layer]
+        widths = [b.bn2.num_features for b in self.blocks][:-1]
+        self.heads = torch.nn.ModuleList(
+            torch.nn.Sequential(
+                torch.nn.Conv2d(c, 32, 1, bias=False),
+                torch.nn.BatchNorm2d(32),
+                torch.nn.ReLU(),
+                torch.nn.AdaptiveAvgPool2d(4),
+                torch.nn.Flatten(),
+                torch.nn.Linear(512, classes),
+            )
+            for c in widths
+        )
+
+    def forward(self, model, x):
+        """The base's logits and every head's, in block order."""
+        out = F.relu(model.bn1(model.conv1(x)))
+        exits = []
+        for i, block in enumerate(self.blocks):
+            out = block(out)
+            if i < len(self.heads):
+                exits.append(self.heads[i](out))
+        out = F.avg_pool2d(out, out.size()[3]).view(out.size(0), -1)
+        return model.linear(out), exits
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -79,6 +116,8 @@ def main():
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    p.add_argument("--exit-weight", type=float, default=0.0,
+                   help="total weight of the early-exit heads' losses (0: plain fine-tuning)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -94,7 +133,9 @@ def main():
     model = load(a.checkpoint)
     before = top1(model, tx, ty)
     print(f"top-1 before: {before:.4f}", file=sys.stderr)
-    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True)
+    exits = ExitHeads(model).train() if a.exit_weight > 0 else None
+    params = list(model.parameters()) + (list(exits.parameters()) if exits else [])
+    opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(y) / a.batch)
     total = steps_per_epoch * a.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
@@ -106,8 +147,13 @@ def main():
         loss_sum = 0.0
         for step in range(steps_per_epoch):
             idx = order[step * a.batch : (step + 1) * a.batch]
-            logits = model(normalise(augment(x[idx], gen)))
-            loss = F.cross_entropy(logits, y[idx])
+            inputs = normalise(augment(x[idx], gen))
+            if exits is None:
+                loss = F.cross_entropy(model(inputs), y[idx])
+            else:
+                logits, early = exits(model, inputs)
+                loss = F.cross_entropy(logits, y[idx]) + a.exit_weight / len(early) * sum(
+                    F.cross_entropy(e, y[idx]) for e in early)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -132,6 +178,7 @@ def main():
         "lr": a.lr,
         "weight_decay": a.weight_decay,
         "seed": a.seed,
+        "exit_weight": a.exit_weight,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "top1_before": before,

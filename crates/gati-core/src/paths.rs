@@ -101,10 +101,10 @@ pub fn lfw_dir() -> Result<PathBuf> {
     )
 }
 
-/// The committed weights of a base model fine-tuned by the project (`resnetNN-jpeg`).
+/// The committed weights of a base model fine-tuned by the project (`resnetNN-jpeg`,
+/// `resnetNN-jpeg-exits`).
 pub fn fine_tuned_weights(model: &str) -> Option<PathBuf> {
-    model
-        .ends_with("-jpeg")
+    (model.ends_with("-jpeg") || model.ends_with("-jpeg-exits"))
         .then(|| project_root().join("models").join(model).join("weights.safetensors"))
 }
 

@@ -1,4 +1,4 @@
-//! The committed fine-tuned bases (`models/resnetNN-jpeg/`, scripts/finetune-bases.sh) load by
+//! The committed fine-tuned bases (`models/resnetNN-jpeg[-exits]/`, scripts/finetune-bases.sh) load by
 //! model name and score on the test JPEGs what their provenance records, clearly above the
 //! as-shipped checkpoints.
 
@@ -8,10 +8,17 @@ use gati_core::{eval, paths, BaseModel};
 
 /// The fine-tuned models whose weights are committed.
 fn committed() -> Vec<&'static str> {
-    ["resnet20-jpeg", "resnet32-jpeg", "resnet44-jpeg", "resnet56-jpeg"]
-        .into_iter()
-        .filter(|m| paths::fine_tuned_weights(m).is_some_and(|w| w.is_file()))
-        .collect()
+    [
+        "resnet20-jpeg",
+        "resnet32-jpeg",
+        "resnet44-jpeg",
+        "resnet56-jpeg",
+        "resnet20-jpeg-exits",
+        "resnet56-jpeg-exits",
+    ]
+    .into_iter()
+    .filter(|m| paths::fine_tuned_weights(m).is_some_and(|w| w.is_file()))
+    .collect()
 }
 
 #[test]
@@ -27,7 +34,7 @@ fn fine_tuned_bases_match_their_recorded_accuracy() {
         let weights = paths::resolve_weights(name, None).unwrap();
         let model = BaseModel::load(name, &weights, tch::Device::Cpu).unwrap();
         let got = eval::top1(&eval::predict(&model, &images, 250), &images.labels);
-        let shipped = name.trim_end_matches("-jpeg");
+        let shipped = name.split("-jpeg").next().expect("a name");
         let before = eval::top1(
             &eval::predict(&common::pretrained(shipped), &images, 250),
             &images.labels,

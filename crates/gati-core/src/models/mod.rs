@@ -101,7 +101,8 @@ pub struct BaseModel {
 }
 
 /// Every model name `BaseModel::new` accepts. `resnetNN-jpeg` is `resnetNN` fine-tuned on the JPEG
-/// training split it serves (`scripts/finetune-bases.sh`; weights committed under `models/`).
+/// training split it serves, `resnetNN-jpeg-exits` the same trained with early-exit heads
+/// (`scripts/finetune-bases.sh`; weights committed under `models/`).
 pub const MODEL_NAMES: &[&str] = &[
     "resnet20",
     "resnet32",
@@ -111,6 +112,8 @@ pub const MODEL_NAMES: &[&str] = &[
     "resnet32-jpeg",
     "resnet44-jpeg",
     "resnet56-jpeg",
+    "resnet20-jpeg-exits",
+    "resnet56-jpeg-exits",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -123,8 +126,16 @@ impl BaseModel {
     pub fn new(name: &str, device: Device) -> Result<Self> {
         let vs = nn::VarStore::new(device);
         let (spec, stages) = match name {
-            "resnet20" | "resnet32" | "resnet44" | "resnet56" | "resnet20-jpeg" | "resnet32-jpeg" | "resnet44-jpeg"
-            | "resnet56-jpeg" => {
+            "resnet20"
+            | "resnet32"
+            | "resnet44"
+            | "resnet56"
+            | "resnet20-jpeg"
+            | "resnet32-jpeg"
+            | "resnet44-jpeg"
+            | "resnet56-jpeg"
+            | "resnet20-jpeg-exits"
+            | "resnet56-jpeg-exits" => {
                 let depth: usize = name[6..8].parse().expect("digits");
                 cifar_resnet::build(&vs.root(), name, (depth - 2) / 6, 10)
             }
