@@ -4,7 +4,7 @@
 # Long (about 10 min an epoch for ResNet-56 on 2 cores); never run in CI.
 #   scripts/finetune-bases.sh [MODEL ...]     (default: resnet56 resnet20 resnet32 resnet44)
 #   EPOCHS=3 SEED=0 scripts/finetune-bases.sh resnet20
-#   EXIT_WEIGHT=1 scripts/finetune-bases.sh resnet20   (trained with early exits: models/resnet20-jpeg-exits)
+#   EXIT_WEIGHT=8 scripts/finetune-bases.sh resnet20   (trained with early exits, as committed: models/resnet20-jpeg-exits)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
