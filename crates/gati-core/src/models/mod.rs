@@ -121,30 +121,24 @@ pub const MODEL_NAMES: &[&str] = &[
     "face-lfw62",
 ];
 
+/// The depth of a CIFAR ResNet's name (`resnet56`, `resnet56-jpeg`, ...): 20, 32, 44 or 56.
+fn cifar_depth(name: &str) -> Option<usize> {
+    let depth = name.strip_prefix("resnet")?.split('-').next()?.parse().ok()?;
+    [20, 32, 44, 56].contains(&depth).then_some(depth)
+}
+
 impl BaseModel {
     /// Builds `name` with freshly initialised parameters on `device`.
     pub fn new(name: &str, device: Device) -> Result<Self> {
         let vs = nn::VarStore::new(device);
-        let (spec, stages) = match name {
-            "resnet20"
-            | "resnet32"
-            | "resnet44"
-            | "resnet56"
-            | "resnet20-jpeg"
-            | "resnet32-jpeg"
-            | "resnet44-jpeg"
-            | "resnet56-jpeg"
-            | "resnet20-jpeg-exits"
-            | "resnet56-jpeg-exits" => {
-                let depth: usize = name[6..8].parse().expect("digits");
-                cifar_resnet::build(&vs.root(), name, (depth - 2) / 6, 10)
-            }
-            "resnet18" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R18, 1000),
-            "resnet34" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R34, 1000),
-            "resnet50" => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R50, 1000),
-            "face-resnet" => face_resnet::build(&vs.root(), name, None),
-            "face-lfw62" => face_resnet::build(&vs.root(), name, Some(face_resnet::LFW62_CLASSES)),
-            other => bail!("unknown model '{other}' (known: {})", MODEL_NAMES.join(", ")),
+        let (spec, stages) = match (name, cifar_depth(name).filter(|_| MODEL_NAMES.contains(&name))) {
+            (_, Some(depth)) => cifar_resnet::build(&vs.root(), name, (depth - 2) / 6, 10),
+            ("resnet18", _) => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R18, 1000),
+            ("resnet34", _) => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R34, 1000),
+            ("resnet50", _) => imagenet_resnet::build(&vs.root(), name, imagenet_resnet::Depth::R50, 1000),
+            ("face-resnet", _) => face_resnet::build(&vs.root(), name, None),
+            ("face-lfw62", _) => face_resnet::build(&vs.root(), name, Some(face_resnet::LFW62_CLASSES)),
+            (other, _) => bail!("unknown model '{other}' (known: {})", MODEL_NAMES.join(", ")),
         };
         let mut model = Self {
             spec,
