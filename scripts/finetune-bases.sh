@@ -5,6 +5,7 @@
 #   scripts/finetune-bases.sh [MODEL ...]     (default: resnet56 resnet20 resnet32 resnet44)
 #   EPOCHS=3 SEED=0 scripts/finetune-bases.sh resnet20
 #   EXIT_WEIGHT=8 scripts/finetune-bases.sh resnet20   (trained with early exits, as committed: models/resnet20-jpeg-exits)
+#   EXIT_WEIGHT=8 EXIT_TARGET=final scripts/finetune-bases.sh resnet20   (exits distilled from the final layer: -jpeg-exits-distilled)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,7 +18,9 @@ WORK="${WORK:-$ROOT/reports/finetune}"
 EPOCHS="${EPOCHS:-3}"
 SEED="${SEED:-0}"
 EXIT_WEIGHT="${EXIT_WEIGHT:-0}"
+EXIT_TARGET="${EXIT_TARGET:-labels}"
 SUFFIX=""; [ "$EXIT_WEIGHT" = 0 ] || SUFFIX="-exits"
+[ "$EXIT_TARGET" = labels ] || SUFFIX="$SUFFIX-distilled"
 mkdir -p "$WORK"
 for split in train test; do
   [ -f "$WORK/cifar10-$split.safetensors" ] || "$GATI" export-data --model resnet20 --split "$split" --out "$WORK/cifar10-$split.safetensors"
@@ -34,11 +37,11 @@ for m in "${MODELS[@]}"; do
   echo "fine-tuning $m ($EPOCHS epochs, seed $SEED) -> $out" >&2
   (cd scripts/py && "$PY" finetune_base.py --checkpoint "$ckpt" \
      --train "$WORK/cifar10-train.safetensors" --test "$WORK/cifar10-test.safetensors" \
-     --out "$out/weights.safetensors" --epochs "$EPOCHS" --seed "$SEED" --exit-weight "$EXIT_WEIGHT") \
+     --out "$out/weights.safetensors" --epochs "$EPOCHS" --seed "$SEED" --exit-weight "$EXIT_WEIGHT" --exit-target "$EXIT_TARGET") \
      > "$WORK/$m$SUFFIX.json" 2> "$WORK/$m$SUFFIX.log"
   (cd scripts/py && "$PY" cifar_resnet.py top1 "$out/weights.safetensors" "$WORK/cifar10-test-2000.safetensors") > "$WORK/$m$SUFFIX-2000.json"
   "$PY" - "$WORK/$m$SUFFIX.json" "$out/finetune.json" "$(git rev-parse HEAD)" \
-    "EPOCHS=$EPOCHS SEED=$SEED EXIT_WEIGHT=$EXIT_WEIGHT scripts/finetune-bases.sh $m" "$WORK/$m$SUFFIX-2000.json" <<'PYEOF'
+    "EPOCHS=$EPOCHS SEED=$SEED EXIT_WEIGHT=$EXIT_WEIGHT EXIT_TARGET=$EXIT_TARGET scripts/finetune-bases.sh $m" "$WORK/$m$SUFFIX-2000.json" <<'PYEOF'
 import json, os, sys
 r = json.load(open(sys.argv[1]))
 r["commit"], r["command"] = sys.argv[3], sys.argv[4]

@@ -17,6 +17,10 @@ head of gati's conv-pool shape (1x1 conv to 32 channels, BN, ReLU, 4x4 average p
 every residual block but the last, each adding W / (number of heads) times its cross-entropy to the
 loss. Only the base's weights are saved: gati trains its own caches on the result, as on any base;
 the heads only teach the early blocks features a small head can read.
+
+--exit-target final (with --exit-weight) trains those heads toward the final layer's own
+probabilities (detached, self-distillation as in "Be Your Own Teacher") instead of the labels:
+gati's caches are judged by agreement with the base model, not by the labels.
 """
 import argparse
 import hashlib
@@ -118,6 +122,8 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--exit-weight", type=float, default=0.0,
                    help="total weight of the early-exit heads' losses (0: plain fine-tuning)")
+    p.add_argument("--exit-target", choices=["labels", "final"], default="labels",
+                   help="what the early-exit heads learn: the labels, or the final layer's probabilities")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -152,8 +158,9 @@ def main():
                 loss = F.cross_entropy(model(inputs), y[idx])
             else:
                 logits, early = exits(model, inputs)
+                target = y[idx] if a.exit_target == "labels" else F.softmax(logits.detach(), dim=1)
                 loss = F.cross_entropy(logits, y[idx]) + a.exit_weight / len(early) * sum(
-                    F.cross_entropy(e, y[idx]) for e in early)
+                    F.cross_entropy(e, target) for e in early)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -179,6 +186,7 @@ def main():
         "weight_decay": a.weight_decay,
         "seed": a.seed,
         "exit_weight": a.exit_weight,
+        "exit_target": a.exit_target,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "top1_before": before,
