@@ -13,7 +13,7 @@
 use crate::ivf::Ivf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -138,9 +138,10 @@ pub fn capacity(max_bytes: u64, dims: i64, classes: i64, index: MemoryIndex) -> 
     (n, true)
 }
 
-/// Bytes one entry takes: its key, its answer's softmax row, class, confidence and recency.
+/// Bytes one entry takes: its key, its answer's softmax row, class, confidence and recency (its
+/// last use, and its place in the store's recency order: 16 bytes and about as much B-tree).
 pub fn entry_bytes(dims: i64, classes: i64) -> u64 {
-    (4 * dims + 4 * classes + 24) as u64
+    (4 * dims + 4 * classes + 56) as u64
 }
 
 /// The pooling grid for an activation of `channels` x `height`: 4x4, 2x2 or 1x1.
@@ -194,6 +195,9 @@ pub struct MemoryStore {
     ivf: Option<Ivf>,
     wants_ivf: bool,
     entries: Vec<Option<Entry>>,
+    /// (last use, slot) of every live entry, oldest first: eviction takes the first in O(log n)
+    /// rather than scanning every slot under the store's lock.
+    recency: BTreeSet<(u64, usize)>,
     /// Live entries; they fill slots from the front (entries leave only all at once, on clear).
     live: usize,
     tick: u64,
@@ -209,6 +213,7 @@ impl MemoryStore {
             ivf: None,
             wants_ivf: ivf,
             entries: vec![None; capacity],
+            recency: BTreeSet::new(),
             live: 0,
             tick: 0,
             dims,
@@ -241,6 +246,7 @@ impl MemoryStore {
     pub fn clear(&mut self) {
         let _ = self.keys.zero_();
         self.entries.iter_mut().for_each(|e| *e = None);
+        self.recency.clear();
         self.live = 0;
         self.ivf = None;
     }
@@ -323,7 +329,9 @@ impl MemoryStore {
     /// Marks an entry as used now.
     fn touch(&mut self, slot: usize) {
         if let Some(e) = self.entries[slot].as_mut() {
+            self.recency.remove(&(e.last_used, slot));
             e.last_used = self.tick;
+            self.recency.insert((e.last_used, slot));
         }
     }
 
@@ -339,9 +347,7 @@ impl MemoryStore {
             self.live += 1;
             (self.live - 1, false)
         } else {
-            let oldest = (0..self.entries.len())
-                .min_by_key(|&s| self.entries[s].as_ref().map_or(0, |e| e.last_used))
-                .expect("capacity > 0");
+            let (_, oldest) = self.recency.pop_first().expect("a full store has live entries");
             (oldest, true)
         };
         self.set_key(slot, key);
@@ -351,6 +357,7 @@ impl MemoryStore {
             probs,
             last_used: self.tick,
         });
+        self.recency.insert((self.tick, slot));
         if self.wants_ivf && self.ivf.is_none() && self.live == self.ivf_train_keys() {
             let stored = self.keys.narrow(0, 0, self.live as i64);
             let mut ivf = Ivf::train(&stored, self.capacity());
