@@ -16,6 +16,7 @@ pub mod plan;
 pub mod planner;
 pub mod runtime;
 pub mod split;
+pub mod student;
 pub mod train;
 pub mod versions;
 

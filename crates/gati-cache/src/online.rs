@@ -475,7 +475,7 @@ impl Learner {
         copy_params(&named(&vs), &self.ee.cache_params(c));
         let x_train = stack(&train, |e| &e.act);
         let z_train = stack(&train, |e| &e.logits);
-        let lr = self.cfg.lr * lr_scale(head.fan_in(), &x_train);
+        let lr = self.cfg.lr * head.lr_factor() * lr_scale(head.fan_in(), &x_train);
         let mut opt = sgd(&vs, lr, 0.9, 5e-4);
         let n = train.len() as i64;
         for _ in 0..self.cfg.steps {

@@ -5,6 +5,7 @@ use crate::candidates::{CandidateMeta, Candidates, HeadMeta};
 use crate::heads::HeadBank;
 use crate::heads::Variant;
 use crate::outcomes::Outcomes;
+use crate::student;
 use crate::train::{self, TrainConfig};
 use anyhow::Result;
 use gati_core::{data::Dataset, BaseModel};
@@ -23,6 +24,8 @@ pub struct Inputs<'a> {
     /// it such as `split::camera_frames_rule()`): outcomes recorded under another rule are
     /// recorded again.
     pub outcomes_rule: &'a str,
+    /// The smaller base `student` heads start from (`config.student_init` names it).
+    pub student_init: Option<&'a BaseModel>,
 }
 
 /// Loads the candidates in `dir` if they were trained the same way, else trains and saves them.
@@ -59,6 +62,11 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
     // so without this, two trainings with the same seed differed.
     tch::manual_seed(inp.config.seed as i64);
     let mut bank = HeadBank::new(inp.model, inp.stages, inp.variants)?;
+    if let Some(small) = inp.student_init {
+        let first: Vec<usize> = (0..student::ADAPTER_FIT_IMAGES.min(inp.train.len())).collect();
+        let n = student::initialise(&mut bank, inp.model, small, &inp.train.pixels(&first))?;
+        eprintln!("{n} student heads start from {}", small.spec().name);
+    }
     eprintln!(
         "training {} cache heads ({} layers x {} variants) on {} images",
         bank.heads.len(),

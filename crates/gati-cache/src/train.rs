@@ -32,6 +32,9 @@ pub struct TrainConfig {
     /// The last N images of the training split were held out of training (for calibration).
     #[serde(default)]
     pub holdout: usize,
+    /// The smaller base `student` heads started from (e.g. `resnet20-jpeg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_init: Option<String>,
 }
 
 fn default_train_split() -> String {
@@ -53,6 +56,7 @@ impl Default for TrainConfig {
             train_split: default_train_split(),
             augment: false,
             holdout: 0,
+            student_init: None,
         }
     }
 }
@@ -214,7 +218,7 @@ fn first_batch_lr_scales(
     let acts = tch::no_grad(|| model.forward_collect(&model.preprocess(&train.pixels(chunk)), stages).1);
     bank.heads
         .iter()
-        .map(|h| lr_scale(h.head.fan_in(), &acts[stages.binary_search(&h.stage).expect("stage")]))
+        .map(|h| h.head.lr_factor() * lr_scale(h.head.fan_in(), &acts[stages.binary_search(&h.stage).expect("stage")]))
         .collect()
 }
 

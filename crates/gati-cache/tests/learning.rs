@@ -105,6 +105,7 @@ fn train_at(
             variants,
             config: &config,
             outcomes_rule: gati_cache::split::SPLIT_RULE,
+            student_init: None,
         };
         let (c, trained) = pipeline::prepare(&inputs, dir, false).unwrap();
         // Trained exactly once; later callers get the saved candidates back unchanged.
@@ -350,6 +351,7 @@ fn training_is_reproducible_for_a_seed() {
             variants: &[Variant::ConvPool, Variant::Gap],
             config: &config,
             outcomes_rule: gati_cache::split::SPLIT_RULE,
+            student_init: None,
         };
         // Something else draws from libtorch's generator first, as another test would.
         let _ = Tensor::rand([7], (Kind::Float, tch::Device::Cpu));
@@ -543,4 +545,61 @@ fn online_caches_answer_a_shifting_working_set_more_often_within_budget() {
     );
     assert!(o_hit >= 1.2 * s_hit, "online {o_hit:.3} vs static {s_hit:.3}");
     assert!(o_loss <= budget + 0.005, "online loss {o_loss:.4} (static {s_loss:.4})");
+}
+
+fn fine_tuned(name: &str) -> BaseModel {
+    BaseModel::load(name, &paths::resolve_weights(name, None).unwrap(), tch::Device::Cpu).unwrap()
+}
+
+/// Share of `x`'s rows on which the student at `bank`'s first head gives `model`'s answer.
+fn student_agreement(bank: &HeadBank, model: &BaseModel, x: &Tensor) -> f64 {
+    let _g = tch::no_grad_guard();
+    let h = &bank.heads[0];
+    let (z, acts) = model.forward_collect(x, &[h.stage]);
+    let student = h.head.forward_t(&acts[0], false).argmax(-1, false);
+    student
+        .eq_tensor(&z.argmax(-1, false))
+        .to_kind(Kind::Float)
+        .mean(Kind::Float)
+        .double_value(&[])
+}
+
+/// A student at ResNet-56's stem, started from ResNet-20 (both fit to the data), answers as
+/// ResNet-56 does on most images before any distillation: its blocks are ResNet-20's and its
+/// adapter reproduces ResNet-20's stem from ResNet-56's. A fresh one does not; a student is built
+/// at the stem only, and a base of another depth is refused by name.
+#[test]
+fn a_student_starts_from_the_smaller_base() {
+    let _guard = training_lock();
+    gati_core::set_threads(1);
+    let model = fine_tuned("resnet56-jpeg");
+    let small = fine_tuned("resnet20-jpeg");
+    let train = data::load(
+        &cifar(),
+        "train",
+        Some(gati_cache::student::ADAPTER_FIT_IMAGES),
+        (32, 32),
+    )
+    .unwrap();
+    let test = data::load(&cifar(), "test", Some(300), (32, 32)).unwrap();
+    let x = model.preprocess(&test.pixels(&(0..test.len()).collect::<Vec<_>>()));
+    let pixels = train.pixels(&(0..train.len()).collect::<Vec<_>>());
+
+    let stem = model.stage_index("stem").unwrap();
+    let mut bank = HeadBank::new(&model, &[stem], &[Variant::Student]).unwrap();
+    let fresh = student_agreement(&bank, &model, &x);
+    assert_eq!(
+        gati_cache::student::initialise(&mut bank, &model, &small, &pixels).unwrap(),
+        1
+    );
+    let started = student_agreement(&bank, &model, &x);
+    eprintln!("student agreement with resnet56-jpeg: fresh {fresh:.3}, started from resnet20-jpeg {started:.3}");
+    assert!(started >= 0.8, "started {started:.3}");
+    assert!(fresh <= 0.4, "fresh {fresh:.3}");
+
+    let deeper = model.stage_index("layer2.0").unwrap();
+    let other = HeadBank::new(&model, &[deeper], &[Variant::Student]).unwrap();
+    assert!(other.heads.is_empty(), "a student reads the stem only");
+    let err = gati_cache::student::initialise(&mut bank, &model, &fine_tuned("resnet32-jpeg"), &pixels).unwrap_err();
+    assert!(format!("{err:#}").contains("CIFAR ResNet-20"), "{err:#}");
 }

@@ -70,6 +70,26 @@ fn errors_are_one_line_naming_the_culprit() {
         "/tmp/x.safetensors",
     ]);
     assert!(e.contains("/nonexistent.th does not exist"), "{e}");
+    let plan = ["plan", "--model", "resnet20", "--out", "/tmp/never-written"];
+    let e = one_line_error(&[&plan[..], &["--variants", "conv-pool,student"]].concat());
+    assert!(e.contains("--variants student needs --student-init"), "{e}");
+    let e = one_line_error(
+        &[
+            &plan[..],
+            &[
+                "--variants",
+                "student",
+                "--student-init",
+                "resnet20",
+                "--layers",
+                "layer1.0",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("add stem to --layers"), "{e}");
+    let e = one_line_error(&[&plan[..], &["--variants", "student", "--student-init", "resnet7"]].concat());
+    assert!(e.contains("resnet7"), "{e}");
 }
 
 #[test]

@@ -78,13 +78,18 @@ pub struct Args {
     /// brightness, noise: the door-camera stream's perturbations) instead of the image itself
     #[arg(long)]
     calibrate_on_camera_frames: bool,
-    /// Candidate layers: all, or a comma list of stage names (e.g. layer1.2,layer2.0)
+    /// Candidate layers: all, or a comma list of stage names (e.g. layer1.2,layer2.0); `all` is
+    /// every residual block, and the stem too where --variants has student
     #[arg(long, default_value = "all")]
     layers: String,
     /// Cache variants to train: all, or a comma list of fc,pool,conv,gap,conv-pool,conv3-pool,
-    /// conv3-mix,branch
+    /// conv3-mix,branch,student (`all`: every one but student)
     #[arg(long, default_value = "all")]
     variants: String,
+    /// The smaller base that `student` caches start from: a CIFAR ResNet-20 trained on the same
+    /// data (e.g. resnet20-jpeg for resnet56-jpeg); its weights are found as --model's are
+    #[arg(long)]
+    student_init: Option<String>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Base learning rate (each head's is scaled down by its input size; see docs/architecture.md)
@@ -163,7 +168,26 @@ pub fn run(a: Args) -> Result<()> {
         a.train_threads
     });
     let (model, weights_path, dir) = a.md.load()?;
-    let stages = candidate_stages(&model, &a.layers)?;
+    let mut stages = candidate_stages(&model, &a.layers)?;
+    if variants.contains(&Variant::Student) {
+        match (a.layers.as_str(), stages.first()) {
+            ("all", _) => stages.insert(0, 0),
+            (_, Some(0)) => {}
+            _ => bail!("--variants student: a student reads the stem; add stem to --layers"),
+        }
+    }
+    let student_init = match (&a.student_init, variants.contains(&Variant::Student)) {
+        (Some(name), true) => Some(BaseModel::load(
+            name,
+            &gati_core::paths::resolve_weights(name, None)?,
+            model.device(),
+        )?),
+        (None, true) => bail!(
+            "--variants student needs --student-init: a CIFAR ResNet-20 trained on the same data (e.g. resnet20-jpeg)"
+        ),
+        (Some(_), false) => bail!("--student-init is given but --variants has no student"),
+        (None, false) => None,
+    };
     let sha = weights::sha256_file(&weights_path)?;
     if model.spec().task != gati_core::models::Task::Classification {
         bail!(
@@ -203,6 +227,7 @@ pub fn run(a: Args) -> Result<()> {
         train_split: a.train_split.clone(),
         holdout: a.holdout,
         augment: a.augment,
+        student_init: a.student_init.clone(),
         ..Default::default()
     };
     let cand_dir = a.candidates.clone().unwrap_or_else(|| a.out.join("candidates"));
@@ -216,6 +241,7 @@ pub fn run(a: Args) -> Result<()> {
         variants: &variants,
         config: &config,
         outcomes_rule: &outcomes_rule,
+        student_init: student_init.as_ref(),
     };
     let (cands, trained) = pipeline::prepare(&inputs, &cand_dir, a.retrain)?;
 

@@ -74,6 +74,7 @@ pub fn plan_fixed_costs(
         variants: &[Variant::ConvPool, Variant::Gap],
         config,
         outcomes_rule: gati_cache::split::SPLIT_RULE,
+        student_init: None,
     };
     let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
     let req = plan::PlanRequest {

@@ -61,6 +61,21 @@ pub(super) fn build(p: &nn::Path, name: &str, blocks: usize, classes: i64) -> (M
             bn1: bn(p / "bn1", 16),
         }),
     }];
+    stages.extend(residual_stages(p, blocks, classes));
+    let spec = ModelSpec {
+        name: name.to_string(),
+        input_shape: [3, 32, 32],
+        num_classes: classes,
+        normalization: IMAGENET_NORM,
+        task: Task::Classification,
+    };
+    (spec, stages)
+}
+
+/// Everything after the stem: the BasicBlocks of the three stages and the head, reading the
+/// stem's 16-channel output.
+pub(super) fn residual_stages(p: &nn::Path, blocks: usize, classes: i64) -> Vec<Stage> {
+    let mut stages = Vec::new();
     let mut in_planes = 16;
     for (layer, planes) in [(1usize, 16i64), (2, 32), (3, 64)] {
         for i in 0..blocks {
@@ -86,12 +101,5 @@ pub(super) fn build(p: &nn::Path, name: &str, blocks: usize, classes: i64) -> (M
             linear: nn::linear(p / "linear", 64, classes, Default::default()),
         }),
     });
-    let spec = ModelSpec {
-        name: name.to_string(),
-        input_shape: [3, 32, 32],
-        num_classes: classes,
-        normalization: IMAGENET_NORM,
-        task: Task::Classification,
-    };
-    (spec, stages)
+    stages
 }

@@ -249,6 +249,16 @@ impl std::fmt::Debug for BaseModel {
     }
 }
 
+/// A CIFAR ResNet's residual blocks and head (`blocks` per stage; 3: ResNet-20's) reading a
+/// 16-channel stem output, parameters named as in its checkpoints (`layer1.0.conv1.weight`,
+/// `linear.weight`): the body of a `student` cache.
+pub fn cifar_resnet_body(p: &nn::Path, blocks: usize, classes: i64) -> Vec<Box<dyn Forward>> {
+    cifar_resnet::residual_stages(p, blocks, classes)
+        .into_iter()
+        .map(|s| s.module)
+        .collect()
+}
+
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
