@@ -183,7 +183,9 @@ impl Problem {
             let mut best: Option<(f64, Vec<Choice>)> = None;
             let mut consider = |new_lat: f64, new_wrong: usize, cand: Vec<Choice>| {
                 let saved = cur_lat - new_lat;
-                if new_wrong > allowed || saved <= 1e-9 || !self.memory_ok(&cand) {
+                // Relative: two settings that answer the same samples differ by rounding in these
+                // sums, and an absolute tolerance let the search swap them back and forth.
+                if new_wrong > allowed || saved <= 1e-9 * cur_lat.abs().max(1.0) || !self.memory_ok(&cand) {
                     return;
                 }
                 let score = if per_wrong {
