@@ -157,17 +157,8 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
         .map(|&b| {
             let c = candidates.as_ref().expect("checked above");
             let req = PlanRequest {
-                mode: plan.mode,
-                budget: b,
                 margin_sigmas: 1.0,
-                decision: plan.decision,
-                send_ms: plan.send_ms,
-                transfer_ms: plan.transfer_ms,
-                memory_budget_mb: plan.memory_budget_mb,
-                budget_kind: plan.budget_kind,
-                survivor_rounds: plan.survivor_rounds,
-                calibration_limit: plan.calibration_limit,
-                variants: plan.planned_variants.clone(),
+                ..PlanRequest::like(&plan, b)
             };
             let (mut p, tensors) = make_plan(
                 c,

@@ -2,6 +2,7 @@
 //! training by distillation, the hit decisions calibrated to a fidelity budget, the planner that
 //! picks layers, and the early-exit runtime that serves a plan.
 
+pub mod beside;
 pub mod candidates;
 pub mod decision;
 pub mod evaluate;

@@ -1,6 +1,7 @@
 //! The plan: which caches a deployment runs, written as `PLAN_DIR/plan.json` plus the chosen
 //! caches' weights in `PLAN_DIR/caches.safetensors`.
 
+pub use crate::beside::BesideCosts;
 use crate::candidates::Candidates;
 use crate::decision::{self, BudgetKind, Decision, DecisionKind};
 use crate::heads::Variant;
@@ -25,6 +26,10 @@ pub struct PlannedCache {
     pub decision: Decision,
     /// Fraction of all (held-out) calibration requests this cache answers, with the caches before it in place.
     pub expected_hit_rate: f64,
+    /// It runs on its own thread beside the base model (`PlanRequest::students_beside`); `cost_ms`
+    /// is then its latency there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub beside: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +67,9 @@ pub struct Plan {
     pub threads: i32,
     pub send_ms: f64,
     pub transfer_ms: f64,
+    /// `PlanRequest::students_beside` as planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub students_beside: Option<BesideCosts>,
     pub memory_budget_mb: Option<f64>,
     /// Calibration samples the planner scored on (the half not used to fit the decisions).
     pub calibration_samples: usize,
@@ -136,6 +144,9 @@ pub struct PlanRequest {
     pub calibration_limit: Option<usize>,
     /// Plan with these variants only (ablation); None: every trained variant.
     pub variants: Option<Vec<Variant>>,
+    /// Inline mode: each `student` cache may also run on a second thread beside the base model,
+    /// at these measured costs; the planner takes whichever placement is faster.
+    pub students_beside: Option<BesideCosts>,
 }
 
 impl Default for PlanRequest {
@@ -152,6 +163,27 @@ impl Default for PlanRequest {
             survivor_rounds: 0,
             calibration_limit: None,
             variants: None,
+            students_beside: None,
+        }
+    }
+}
+
+impl PlanRequest {
+    /// The request `plan` was made with, at another budget.
+    pub fn like(plan: &Plan, budget: f64) -> Self {
+        Self {
+            mode: plan.mode,
+            budget,
+            decision: plan.decision,
+            send_ms: plan.send_ms,
+            transfer_ms: plan.transfer_ms,
+            memory_budget_mb: plan.memory_budget_mb,
+            budget_kind: plan.budget_kind,
+            survivor_rounds: plan.survivor_rounds,
+            calibration_limit: plan.calibration_limit,
+            variants: plan.planned_variants.clone(),
+            students_beside: plan.students_beside,
+            ..Self::default()
         }
     }
 }
@@ -214,14 +246,16 @@ fn fitted_ladder(req: &PlanRequest, h: usize, on: [&Outcomes; 3]) -> Vec<Fitted>
 }
 
 /// The planner's problem for a candidate set: every head with its decision ladder, each setting
-/// scored cross-fitted on every calibration sample (the parts from `calibration_parts`).
+/// scored cross-fitted on every calibration sample (the parts from `calibration_parts`). Option
+/// `h` is head `h`; with `students_beside`, each student head has a second option after them,
+/// the same head run beside the base model. Returns the head of each option too.
 pub fn problem(
     c: &Candidates,
     (all, parts): (&Outcomes, &[Outcomes; 2]),
     costs: &[f64],
     stage_ms: &[f64],
     req: &PlanRequest,
-) -> (Problem, Vec<Vec<Fitted>>) {
+) -> (Problem, Vec<Vec<Fitted>>, Vec<usize>) {
     let mut options = Vec::new();
     let mut ladders = Vec::new();
     for (h, entry) in c.bank.heads.iter().enumerate() {
@@ -240,9 +274,23 @@ pub fn problem(
             stage: entry.stage,
             cost_ms: costs[h],
             bytes: 4 * entry.params as u64,
+            beside: false,
             settings,
         });
         ladders.push(ladder);
+    }
+    let mut heads: Vec<usize> = (0..options.len()).collect();
+    let beside = req.students_beside.filter(|_| req.mode == Mode::Inline);
+    for (h, entry) in c.bank.heads.iter().enumerate() {
+        if let (Some(b), Variant::Student) = (beside, entry.variant) {
+            options.push(HeadOption {
+                cost_ms: b.latency_ms,
+                beside: true,
+                ..options[h].clone()
+            });
+            ladders.push(ladders[h].clone());
+            heads.push(h);
+        }
     }
     let problem = Problem {
         samples: parts[0].len() + parts[1].len(),
@@ -251,11 +299,12 @@ pub fn problem(
         mode: req.mode,
         send_ms: req.send_ms,
         transfer_ms: req.transfer_ms,
+        beside_slowdown_ms: beside.map_or(0.0, |b| b.slowdown_ms),
         budget: req.budget,
         margin_sigmas: req.margin_sigmas,
         memory_budget_bytes: req.memory_budget_mb.map(|m| (m * 1048576.0) as u64),
     };
-    (problem, ladders)
+    (problem, ladders, heads)
 }
 
 /// Plans and returns the plan with the chosen caches' tensors (to be written beside it).
@@ -270,13 +319,13 @@ pub fn make_plan(
 ) -> (Plan, Vec<(String, Tensor)>) {
     let t0 = std::time::Instant::now();
     let (all, parts) = calibration_parts(c, req);
-    let (mut problem, mut ladders) = problem(c, (&all, &parts), costs, stage_ms, req);
+    let (mut problem, mut ladders, heads) = problem(c, (&all, &parts), costs, stage_ms, req);
     let mut choices: Vec<Choice> = problem.solve();
     let mut rounds = 0;
     while rounds < req.survivor_rounds && !choices.is_empty() {
         rounds += 1;
         let before = problem.evaluate(&choices).mean_latency_ms;
-        add_survivor_ladders(&mut problem, &mut ladders, &choices, (&all, &parts), req);
+        add_survivor_ladders(&mut problem, &mut ladders, &heads, &choices, (&all, &parts), req);
         let next = problem.solve();
         if problem.evaluate(&next).mean_latency_ms >= before - 1e-9 {
             break;
@@ -290,7 +339,7 @@ pub fn make_plan(
     let ev = problem.evaluate(&choices);
     let chosen: Vec<(usize, &Fitted)> = choices
         .iter()
-        .map(|ch| (ch.option, &ladders[ch.option][ch.setting]))
+        .map(|ch| (heads[ch.option], &ladders[ch.option][ch.setting]))
         .collect();
     let (fidelity_loss, accuracy_loss) = cross_cascade_losses(&parts, &chosen);
     let vars = c.bank.vs.variables();
@@ -299,7 +348,7 @@ pub fn make_plan(
         .iter()
         .zip(&ev.hit_rates)
         .map(|(ch, &hr)| {
-            let e = &c.bank.heads[ch.option];
+            let e = &c.bank.heads[heads[ch.option]];
             for (name, t) in vars.iter().filter(|(k, _)| k.starts_with(&format!("{}.", e.key))) {
                 tensors.push((name.clone(), t.shallow_clone()));
             }
@@ -309,9 +358,10 @@ pub fn make_plan(
                 variant: e.variant,
                 key: e.key.clone(),
                 params: e.params,
-                cost_ms: costs[ch.option],
+                cost_ms: problem.options[ch.option].cost_ms,
                 decision: ladders[ch.option][ch.setting].all.clone(),
                 expected_hit_rate: hr,
+                beside: problem.options[ch.option].beside,
             }
         })
         .collect();
@@ -331,6 +381,7 @@ pub fn make_plan(
         threads,
         send_ms: req.send_ms,
         transfer_ms: req.transfer_ms,
+        students_beside: req.students_beside,
         memory_budget_mb: req.memory_budget_mb,
         calibration_samples: problem.samples,
         expected: Expected {
@@ -361,6 +412,7 @@ pub fn make_plan(
 fn add_survivor_ladders(
     problem: &mut Problem,
     ladders: &mut [Vec<Fitted>],
+    heads: &[usize],
     choices: &[Choice],
     (all, parts): (&Outcomes, &[Outcomes; 2]),
     req: &PlanRequest,
@@ -369,7 +421,7 @@ fn add_survivor_ladders(
     let mut alive_all = every(all);
     let mut alive = [every(&parts[0]), every(&parts[1])];
     for ch in choices {
-        let h = ch.option;
+        let (o, h) = (ch.option, heads[ch.option]);
         if alive.iter().any(|a| a.len() < 2 * all.classes) {
             break;
         }
@@ -379,14 +431,14 @@ fn add_survivor_ladders(
             all.subset(&alive_all),
         ];
         for f in fitted_ladder(req, h, [&survivors[0], &survivors[1], &survivors[2]]) {
-            if !ladders[h].contains(&f) {
-                problem.options[h]
+            if !ladders[o].contains(&f) {
+                problem.options[o]
                     .settings
                     .push(cross_score(&f, parts, h, req.budget_kind));
-                ladders[h].push(f);
+                ladders[o].push(f);
             }
         }
-        let f = &ladders[h][ch.setting];
+        let f = &ladders[o][ch.setting];
         alive_all.retain(|&i| f.all.hit(all.row(h, i)).is_none());
         for (s, a) in alive.iter_mut().enumerate() {
             a.retain(|&i| f.parts[s].hit(parts[s].row(h, i)).is_none());

@@ -44,6 +44,9 @@ pub struct HeadOption {
     pub stage: usize,
     pub cost_ms: f64,
     pub bytes: u64,
+    /// Inline mode: the cache runs on its own thread beside the base model (`beside::Beside`);
+    /// `cost_ms` is its latency there, from hand-off to a usable answer.
+    pub beside: bool,
     /// `settings[j][i]`: outcome of sample `i` under setting `j`.
     pub settings: Vec<Vec<Outcome>>,
 }
@@ -59,6 +62,9 @@ pub struct Problem {
     pub send_ms: f64,
     /// Distributed mode: network + queueing delay before a cache worker starts.
     pub transfer_ms: f64,
+    /// Inline mode: how much longer the base model's stages take while a cache runs beside it
+    /// (`plan::BesideCosts::slowdown_ms`).
+    pub beside_slowdown_ms: f64,
     /// Fidelity-loss budget (fraction of samples).
     pub budget: f64,
     /// Safety margin on the budget, in standard deviations of the disagreement count (0: none).
@@ -95,6 +101,9 @@ impl Problem {
     /// (cost on the base's critical path, extra delay before a hit's answer).
     fn costs(&self, o: &HeadOption) -> (f64, f64) {
         match self.mode {
+            // Every request that reaches it pays the base model's slowdown; a hit answers
+            // `cost_ms` after the hand-off (the slowdown is part of what comes after).
+            Mode::Inline if o.beside => (self.beside_slowdown_ms, o.cost_ms - self.beside_slowdown_ms),
             Mode::Inline => (o.cost_ms, 0.0),
             Mode::Distributed => (self.send_ms, self.transfer_ms + o.cost_ms),
         }

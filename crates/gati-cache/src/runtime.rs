@@ -1,11 +1,13 @@
 //! Serving a plan in-process: the base model runs stage by stage, and after each planned stage
 //! its cache decides whether to answer; on a hit the remaining stages are skipped.
 
+use crate::beside::Beside;
 use crate::decision::{decide, Decision};
 use crate::heads::CacheHead;
 use crate::memory::MemoryCache;
 use crate::plan::Plan;
 use anyhow::{bail, Result};
+use crossbeam_channel::{Receiver, TryRecvError};
 use gati_core::BaseModel;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +26,9 @@ pub struct RuntimeCache {
     /// leaves the classes it has not certified to it (`PLAN_DECIDES`).
     pub plan_head: CacheHead,
     pub plan_decision: Decision,
+    /// The plan runs this cache beside the base model: a copy of its head on its own thread,
+    /// sharing its parameters (`PlannedCache::beside`).
+    pub beside: Option<Beside<CacheHead>>,
 }
 
 /// A cache's softmax row on one activation, and `Some((class, probability))` when it answers.
@@ -41,7 +46,11 @@ impl RuntimeCache {
     /// plan.
     pub fn answer_rows(&self, activations: &Tensor) -> Vec<CacheAnswer> {
         let _g = tch::no_grad_guard();
-        let rows = probs_rows(&self.head.forward_t(activations, false));
+        self.decide_rows(probs_rows(&self.head.forward_t(activations, false)), activations)
+    }
+
+    /// The hit decisions on this cache's softmax `rows` of `activations`.
+    fn decide_rows(&self, rows: Vec<Vec<f32>>, activations: &Tensor) -> Vec<CacheAnswer> {
         if !self.enabled {
             return rows.into_iter().map(|r| (r, None)).collect();
         }
@@ -142,11 +151,19 @@ impl EarlyExit {
                 enabled: true,
                 plan_head: head(&plan_vs),
                 plan_decision: c.decision.clone(),
+                beside: None,
             });
         }
         if !caches.is_empty() {
             gati_core::weights::load_subset(&mut vs, weights)?;
             gati_core::weights::load_subset(&mut plan_vs, weights)?;
+        }
+        for cache in caches.iter_mut() {
+            if plan.caches.iter().any(|c| c.layer == cache.layer && c.beside) {
+                let s = &model.stages()[cache.stage].output_shape;
+                let chw = [s[1], s[2], s[3]];
+                cache.beside = Some(crate::beside::twin(&vs, &cache.key, cache.head.variant, chw, classes)?);
+            }
         }
         let memory = match &plan.memory {
             Some(m) if layers.is_none() => Some(Arc::new(memory_cache(&model, &m.spec)?)),
@@ -298,6 +315,18 @@ impl EarlyExit {
         // Memory keys of the samples looked up, stored with their base answer if they run to the end.
         let mut keys: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
         let m = &self.model;
+        // A beside cache's answers still being computed.
+        let mut pending: Option<Pending> = None;
+        macro_rules! walk {
+            () => {
+                &mut Walk {
+                    out: &mut out,
+                    rows: &mut rows,
+                    h: &mut h,
+                    keys: &mut keys,
+                }
+            };
+        }
         for k in from..m.num_stages() {
             let stopped = hooks.stop_before(k, &rows);
             if !stopped.is_empty() {
@@ -305,6 +334,9 @@ impl EarlyExit {
                     out[r].stopped_at = Some(k);
                 }
                 (h, rows) = keep_rows(&h, &rows, |r| !stopped.contains(&r));
+            }
+            if let Some(p) = pending.take() {
+                pending = self.settle_beside(p, false, walk!(), hooks, memory);
             }
             if rows.is_empty() {
                 return out;
@@ -316,6 +348,14 @@ impl EarlyExit {
                 out[r].stages_run = k + 1;
             }
             if let Some(mem) = memory.filter(|m| m.spec.stage == k) {
+                // A later cache waits for the beside cache's answers: the first cache in stage
+                // order that is sure answers, as planned.
+                if let Some(p) = pending.take() {
+                    self.settle_beside(p, true, walk!(), hooks, memory);
+                    if rows.is_empty() {
+                        return out;
+                    }
+                }
                 let t = std::time::Instant::now();
                 let k_all = mem.keys(&h);
                 let asking: Vec<usize> = (0..rows.len()).filter(|&i| out[rows[i]].hit.is_none()).collect();
@@ -347,31 +387,71 @@ impl EarlyExit {
                 }
             }
             for (c, cache) in self.caches.iter().enumerate().filter(|(_, c)| c.stage == k && consult) {
-                let asking: Vec<usize> = (0..rows.len()).filter(|&i| out[rows[i]].hit.is_none()).collect();
-                if asking.is_empty() {
-                    continue;
-                }
-                let t = std::time::Instant::now();
-                let answers = cache.answer_rows(&select_rows(&h, &asking, rows.len()));
-                let answered = Answered {
-                    cache: Some(c),
-                    stage: k,
-                    asking: &asking,
-                    ms: t.elapsed().as_secs_f64() * 1e3 / asking.len() as f64,
-                };
-                // A learned hit is remembered for its repeats where the plan says so.
-                let remember = memory.filter(|m| m.spec.remember_cache_hits);
-                let leaving = answered.settle(&mut out, &rows, answers, hooks, |r, probs| {
-                    if let (Some(mem), Some(key)) = (remember, keys[r].take()) {
-                        mem.remember(&key, probs.to_vec());
-                    }
-                });
-                if !leaving.is_empty() {
-                    (h, rows) = keep_rows(&h, &rows, |r| !leaving.contains(&r));
+                // One beside cache at a time: the one before answers first.
+                if let Some(p) = pending.take_if(|_| cache.beside.is_some()) {
+                    self.settle_beside(p, true, walk!(), hooks, memory);
                     if rows.is_empty() {
                         return out;
                     }
                 }
+                let asking: Vec<usize> = (0..rows.len()).filter(|&i| out[rows[i]].hit.is_none()).collect();
+                if asking.is_empty() {
+                    continue;
+                }
+                if let Some(b) = &cache.beside {
+                    let samples: Vec<usize> = asking.iter().map(|&i| rows[i]).collect();
+                    // A copy: the thread reads it while this one goes on.
+                    let activations = select_rows(&h, &asking, rows.len()).copy();
+                    let x = activations.shallow_clone();
+                    let answer = b.run(move |head: &CacheHead| {
+                        let _g = tch::no_grad_guard();
+                        let t = std::time::Instant::now();
+                        (probs_rows(&head.forward_t(&x, false)), t.elapsed())
+                    });
+                    pending = Some(Pending {
+                        cache: c,
+                        stage: k,
+                        samples,
+                        activations,
+                        answer,
+                    });
+                    continue;
+                }
+                let t = std::time::Instant::now();
+                let mut answers = cache.answer_rows(&select_rows(&h, &asking, rows.len()));
+                let ms = t.elapsed().as_secs_f64() * 1e3 / asking.len() as f64;
+                let mut asking = asking;
+                // A sample this cache is sure of leaves once the beside cache before it has missed
+                // it: the first cache in stage order that is sure answers, as planned.
+                if let Some(p) = pending.take_if(|_| answers.iter().any(|a| a.1.is_some())) {
+                    let samples: Vec<usize> = asking.iter().map(|&i| rows[i]).collect();
+                    self.settle_beside(p, true, walk!(), hooks, memory);
+                    (asking, answers) = samples
+                        .into_iter()
+                        .zip(answers)
+                        .filter(|(r, _)| out[*r].hit.is_none())
+                        .filter_map(|(r, a)| Some((rows.iter().position(|&x| x == r)?, a)))
+                        .unzip();
+                }
+                let answered = Answered {
+                    cache: Some(c),
+                    stage: k,
+                    asking: &asking,
+                    ms,
+                };
+                let leaving = answered.settle(&mut out, &rows, answers, hooks, remembering(memory, &mut keys));
+                if !leaving.is_empty() {
+                    (h, rows) = keep_rows(&h, &rows, |r| !leaving.contains(&r));
+                }
+                if rows.is_empty() {
+                    return out;
+                }
+            }
+        }
+        if let Some(p) = pending.take() {
+            self.settle_beside(p, true, walk!(), hooks, memory);
+            if rows.is_empty() {
+                return out;
             }
         }
         let logits = h.to_kind(Kind::Float);
@@ -383,6 +463,87 @@ impl EarlyExit {
             out[r].logits = Some(z);
         }
         out
+    }
+}
+
+/// What a learned cache's hit on sample `r` leaves in the memory cache: its answer, for its
+/// repeats, where the plan says so.
+fn remembering<'a>(memory: Option<&'a MemoryCache>, keys: &'a mut [Option<Tensor>]) -> impl FnMut(usize, &[f32]) + 'a {
+    let remember = memory.filter(|m| m.spec.remember_cache_hits);
+    move |r, probs| {
+        if let (Some(mem), Some(key)) = (remember, keys[r].take()) {
+            mem.remember(&key, probs.to_vec());
+        }
+    }
+}
+
+/// A beside cache's answers still being computed, for `samples` (walk inputs).
+struct Pending {
+    cache: usize,
+    stage: usize,
+    samples: Vec<usize>,
+    activations: Tensor,
+    /// Softmax rows and the thread's time; disconnected if the thread failed.
+    answer: Receiver<(Vec<Vec<f32>>, std::time::Duration)>,
+}
+
+/// The walk's per-sample state that a beside cache's answers change.
+struct Walk<'a> {
+    out: &'a mut Vec<Walked>,
+    rows: &'a mut Vec<usize>,
+    h: &'a mut Tensor,
+    keys: &'a mut Vec<Option<Tensor>>,
+}
+
+impl EarlyExit {
+    /// Settles a beside cache's answers like an inline cache's (waiting for them when `wait`):
+    /// the samples it answers leave the walk unless hooks keep them. Returns `p` when it is still
+    /// running and `wait` is false. A failed thread answers nothing: the base model does.
+    fn settle_beside(
+        &self,
+        p: Pending,
+        wait: bool,
+        w: &mut Walk,
+        hooks: &mut impl Hooks,
+        memory: Option<&MemoryCache>,
+    ) -> Option<Pending> {
+        let got = if wait {
+            p.answer.recv().ok()
+        } else {
+            match p.answer.try_recv() {
+                Ok(a) => Some(a),
+                Err(TryRecvError::Empty) => return Some(p),
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        let Some((probs, took)) = got else {
+            eprintln!(
+                "cache '{}': its thread failed; the base model answers",
+                self.caches[p.cache].layer
+            );
+            return None;
+        };
+        let cache = &self.caches[p.cache];
+        let mut asking = Vec::new();
+        let mut answers = Vec::new();
+        for (&r, a) in p.samples.iter().zip(cache.decide_rows(probs, &p.activations)) {
+            // A sample a hook stopped meanwhile is no longer asked.
+            if let Some(i) = w.rows.iter().position(|&x| x == r) {
+                asking.push(i);
+                answers.push(a);
+            }
+        }
+        let answered = Answered {
+            cache: Some(p.cache),
+            stage: p.stage,
+            asking: &asking,
+            ms: took.as_secs_f64() * 1e3 / p.samples.len().max(1) as f64,
+        };
+        let leaving = answered.settle(w.out, w.rows, answers, hooks, remembering(memory, w.keys));
+        if !leaving.is_empty() {
+            (*w.h, *w.rows) = keep_rows(w.h, w.rows, |r| !leaving.contains(&r));
+        }
+        None
     }
 }
 

@@ -253,6 +253,79 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
     );
 }
 
+/// Caches run on a thread beside the base model answer exactly as they do inline, one image at a
+/// time and in batches, and run the version installed into the serving caches (their copies share
+/// its parameters).
+#[test]
+fn caches_beside_the_base_answer_as_they_do_inline() {
+    let (c, w) = &trained();
+    let (model, _) = resnet20();
+    let req = PlanRequest {
+        budget: 0.02,
+        margin_sigmas: 0.0,
+        send_ms: 0.0,
+        transfer_ms: 0.0,
+        ..PlanRequest::default()
+    };
+    let (mut plan, tensors) = make_plan(
+        c,
+        &vec![0.01; c.bank.heads.len()],
+        &vec![0.1; model.num_stages()],
+        &req,
+        w,
+        1,
+    );
+    assert!(!plan.caches.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    plan.save(dir.path(), &tensors).unwrap();
+    let mut beside_plan = plan.clone();
+    for pc in &mut beside_plan.caches {
+        pc.beside = true;
+    }
+    let serve = |p: &Plan| {
+        EarlyExit::from_plan(
+            p,
+            BaseModel::load("resnet20", w, tch::Device::Cpu).unwrap(),
+            &plan.caches_path(dir.path()),
+        )
+        .unwrap()
+    };
+    let (mut inline, mut beside) = (serve(&plan), serve(&beside_plan));
+    assert!(beside.caches.iter().all(|c| c.beside.is_some()) && inline.caches.iter().all(|c| c.beside.is_none()));
+    let test = data::load(&cifar(), "test", Some(200), (32, 32)).unwrap();
+    let x = inline.model.preprocess(&test.pixel_range(0, test.len()));
+    let answers = |ee: &EarlyExit| {
+        let one: Vec<_> = (0..test.len() as i64)
+            .map(|i| {
+                let a = ee.infer(&x.narrow(0, i, 1));
+                (a.class, a.exit, a.confidence.to_bits())
+            })
+            .collect();
+        let batched: Vec<_> = ee
+            .infer_batch(&x.narrow(0, 0, 64))
+            .iter()
+            .map(|a| (a.class, a.exit))
+            .collect();
+        (one, batched)
+    };
+    let before = answers(&beside);
+    assert_eq!(before, answers(&inline));
+    let hits = |a: &(Vec<(usize, Exit, u32)>, _)| a.0.iter().filter(|r| r.1 != Exit::Base).count();
+    assert!(hits(&before) > 0, "the plan's caches answer some images");
+    // A version whose caches are much less sure of themselves answers fewer images, beside as inline.
+    let mut states = inline.states();
+    for s in &mut states {
+        for (_, t) in &mut s.params {
+            *t = &*t * 0.2;
+        }
+    }
+    inline.install(&states).unwrap();
+    beside.install(&states).unwrap();
+    let after = answers(&beside);
+    assert_eq!(after, answers(&inline));
+    assert!(hits(&after) < hits(&before), "{} vs {}", hits(&after), hits(&before));
+}
+
 /// Survivor-aware calibration only adds settings that the planner scores like any other, so it
 /// never plans a slower cascade; an accuracy budget counts only answers the base model had right
 /// and the cache gets wrong. Both plans keep their budgets under real early exit on the

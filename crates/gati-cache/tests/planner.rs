@@ -11,7 +11,7 @@ fn toy(seed: u64, stages: usize, variants: usize, settings: usize, n: usize, mod
     let stage_ms: Vec<f64> = (0..stages + 2).map(|_| rng.gen_range(0.15..0.25)).collect();
     let mut options = Vec::new();
     for s in 1..=stages {
-        for _ in 0..variants {
+        for v in 0..variants {
             let quality = (s as f64 / (stages as f64 + 1.0)) * rng.gen_range(0.6..1.0);
             let cost_ms = rng.gen_range(0.01..0.12);
             let settings = (0..settings)
@@ -35,6 +35,8 @@ fn toy(seed: u64, stages: usize, variants: usize, settings: usize, n: usize, mod
                 stage: s,
                 cost_ms,
                 bytes: rng.gen_range(1000..100_000),
+                // Inline mode: the first stage's second variant runs beside the base model.
+                beside: s == 1 && v == 1,
                 settings,
             });
         }
@@ -46,6 +48,7 @@ fn toy(seed: u64, stages: usize, variants: usize, settings: usize, n: usize, mod
         mode,
         send_ms: 0.02,
         transfer_ms: 0.1,
+        beside_slowdown_ms: 0.01,
         budget: 0.01,
         margin_sigmas: 0.0,
         memory_budget_bytes: None,
@@ -111,6 +114,7 @@ fn evaluation_counts_exits_in_stage_order() {
         stage,
         cost_ms: 0.1,
         bytes: 1,
+        beside: false,
         settings: vec![hits],
     };
     let p = Problem {
@@ -123,6 +127,7 @@ fn evaluation_counts_exits_in_stage_order() {
         mode: Mode::Inline,
         send_ms: 0.0,
         transfer_ms: 0.0,
+        beside_slowdown_ms: 0.0,
         budget: 1.0,
         margin_sigmas: 0.0,
         memory_budget_bytes: None,
@@ -135,6 +140,37 @@ fn evaluation_counts_exits_in_stage_order() {
     // Latencies: 2 + 0.1, 2 + 0.1, 4 + 0.2.
     assert!((e.mean_latency_ms - (2.1 + 2.1 + 4.2) / 3.0).abs() < 1e-12);
     assert_eq!(e.base_latency_ms, 4.0);
+}
+
+/// A cache beside the base model answers after its latency there, and costs the requests it
+/// misses only the base model's slowdown; inline, they pay its whole time.
+#[test]
+fn a_cache_beside_the_base_costs_its_misses_only_the_slowdown() {
+    use gati_cache::planner::Choice;
+    let p = |beside, cost_ms| Problem {
+        samples: 2,
+        stage_ms: vec![0.5, 1.0, 1.0, 1.0, 1.0],
+        options: vec![HeadOption {
+            stage: 0,
+            cost_ms,
+            bytes: 1,
+            beside,
+            settings: vec![vec![Outcome::Agree, Outcome::Miss]],
+        }],
+        mode: Mode::Inline,
+        send_ms: 0.0,
+        transfer_ms: 0.0,
+        beside_slowdown_ms: 0.2,
+        budget: 0.0,
+        margin_sigmas: 0.0,
+        memory_budget_bytes: None,
+    };
+    let only = [Choice { option: 0, setting: 0 }];
+    // Beside: the hit answers at 0.5 + 2.1, the miss at the base's 4.5 + 0.2.
+    assert!((p(true, 2.1).evaluate(&only).mean_latency_ms - (2.6 + 4.7) / 2.0).abs() < 1e-12);
+    // Inline: 0.5 + 1.5 and 4.5 + 1.5.
+    assert!((p(false, 1.5).evaluate(&only).mean_latency_ms - (2.0 + 6.0) / 2.0).abs() < 1e-12);
+    assert_eq!(p(true, 2.1).solve(), only.to_vec());
 }
 
 /// Size check for the real instance (27 layers × 5 variants × 20 settings × 5,000 samples); its

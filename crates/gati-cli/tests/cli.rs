@@ -90,6 +90,27 @@ fn errors_are_one_line_naming_the_culprit() {
     assert!(e.contains("add stem to --layers"), "{e}");
     let e = one_line_error(&[&plan[..], &["--variants", "student", "--student-init", "resnet7"]].concat());
     assert!(e.contains("resnet7"), "{e}");
+    let e = one_line_error(&[&plan[..], &["--variants", "conv-pool", "--students-beside"]].concat());
+    assert!(
+        e.contains("--students-beside is given but --variants has no student"),
+        "{e}"
+    );
+    let e = one_line_error(
+        &[
+            &plan[..],
+            &[
+                "--variants",
+                "student",
+                "--student-init",
+                "resnet20",
+                "--students-beside",
+                "--mode",
+                "distributed",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(e.contains("--students-beside is for --mode inline"), "{e}");
 }
 
 #[test]

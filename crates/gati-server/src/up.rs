@@ -99,6 +99,10 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
             });
         }
     }
+    let base_cpus = match (o.pin, plan.caches.iter().any(|c| c.beside)) {
+        (true, true) => vec![0, 1],
+        _ => cpus(0),
+    };
     let mode = if o.mode == ServeMode::Distributed && caches.is_empty() {
         ServeMode::BaseOnly
     } else {
@@ -114,7 +118,8 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         selector: format!("127.0.0.1:{}", free_port()?),
         base: Endpoint {
             keep_awake: o.keep_awake,
-            ..endpoint(free_port()?, o.base_threads, cpus(0), o.metrics, o.device)?
+            // Caches that run beside the base model take the cache workers' core.
+            ..endpoint(free_port()?, o.base_threads, base_cpus, o.metrics, o.device)?
         },
         caches,
         complete_on_hit_fraction: o.complete_on_hit_fraction,

@@ -90,6 +90,11 @@ pub struct Args {
     /// data (e.g. resnet20-jpeg for resnet56-jpeg); its weights are found as --model's are
     #[arg(long)]
     student_init: Option<String>,
+    /// Inline mode: run student caches on a second thread beside the base model, so that the
+    /// requests they miss do not wait for them (uses a second core, which the base model at
+    /// batch 1 barely uses)
+    #[arg(long)]
+    students_beside: bool,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Base learning rate (each head's is scaled down by its input size; see docs/architecture.md)
@@ -162,6 +167,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     let (mode, decision) = (a.mode, a.decision);
     let variants = Variant::parse_list(&a.variants)?;
+    if a.students_beside && mode != Mode::Inline {
+        bail!("--students-beside is for --mode inline (in distributed mode every cache runs beside the base model)");
+    }
     gati_core::set_threads(if a.train_threads == 0 {
         num_cpus()
     } else {
@@ -186,6 +194,7 @@ pub fn run(a: Args) -> Result<()> {
             "--variants student needs --student-init: a CIFAR ResNet-20 trained on the same data (e.g. resnet20-jpeg)"
         ),
         (Some(_), false) => bail!("--student-init is given but --variants has no student"),
+        (None, false) if a.students_beside => bail!("--students-beside is given but --variants has no student"),
         (None, false) => None,
     };
     let sha = weights::sha256_file(&weights_path)?;
@@ -249,6 +258,20 @@ pub fn run(a: Args) -> Result<()> {
     let costs = cands.bank.measure_costs(&model, 100);
     let profile = eval::profile_latency(&model, &calibration, 300, 30);
     let stage_ms: Vec<f64> = profile.stages.iter().map(|s| s.ms).collect();
+    let students_beside = match cands.bank.heads.iter().position(|h| h.variant == Variant::Student) {
+        Some(h) if a.students_beside => {
+            let inputs: Vec<_> = (0..calibration.len().min(100))
+                .map(|i| model.preprocess(&calibration.pixel_range(i, i + 1)))
+                .collect();
+            let b = gati_cache::beside::measure(&model, &cands.bank, h, costs[h], &inputs, 300)?;
+            eprintln!(
+                "a student beside the base model: answers {:.3} ms after the hand-off, slows the base model by {:.3} ms",
+                b.latency_ms, b.slowdown_ms
+            );
+            Some(b)
+        }
+        _ => None,
+    };
     let req = PlanRequest {
         mode,
         budget: a.budget,
@@ -261,6 +284,7 @@ pub fn run(a: Args) -> Result<()> {
         survivor_rounds: a.survivor_rounds,
         calibration_limit: a.calibration_limit,
         variants: a.plan_variants.as_deref().map(Variant::parse_list).transpose()?,
+        students_beside,
     };
     let (mut plan, tensors) = make_plan(&cands, &costs, &stage_ms, &req, &weights_path, tch::get_num_threads());
     plan.test_limit = a.test_limit;

@@ -362,19 +362,7 @@ fn remake(p: &Plan, model: &BaseModel, budget: f64, scratch: &std::path::Path) -
         );
         return Ok(None);
     }
-    let req = PlanRequest {
-        mode: p.mode,
-        budget,
-        decision: p.decision,
-        send_ms: p.send_ms,
-        transfer_ms: p.transfer_ms,
-        memory_budget_mb: p.memory_budget_mb,
-        budget_kind: p.budget_kind,
-        survivor_rounds: p.survivor_rounds,
-        calibration_limit: p.calibration_limit,
-        variants: p.planned_variants.clone(),
-        ..PlanRequest::default()
-    };
+    let req = PlanRequest::like(p, budget);
     let (mut plan, tensors) = make_plan(&c, &p.candidate_costs_ms, &p.stage_ms, &req, &p.weights, p.threads);
     plan.test_limit = p.test_limit;
     plan.calibrated_on_camera_frames = p.calibrated_on_camera_frames;
