@@ -73,20 +73,8 @@ fn errors_are_one_line_naming_the_culprit() {
     let plan = ["plan", "--model", "resnet20", "--out", "/tmp/never-written"];
     let e = one_line_error(&[&plan[..], &["--variants", "conv-pool,student"]].concat());
     assert!(e.contains("--variants student needs --student-init"), "{e}");
-    let e = one_line_error(
-        &[
-            &plan[..],
-            &[
-                "--variants",
-                "student",
-                "--student-init",
-                "resnet20",
-                "--layers",
-                "layer1.0",
-            ],
-        ]
-        .concat(),
-    );
+    let student = [&plan[..], &["--variants", "student", "--student-init", "resnet20"]].concat();
+    let e = one_line_error(&[&student[..], &["--layers", "layer1.0"]].concat());
     assert!(e.contains("add stem to --layers"), "{e}");
     let e = one_line_error(&[&plan[..], &["--variants", "student", "--student-init", "resnet7"]].concat());
     assert!(e.contains("resnet7"), "{e}");
@@ -95,21 +83,7 @@ fn errors_are_one_line_naming_the_culprit() {
         e.contains("--students-beside is given but --variants has no student"),
         "{e}"
     );
-    let e = one_line_error(
-        &[
-            &plan[..],
-            &[
-                "--variants",
-                "student",
-                "--student-init",
-                "resnet20",
-                "--students-beside",
-                "--mode",
-                "distributed",
-            ],
-        ]
-        .concat(),
-    );
+    let e = one_line_error(&[&student[..], &["--students-beside", "--mode", "distributed"]].concat());
     assert!(e.contains("--students-beside is for --mode inline"), "{e}");
 }
 
