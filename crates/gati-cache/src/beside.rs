@@ -1,12 +1,13 @@
 //! A worker thread that owns some state and runs jobs on it: how a cache runs beside the base
-//! model in the same process. At batch 1 the base model gains almost nothing from a second
-//! intra-op thread (ResNet-56: 4.3 → 4.1 ms on a 2-core Xeon), so a whole small network (a
+//! model in the same process. At batch 1 the base model gains little from a second intra-op thread
+//! (ResNet-56: 1.12–1.25x on a 2-vCPU Xeon, docs/results.md), so a whole small network (a
 //! `student` cache) can use the second core while the base model goes on: a miss then costs the
 //! base model only a hand-off, not the student's 35–40% of it.
 
 use crate::heads::{CacheHead, HeadBank, Variant};
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TryRecvError};
+use gati_core::stats::LatencyStats;
 use gati_core::BaseModel;
 use serde::{Deserialize, Serialize};
 use std::panic::AssertUnwindSafe;
@@ -162,17 +163,13 @@ pub fn measure(
             later.push(done.duration_since(t).as_secs_f64() * 1e3 - t_inline);
         }
     }
+    let median = |v: &[f64]| LatencyStats::from_samples(v).p50;
     // The base model's thread takes the answer between two of its stages: half a stage later.
-    let half_stage = median(alone) / (end - after).max(1) as f64 / 2.0;
+    let half_stage = median(&alone) / (end - after).max(1) as f64 / 2.0;
     Ok(BesideCosts {
-        latency_ms: inline_ms + median(later).max(0.0) + half_stage,
-        slowdown_ms: median(slower).max(0.0),
+        latency_ms: inline_ms + median(&later).max(0.0) + half_stage,
+        slowdown_ms: median(&slower).max(0.0),
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]

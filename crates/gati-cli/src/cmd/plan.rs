@@ -327,12 +327,13 @@ pub fn run(a: Args) -> Result<()> {
     );
     for c in &plan.caches {
         println!(
-            "  {:<10} {:<10} {:>9} params {:>7.3} ms  answers {:>5.1}% of requests",
+            "  {:<10} {:<10} {:>9} params {:>7.3} ms  answers {:>5.1}% of requests{}",
             c.layer,
             c.variant.name(),
             c.params,
             c.cost_ms,
-            100.0 * c.expected_hit_rate
+            100.0 * c.expected_hit_rate,
+            if c.beside { " (beside the base model)" } else { "" }
         );
     }
     println!(
