@@ -60,16 +60,38 @@ pub struct OnlineOptions {
     pub fault_write_delay_ms: u64,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Free local ports for one cluster, all distinct: each stays bound until the `Ports` is dropped,
+/// so the kernel cannot hand the same port to two roles.
+#[derive(Default)]
+struct Ports(Vec<std::net::TcpListener>);
+
+impl Ports {
+    fn pick(&mut self) -> Result<u16> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        self.0.push(l);
+        Ok(port)
+    }
 }
 
-fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool, device: DeviceName) -> Result<Endpoint> {
+/// A local endpoint listening on `port`, or on a free one.
+fn endpoint(
+    ports: &mut Ports,
+    port: Option<u16>,
+    threads: usize,
+    cpus: Vec<usize>,
+    metrics: bool,
+    device: DeviceName,
+) -> Result<Endpoint> {
+    let port = match port {
+        Some(p) => p,
+        None => ports.pick()?,
+    };
     Ok(Endpoint {
         advertise: None,
         listen: format!("127.0.0.1:{port}"),
         metrics: if metrics {
-            Some(format!("127.0.0.1:{}", free_port()?))
+            Some(format!("127.0.0.1:{}", ports.pick()?))
         } else {
             None
         },
@@ -85,7 +107,7 @@ fn endpoint(port: u16, threads: usize, cpus: Vec<usize>, metrics: bool, device: 
 pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
     let plan = gati_cache::plan::Plan::load(&o.plan)?;
     let cpus = |c: usize| if o.pin { vec![c] } else { vec![] };
-    let front_port = if o.port == 0 { free_port()? } else { o.port };
+    let mut ports = Ports::default();
     let mut caches = Vec::new();
     let cache_layers = plan.cache_layers();
     if o.mode == ServeMode::Distributed && !cache_layers.is_empty() {
@@ -93,7 +115,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         for i in 0..n {
             let layers = cache_layers.iter().skip(i).step_by(n).map(|(_, l)| l.clone()).collect();
             caches.push(CacheEndpoint {
-                endpoint: endpoint(free_port()?, o.cache_threads, cpus(1), o.metrics, o.device)?,
+                endpoint: endpoint(&mut ports, None, o.cache_threads, cpus(1), o.metrics, o.device)?,
                 layers,
                 fault_delay_ms: o.fault_cache_delay_ms,
             });
@@ -114,12 +136,19 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         memory_at_frontend: o.memory_at_frontend,
         plan: std::path::absolute(&o.plan)?,
         mode,
-        frontend: endpoint(front_port, 1, vec![], o.metrics, DeviceName::CPU)?,
-        selector: format!("127.0.0.1:{}", free_port()?),
+        frontend: endpoint(
+            &mut ports,
+            (o.port != 0).then_some(o.port),
+            1,
+            vec![],
+            o.metrics,
+            DeviceName::CPU,
+        )?,
+        selector: format!("127.0.0.1:{}", ports.pick()?),
         base: Endpoint {
             keep_awake: o.keep_awake,
             // Caches that run beside the base model take the cache workers' core.
-            ..endpoint(free_port()?, o.base_threads, base_cpus, o.metrics, o.device)?
+            ..endpoint(&mut ports, None, o.base_threads, base_cpus, o.metrics, o.device)?
         },
         caches,
         complete_on_hit_fraction: o.complete_on_hit_fraction,
@@ -138,7 +167,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
             None => None,
             Some(l) => Some(TrainerEndpoint {
                 // The trainer shares the cache workers' core, at low priority.
-                endpoint: endpoint(free_port()?, 1, cpus(1), o.metrics, DeviceName::CPU)?,
+                endpoint: endpoint(&mut ports, None, 1, cpus(1), o.metrics, DeviceName::CPU)?,
                 state_dir: l.state_dir.clone().map(std::path::absolute).transpose()?,
                 buffer_mb: l.buffer_mb,
                 evidence: 1500,
