@@ -2,7 +2,7 @@
 //! sweep, written as report.json, report.md, records.jsonl and plots.
 
 use crate::inputs::{prepare, Prepared};
-use crate::measure::{base_in_process, gati_in_process, Config, LocalCluster, Run};
+use crate::measure::{base_in_process, gati_in_process, Config, LocalCluster, Run, Shape};
 use crate::report::{self, Machine, ModelReport, Report, RunFigures, StreamReport, SweepPoint};
 use anyhow::{bail, Context, Result};
 use gati_cache::candidates::Candidates;
@@ -206,7 +206,11 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
     let mut clusters = Vec::new();
     for c in &o.configs {
         if let Some(mode) = c.serve_mode() {
-            clusters.push((*c, LocalCluster::start(&o.exe, plan_dir, mode, o.shape())?));
+            let shape = Shape {
+                base_in_frontend: c.colocated(),
+                ..o.shape()
+            };
+            clusters.push((*c, LocalCluster::start(&o.exe, plan_dir, mode, shape)?));
         }
     }
     let sweep_clusters: Vec<LocalCluster> = sweep_plans
@@ -320,8 +324,8 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
 }
 
 impl Options {
-    fn shape(&self) -> crate::measure::Shape {
-        crate::measure::Shape {
+    fn shape(&self) -> Shape {
+        Shape {
             pin: self.pin,
             keep_awake: self.keep_awake,
             cache_workers: self.cache_workers,
@@ -329,6 +333,7 @@ impl Options {
             memory_at_frontend: self.memory_at_frontend,
             tls: self.tls.clone(),
             complete_on_hit_fraction: self.complete_on_hit_fraction,
+            base_in_frontend: false,
         }
     }
 

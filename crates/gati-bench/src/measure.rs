@@ -31,6 +31,12 @@ pub enum Config {
     ThriftInline,
     #[value(name = "thrift-distributed")]
     ThriftDistributed,
+    /// Base-only through Thrift, the base worker inside the frontend's process.
+    #[value(name = "thrift-base-colocated")]
+    ThriftBaseColocated,
+    /// Inline through Thrift, the base worker inside the frontend's process.
+    #[value(name = "thrift-inline-colocated")]
+    ThriftInlineColocated,
 }
 
 impl gati_core::names::Named for Config {
@@ -40,13 +46,15 @@ impl gati_core::names::Named for Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 6] = [
+    pub const ALL: [Config; 8] = [
         Config::BaseInProcess1,
         Config::BaseInProcessAll,
         Config::GatiInProcess,
         Config::ThriftBaseOnly,
         Config::ThriftInline,
         Config::ThriftDistributed,
+        Config::ThriftBaseColocated,
+        Config::ThriftInlineColocated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +65,8 @@ impl Config {
             Config::ThriftBaseOnly => "base only via Thrift",
             Config::ThriftInline => "gati inline via Thrift",
             Config::ThriftDistributed => "gati distributed via Thrift",
+            Config::ThriftBaseColocated => "base only via Thrift, colocated",
+            Config::ThriftInlineColocated => "gati inline via Thrift, colocated",
         }
     }
 
@@ -69,22 +79,31 @@ impl Config {
             Config::ThriftBaseOnly => "thrift-base-only",
             Config::ThriftInline => "thrift-inline",
             Config::ThriftDistributed => "thrift-distributed",
+            Config::ThriftBaseColocated => "thrift-base-colocated",
+            Config::ThriftInlineColocated => "thrift-inline-colocated",
         }
     }
 
     pub fn serve_mode(self) -> Option<ServeMode> {
         match self {
-            Config::ThriftBaseOnly => Some(ServeMode::BaseOnly),
-            Config::ThriftInline => Some(ServeMode::Inline),
+            Config::ThriftBaseOnly | Config::ThriftBaseColocated => Some(ServeMode::BaseOnly),
+            Config::ThriftInline | Config::ThriftInlineColocated => Some(ServeMode::Inline),
             Config::ThriftDistributed => Some(ServeMode::Distributed),
             _ => None,
         }
     }
 
-    /// The base-only configuration a speed-up is taken against (same path: in-process or Thrift).
+    /// Whether its cluster runs the base worker inside the frontend's process.
+    pub fn colocated(self) -> bool {
+        matches!(self, Config::ThriftBaseColocated | Config::ThriftInlineColocated)
+    }
+
+    /// The base-only configuration a speed-up is taken against (same path: in-process, Thrift,
+    /// or Thrift to a colocated base worker).
     pub fn baseline(self) -> Config {
         match self {
             Config::BaseInProcess1 | Config::BaseInProcessAll | Config::GatiInProcess => Config::BaseInProcess1,
+            Config::ThriftBaseColocated | Config::ThriftInlineColocated => Config::ThriftBaseColocated,
             _ => Config::ThriftBaseOnly,
         }
     }
@@ -220,6 +239,8 @@ pub struct Shape {
     /// `UpOptions::complete_on_hit_fraction`: hits checked against the base model (the frontend
     /// memory's audits among them).
     pub complete_on_hit_fraction: f64,
+    /// `UpOptions::base_in_frontend`.
+    pub base_in_frontend: bool,
 }
 
 impl Default for Shape {
@@ -232,6 +253,7 @@ impl Default for Shape {
             memory_at_frontend: None,
             tls: None,
             complete_on_hit_fraction: 0.0,
+            base_in_frontend: false,
         }
     }
 }
@@ -262,6 +284,7 @@ impl LocalCluster {
             memory_at_frontend,
             ref tls,
             complete_on_hit_fraction,
+            base_in_frontend,
         } = shape;
         let opts = UpOptions {
             plan: plan.to_path_buf(),
@@ -287,6 +310,7 @@ impl LocalCluster {
             fault_panic_request: None,
             exact_cache_entries,
             memory_at_frontend,
+            base_in_frontend,
         };
         let dir = tempfile::tempdir()?;
         let (cluster, sup) = start_local(exe, &opts, &dir.path().join("cluster.json"))

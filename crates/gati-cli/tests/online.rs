@@ -200,11 +200,12 @@ fn versions_hot_swap_in_the_cache_workers_under_load_without_a_failed_request() 
     hot_swap_under_load("distributed");
 }
 
-fn hot_swap_under_load(mode: &str) {
+/// Adds a version to the state folder `state` whose caches answer more often (every threshold
+/// lowered a little), and pauses learning, so the trainer publishes no version of its own; the
+/// new version's name.
+fn lowered_version(state: &Path) -> String {
     use gati_cache::versions::VersionStore;
-    let state = tempfile::tempdir().unwrap();
-    // A version whose caches answer more often: every threshold lowered a little.
-    let store = VersionStore::open(plan_dir(), state.path()).unwrap();
+    let store = VersionStore::open(plan_dir(), state).unwrap();
     let mut idx = store.index().unwrap();
     let mut states = store.states(&idx, 0).unwrap();
     for s in &mut states {
@@ -214,8 +215,55 @@ fn hot_swap_under_load(mode: &str) {
     }
     let v1 = gati_cache::versions::name(store.add(&mut idx, &states, "test").unwrap());
     let mut idx = store.index().unwrap();
-    idx.paused = true; // the trainer must not publish versions of its own meanwhile
+    idx.paused = true;
     store.save_index(&idx).unwrap();
+    v1
+}
+
+/// With the base worker inside the frontend's process, the trainer still reaches it through its
+/// Thrift service: the versions the operator pins are installed there and answer.
+#[test]
+fn versions_reach_a_base_worker_in_the_frontends_process() {
+    use gati_rpc::TGatiSyncClient;
+    let state = tempfile::tempdir().unwrap();
+    let v1 = lowered_version(state.path());
+    let c = online(state.path(), &["--base-in-frontend"]);
+    assert_eq!(
+        c.info["pids"].as_array().unwrap().len(),
+        2,
+        "trainer and frontend: {}",
+        c.info
+    );
+    assert_eq!(admin(&c, &["versions"])["serving"], v1.as_str());
+    let images: Vec<Vec<u8>> = common::test_images(60)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let mut client = c.client();
+    for v in ["v0", v1.as_str()] {
+        let pinned = admin(&c, &["pin", v]);
+        assert!(
+            pinned["workers"].as_object().unwrap().values().all(|w| w == v),
+            "{pinned}"
+        );
+        let versions: Vec<Option<String>> = images
+            .iter()
+            .map(|img| {
+                let r = client
+                    .infer(gati_server::client::image_request("resnet20", img.clone()))
+                    .unwrap();
+                r.cache_version
+            })
+            .collect();
+        let hits = versions.iter().flatten().count();
+        assert!(hits > 0, "no cache hit under {v}");
+        assert!(versions.iter().flatten().all(|h| h == v), "{v}: {versions:?}");
+    }
+}
+
+fn hot_swap_under_load(mode: &str) {
+    let state = tempfile::tempdir().unwrap();
+    let v1 = lowered_version(state.path());
     let c = online_in(mode, state.path(), &[]);
     assert_eq!(admin(&c, &["versions"])["serving"], v1.as_str());
     let records = state.path().join("swap.jsonl");

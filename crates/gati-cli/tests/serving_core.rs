@@ -153,16 +153,7 @@ fn the_dynamic_batcher_groups_concurrent_requests_and_answers_as_in_process() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for (p, r) in images.iter().zip(answers.iter().flatten()) {
-        let px = gati_core::data::decode_image(&std::fs::read(p).unwrap(), 32, 32).unwrap();
-        let local = ee.infer(&ee.model.preprocess(&tch::Tensor::from_slice(&px).view([1, 3, 32, 32])));
-        assert_eq!(r.class_index as usize, local.class, "{}", p.display());
-        match local.exit {
-            Exit::Cache(i) => assert_eq!(r.cache_layer.as_deref(), Some(ee.caches[i].layer.as_str())),
-            Exit::Base => assert_eq!(r.source, AnswerSource::BASE),
-            Exit::Memory => unreachable!("the test plan has no memory cache"),
-        }
-    }
+    assert_answered_as_in_process(&ee, &images, answers.iter().flatten());
     let base = metrics_of(&c, "base");
     let runs = metric(&base, "gati_base_batch_size_count");
     let requests = metric(&base, "gati_base_batch_size_sum");
@@ -172,6 +163,70 @@ fn the_dynamic_batcher_groups_concurrent_requests_and_answers_as_in_process() {
         "8 concurrent clients never shared a base run ({runs} runs)"
     );
     eprintln!("RESULT batcher: 64 requests from 8 clients in {runs} base runs");
+}
+
+/// Each served answer has the class and exit of the plan's early exit run in this process.
+fn assert_answered_as_in_process<'a>(
+    ee: &EarlyExit,
+    images: &[std::path::PathBuf],
+    answers: impl IntoIterator<Item = &'a gati_rpc::InferResponse>,
+) {
+    let mut n = 0;
+    for (p, r) in images.iter().zip(answers) {
+        let px = gati_core::data::decode_image(&std::fs::read(p).unwrap(), 32, 32).unwrap();
+        let local = ee.infer(&ee.model.preprocess(&tch::Tensor::from_slice(&px).view([1, 3, 32, 32])));
+        assert_eq!(r.class_index as usize, local.class, "{}", p.display());
+        match local.exit {
+            Exit::Cache(i) => assert_eq!(r.cache_layer.as_deref(), Some(ee.caches[i].layer.as_str())),
+            Exit::Base => assert_eq!(r.source, AnswerSource::BASE),
+            Exit::Memory => unreachable!("the test plan has no memory cache"),
+        }
+        n += 1;
+    }
+    assert_eq!(n, images.len(), "an answer per image");
+}
+
+/// `gati up --base-in-frontend`: one process serves, with the answers of the plan in-process; a
+/// run that panics fails alone; the base worker's Thrift service (the trainer's and `gati
+/// admin`'s way in) and its metrics stay available.
+#[test]
+fn a_base_worker_in_the_frontends_process_answers_as_in_process() {
+    use gati_rpc::TBaseWorkerSyncClient;
+    let c = Cluster::up_with("inline", &["--base-in-frontend", "--fault-panic-request", "boom"]);
+    assert_eq!(c.info["pids"].as_array().unwrap().len(), 1, "{}", c.info);
+    assert!(c.info["metrics"]["base"].is_null(), "{}", c.info);
+    let ee = EarlyExit::load(plan_dir()).unwrap().1;
+    let images = test_images(32);
+    let mut client = c.client();
+    let answers: Vec<_> = images
+        .iter()
+        .map(|p| {
+            client
+                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
+                .unwrap()
+        })
+        .collect();
+    assert_answered_as_in_process(&ee, &images, &answers);
+    assert!(answers.iter().any(|r| r.source == AnswerSource::CACHE), "no cache hit");
+    let mut r = image_request("resnet20", std::fs::read(&images[0]).unwrap());
+    r.request_id = Some("boom".into());
+    let e = describe(&client.infer(r).unwrap_err());
+    assert!(e.starts_with("Unavailable") && e.contains("fault injection"), "{e}");
+    client
+        .infer(image_request("resnet20", std::fs::read(&images[0]).unwrap()))
+        .unwrap();
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.info["config"].as_str().unwrap()).unwrap()).unwrap();
+    let (i, o) =
+        gati_server::net::connect(config["base"]["listen"].as_str().unwrap(), Some(Duration::from_secs(5))).unwrap();
+    let mut base = gati_rpc::BaseWorkerSyncClient::new(i, o);
+    assert!(base.health().unwrap().ok);
+    assert_eq!(base.serving_version().unwrap(), "v0");
+    let fe = metrics_of(&c, "frontend");
+    assert_eq!(metric(&fe, "gati_base_requests_total{outcome=\"failed\"}"), 1.0);
+    assert_eq!(metric(&fe, "gati_base_requests_total"), 34.0);
+    assert_eq!(metric(&fe, "gati_base_in_flight"), 0.0);
 }
 
 /// Opens `n` idle connections to `addr`, from the loopback addresses 127.0.0.2 and up (a

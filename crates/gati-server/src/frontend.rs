@@ -5,6 +5,7 @@
 //! settles the request — a cache hit (answer now; cancel the base run unless this hit was sampled
 //! to complete) or the base result. The channel is removed on every path.
 
+use crate::base_link::BaseLink;
 use crate::config::{Cluster, ServeMode};
 use crate::errors::{to_thrift, ServingError};
 use crate::exact::{self, ExactCache};
@@ -27,7 +28,6 @@ use std::time::{Duration, Instant};
 use tch::Tensor;
 use thrift::OrderedFloat;
 
-type BaseClient = BaseWorkerSyncClient<net::In, net::Out>;
 type CacheClient = CacheWorkerSyncClient<net::In, net::Out>;
 
 enum Msg {
@@ -132,8 +132,7 @@ pub struct Frontend {
     spec: gati_core::ModelSpec,
     classes: Vec<String>,
     selector_addr: String,
-    base: Arc<Pool<BaseClient>>,
-    base_control: Pool<BaseClient>,
+    base: Arc<BaseLink>,
     caches: Vec<Pool<CacheClient>>,
     /// Answers to exact repeats (None: off).
     exact: Option<ExactCache>,
@@ -166,19 +165,14 @@ struct Counts {
 }
 
 impl Frontend {
-    /// `selector_addr` is the Selector's actual address (it may have been bound to port 0).
-    pub fn new(cluster: &Cluster, selector_addr: &str, registry: &Registry) -> Result<Self> {
+    /// `selector_addr` is the Selector's actual address (it may have been bound to port 0);
+    /// `base` is how the base worker is reached (`BaseLink::local` when it runs in this process).
+    pub fn new(cluster: &Cluster, selector_addr: &str, registry: &Registry, base: BaseLink) -> Result<Self> {
         let plan = Plan::load(&cluster.plan)?;
         cluster.check_layers(&plan)?;
         let spec = BaseModel::new(&plan.model, tch::Device::Cpu)?.spec().clone();
         let classes = spec.class_names();
-        let timeout = Some(Duration::from_millis(cluster.default_deadline_ms.max(1000) * 2));
-        let base = Arc::new(Pool::new(
-            cluster.base.address(),
-            timeout,
-            cluster.credentials(),
-            BaseWorkerSyncClient::new,
-        ));
+        let base = Arc::new(base);
         let metrics = Metrics::new(registry)?;
         let memory = if cluster.memory_at_frontend(&plan) {
             FrontMemory::new(&plan, metrics.agreement.clone(), cluster.complete_on_hit_fraction > 0.0)?
@@ -199,12 +193,6 @@ impl Frontend {
             admitted: Permits::new(cluster.max_in_flight, metrics.in_flight.clone()),
             batcher,
             base,
-            base_control: Pool::new(
-                cluster.base.address(),
-                Some(Duration::from_secs(2)),
-                cluster.credentials(),
-                BaseWorkerSyncClient::new,
-            ),
             caches: cluster
                 .caches
                 .iter()
@@ -519,10 +507,10 @@ impl Frontend {
             (Some(b), 1) => b.run(reqs.into_iter().next().expect("one")).map(|o| vec![o]),
             (None, 1) => self
                 .base
-                .call(|c| c.run(reqs.into_iter().next().expect("one")))
+                .run(reqs.into_iter().next().expect("one"))
                 .map(|r| vec![BaseOutcome::Result(r)])
                 .map_err(base_error),
-            _ => one_per_request(self.base.call(|c| c.run_batch(reqs)), n),
+            _ => one_per_request(self.base.run_batch(reqs), n),
         };
         match outcomes {
             Ok(v) => v
@@ -593,7 +581,7 @@ impl Frontend {
         let me = self.clone();
         std::thread::spawn(move || {
             let id = base_req.request_id.clone();
-            let r = me.base.call(|c| c.run(base_req));
+            let r = me.base.run(base_req);
             let answer = match &r {
                 Ok(res) => {
                     me.record_agreement(&id, res);
@@ -645,10 +633,7 @@ impl Frontend {
 
     fn cancel(&self, id: &str) {
         self.metrics.cancellations.inc();
-        let id = id.to_string();
-        if self.base_control.call(|c| c.cancel(id)).is_err() {
-            self.base_control.reset();
-        }
+        self.base.cancel(id.to_string());
     }
 
     /// A sampled hit's base run finished: did the cache agree with the base model?
@@ -794,10 +779,7 @@ impl Frontend {
 
     fn check_workers(&self) -> Health {
         let mut workers = BTreeMap::new();
-        let base_ok = self.base_control.call(|c| c.health()).is_ok();
-        if !base_ok {
-            self.base_control.reset();
-        }
+        let base_ok = self.base.healthy();
         workers.insert(self.base.addr().to_string(), base_ok);
         for p in &self.caches {
             let ok = p.call(|c| c.health()).is_ok();
@@ -890,7 +872,7 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn start(base: Arc<Pool<BaseClient>>, max_batch: usize, max_delay: Duration) -> Self {
+    fn start(base: Arc<BaseLink>, max_batch: usize, max_delay: Duration) -> Self {
         let (tx, rx) = unbounded();
         for _ in 0..2 {
             let (rx, base): (Receiver<(BaseRequest, BaseReply)>, _) = (rx.clone(), base.clone());
@@ -905,7 +887,7 @@ impl Batcher {
                         }
                     }
                     let (reqs, replies): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-                    match one_per_request(base.call(|c| c.run_batch(reqs)), replies.len()) {
+                    match one_per_request(base.run_batch(reqs), replies.len()) {
                         Ok(outcomes) => {
                             for (o, tx) in outcomes.into_iter().zip(replies) {
                                 let _ = tx.send(Ok(o));

@@ -4,11 +4,13 @@
 //! - `frontend`: the public `Gati` service plus the internal `Selector` that cache workers report
 //!   to; answers with the first confident cache result or the base model's;
 //! - `base`: runs the base model stage by stage, streams planned activations to cache workers
-//!   without waiting, stops on cancel (or evaluates the caches itself in inline mode);
+//!   without waiting, stops on cancel (or evaluates the caches itself in inline mode); it may
+//!   also run inside the frontend's process (`Cluster::base_in_frontend`, `base_link`);
 //! - `cache`: evaluates one or more layers' cache models and reports hit/miss to the selector;
 //! - `trainer` (online learning): retrains the caches on samples the base worker collects and
 //!   installs new versions in the workers by RPC.
 
+pub mod base_link;
 pub mod base_worker;
 pub mod cache_worker;
 pub mod client;

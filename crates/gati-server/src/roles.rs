@@ -1,5 +1,6 @@
 //! Running one role as this process: bind, start metrics, serve forever.
 
+use crate::base_link::BaseLink;
 use crate::config::{apply_placement, Cluster};
 use crate::net;
 use crate::{base_worker, cache_worker, frontend, trainer};
@@ -71,6 +72,11 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
     crate::metrics::register_process(&registry, role.name())?;
     match role {
         Role::Base => {
+            if cluster.base_in_frontend {
+                anyhow::bail!(
+                    "base_in_frontend: the base worker runs inside the frontend's process; start the frontend"
+                );
+            }
             apply_placement(&cluster.base)?;
             let (listener, addr) = net::bind(&cluster.base.listen)?;
             let worker = Arc::new(base_worker::BaseWorker::new(cluster, &registry, 1)?);
@@ -115,13 +121,29 @@ pub fn run(role: Role, cluster: &Cluster) -> Result<()> {
             );
         }
         Role::Frontend => {
-            apply_placement(&cluster.frontend)?;
+            apply_placement(if cluster.base_in_frontend {
+                &cluster.base
+            } else {
+                &cluster.frontend
+            })?;
             let (sel_listener, sel_addr) = net::bind(&cluster.selector)?;
             let (listener, addr) = net::bind(&cluster.frontend.listen)?;
+            let base = if cluster.base_in_frontend {
+                let (base_listener, base_addr) = net::bind(&cluster.base.listen)?;
+                let worker = Arc::new(base_worker::BaseWorker::new(cluster, &registry, 1)?);
+                // Its Thrift service stays up for the trainer and `gati admin`.
+                let p = Arc::new(BaseWorkerSyncProcessor::new(base_worker::Handler(worker.clone())));
+                let l = cluster.internal_limits();
+                std::thread::spawn(move || net::serve(base_listener, p, l));
+                tracing::info!(mode = ?cluster.mode, "base worker in this process, also on {base_addr}");
+                BaseLink::local(worker, cluster.base.address())
+            } else {
+                BaseLink::remote(cluster)
+            };
             // What base requests name as their selector: the advertised address, else the bound
             // one (which has the real port where the config says 0).
             let named = cluster.selector_advertise.clone().unwrap_or_else(|| sel_addr.clone());
-            let fe = Arc::new(frontend::Frontend::new(cluster, &named, &registry)?);
+            let fe = Arc::new(frontend::Frontend::new(cluster, &named, &registry, base)?);
             let probe = fe.clone();
             start_metrics(
                 &cluster.frontend.metrics,

@@ -46,6 +46,8 @@ pub struct UpOptions {
     pub memory_at_frontend: Option<bool>,
     /// `Cluster::exact_cache_entries` (None: decided by the plan).
     pub exact_cache_entries: Option<usize>,
+    /// `Cluster::base_in_frontend`.
+    pub base_in_frontend: bool,
 }
 
 pub struct OnlineOptions {
@@ -134,6 +136,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         selector_advertise: None,
         exact_cache_entries: o.exact_cache_entries,
         memory_at_frontend: o.memory_at_frontend,
+        base_in_frontend: o.base_in_frontend,
         plan: std::path::absolute(&o.plan)?,
         mode,
         frontend: endpoint(
@@ -148,7 +151,15 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
         base: Endpoint {
             keep_awake: o.keep_awake,
             // Caches that run beside the base model take the cache workers' core.
-            ..endpoint(&mut ports, None, o.base_threads, base_cpus, o.metrics, o.device)?
+            ..endpoint(
+                &mut ports,
+                None,
+                o.base_threads,
+                base_cpus,
+                // In the frontend's process its metrics are the frontend's.
+                o.metrics && !o.base_in_frontend,
+                o.device,
+            )?
         },
         caches,
         complete_on_hit_fraction: o.complete_on_hit_fraction,
@@ -205,7 +216,10 @@ impl Supervisor {
     pub fn start(exe: &Path, cluster: &Cluster, config_path: &Path) -> Result<Self> {
         gati_core::files::write_bytes_atomic(config_path, &serde_json::to_vec_pretty(cluster)?)?;
         let cfg = config_path.display().to_string();
-        let mut roles = vec![vec!["serve".into(), "base".into(), "--config".into(), cfg.clone()]];
+        let mut roles = Vec::new();
+        if !cluster.base_in_frontend {
+            roles.push(vec!["serve".into(), "base".into(), "--config".into(), cfg.clone()]);
+        }
         for i in 0..cluster.caches.len() {
             roles.push(vec![
                 "serve".into(),

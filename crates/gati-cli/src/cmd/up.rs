@@ -99,6 +99,10 @@ pub struct Args {
     /// [default: the frontend when the stages up to the memory's layer take ≤ 5% of the model's time]
     #[arg(long)]
     memory_at_frontend: Option<bool>,
+    /// Run the base worker inside the frontend's process (one process fewer, and one loopback
+    /// round trip fewer per request); it takes the base worker's threads and CPUs
+    #[arg(long)]
+    base_in_frontend: bool,
     /// Where to write the generated CLUSTER.json (default: a temporary folder)
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -133,6 +137,7 @@ pub fn run(a: Args) -> Result<()> {
         fault_panic_request: a.fault_panic_request.clone(),
         exact_cache_entries: a.exact_cache_entries,
         memory_at_frontend: a.memory_at_frontend,
+        base_in_frontend: a.base_in_frontend,
         online: a.online.then(|| OnlineOptions {
             state_dir: a.state_dir.clone(),
             retrain_every: a.retrain_every,
