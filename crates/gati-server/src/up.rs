@@ -345,7 +345,9 @@ impl Drop for Supervisor {
 #[error("a cluster process exited during start-up (see its error above)")]
 pub struct ExitedDuringStartUp;
 
-/// Waits until the frontend answers `health()` with every worker reachable.
+/// Waits until the frontend answers `health()` with every worker reachable, and `models()`: only
+/// the frontend's service has it, so another role answering on the frontend's port is never taken
+/// for a healthy frontend.
 pub fn wait_healthy(cluster: &Cluster, sup: &mut Supervisor, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
@@ -355,7 +357,7 @@ pub fn wait_healthy(cluster: &Cluster, sup: &mut Supervisor, timeout: Duration) 
         if let Ok(mut c) = crate::client::Frontend::of(cluster).connect(Duration::from_secs(2)) {
             use gati_rpc::TGatiSyncClient;
             if let Ok(h) = c.health() {
-                if h.ok && h.workers.values().all(|&up| up) {
+                if h.ok && h.workers.values().all(|&up| up) && c.models().is_ok_and(|m| !m.is_empty()) {
                     return Ok(());
                 }
             }
