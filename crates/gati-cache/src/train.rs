@@ -35,6 +35,9 @@ pub struct TrainConfig {
     /// The smaller base `student` heads started from (e.g. `resnet20-jpeg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub student_init: Option<String>,
+    /// A student's learning rate relative to a fresh head's (None: `CacheHead::lr_factor`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_lr_factor: Option<f64>,
 }
 
 fn default_train_split() -> String {
@@ -57,6 +60,7 @@ impl Default for TrainConfig {
             augment: false,
             holdout: 0,
             student_init: None,
+            student_lr_factor: None,
         }
     }
 }
@@ -103,7 +107,7 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
         for chunk in order.chunks(cfg.batch_size) {
             let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
             if step == 0 {
-                lr_scale = first_batch_lr_scales(bank, model, train, chunk, &stages);
+                lr_scale = first_batch_lr_scales(bank, model, train, chunk, &stages, cfg);
             }
             for (g, scale) in lr_scale.iter().enumerate() {
                 opt.set_lr_group(g, lr * scale);
@@ -214,11 +218,18 @@ fn first_batch_lr_scales(
     train: &Dataset,
     chunk: &[usize],
     stages: &[usize],
+    cfg: &TrainConfig,
 ) -> Vec<f64> {
     let acts = tch::no_grad(|| model.forward_collect(&model.preprocess(&train.pixels(chunk)), stages).1);
     bank.heads
         .iter()
-        .map(|h| h.head.lr_factor() * lr_scale(h.head.fan_in(), &acts[stages.binary_search(&h.stage).expect("stage")]))
+        .map(|h| {
+            let factor = match (h.variant, cfg.student_lr_factor) {
+                (crate::heads::Variant::Student, Some(f)) => f,
+                _ => h.head.lr_factor(),
+            };
+            factor * lr_scale(h.head.fan_in(), &acts[stages.binary_search(&h.stage).expect("stage")])
+        })
         .collect()
 }
 

@@ -85,6 +85,13 @@ fn errors_are_one_line_naming_the_culprit() {
     );
     let e = one_line_error(&[&student[..], &["--students-beside", "--mode", "distributed"]].concat());
     assert!(e.contains("--students-beside is for --mode inline"), "{e}");
+    let e = one_line_error(&[&plan[..], &["--variants", "gap", "--student-lr-factor", "0.01"]].concat());
+    assert!(
+        e.contains("--student-lr-factor is given but --variants has no student"),
+        "{e}"
+    );
+    let e = one_line_error(&[&student[..], &["--student-lr-factor", "2"]].concat());
+    assert!(e.contains("--student-lr-factor 2: must be in (0, 1]"), "{e}");
 }
 
 #[test]
