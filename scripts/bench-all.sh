@@ -9,6 +9,7 @@
 #
 #   scripts/bench-all.sh [REQUESTS] [REPEAT]
 #   MODELS="resnet56-jpeg" PLAN_TAG=-final scripts/bench-all.sh 1000 3
+#   MODELS="resnet44-jpeg resnet56-jpeg" PLAN_TAG=-student STUDENT=resnet20-jpeg scripts/bench-all.sh   (students beside)
 # Run it on an otherwise idle machine: every other process competes for the same cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

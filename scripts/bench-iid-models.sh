@@ -10,6 +10,8 @@
 #   scripts/bench-iid-models.sh resnet20-jpeg-exits resnet56-jpeg-exits   (bases trained with early exits)
 #   PLAN_FLAGS="--augment false" TAG=-no-augment scripts/bench-iid-models.sh resnet56-jpeg
 #   PLAN_FLAGS="--margin-sigmas 1" TAG=-z1 CANDIDATES_TAG= scripts/bench-iid-models.sh resnet56-jpeg
+#   STUDENT=resnet20-jpeg TAG=-student scripts/bench-iid-models.sh resnet56-jpeg   (a student cache:
+#     a ResNet-20 started from STUDENT, offered inline and beside the base model)
 #   python3 scripts/iid_table.py --models reports/iid-models   # one line per model
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,6 +19,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --release -q -p gati-cli
 G=target/release/gati
+variants=(--variants gap,conv-pool)
+[ -n "${STUDENT:-}" ] && variants=(--variants gap,conv-pool,student --student-init "$STUDENT" --students-beside)
 for model in "$@"; do
   out="reports/iid-models/$model${TAG:-}"
   candidates="reports/iid-models/$model${CANDIDATES_TAG-${TAG:-}}/plan-inline-0.01/candidates"
@@ -25,7 +29,7 @@ for model in "$@"; do
   [ -f "models/$model/weights.safetensors" ] && weights=(--weights "models/$model/weights.safetensors")
   # shellcheck disable=SC2086
   $G plan --model "$model" "${weights[@]}" --budget 0.01 --mode inline --train-limit 15000 --epochs 3 \
-    --variants gap,conv-pool --holdout 5000 --threads 1 ${PLAN_FLAGS:-} --candidates "$candidates" --out "$out/plan-inline-0.01" --json \
+    "${variants[@]}" --holdout 5000 --threads 1 ${PLAN_FLAGS:-} --candidates "$candidates" --out "$out/plan-inline-0.01" --json \
     > "$out/plan-inline-0.01.plan.json" 2> "$out/plan.log"
   $G evaluate --plan "$out/plan-inline-0.01" --threads 1 --json > "$out/plan-inline-0.01.evaluate.json" 2> "$out/evaluate.log"
   echo "$model${TAG:-}: $(python3 scripts/iid_table.py --line "$out/plan-inline-0.01")" >&2

@@ -18,7 +18,8 @@ pub struct Args {
     /// door-camera[:people[:burst]]
     #[arg(long, default_value = "iid,zipf,working-set")]
     streams: String,
-    /// Configurations: all, or a comma list of base-1, base-all, gati-in-process, thrift-base, thrift-inline, thrift-distributed
+    /// Configurations: all, or a comma list of base-1, base-all, gati-in-process, thrift-base, thrift-inline, thrift-distributed,
+    /// thrift-base-colocated, thrift-inline-colocated (the base worker inside the frontend's process)
     #[arg(long, default_value = "all")]
     configs: String,
     /// Requests per run (every configuration sends the same sequence)
