@@ -604,14 +604,7 @@ fn a_memory_cache_planned_on_a_repeat_stream_hits_only_on_repeats_when_served() 
     // every exact repeat gets its first sight's answer without a base run.
     let c = Cluster::up_plan(&out, "inline", &[]);
     let mut client = c.client();
-    let first: Vec<gati_rpc::InferResponse> = images
-        .iter()
-        .map(|p| {
-            client
-                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
-                .unwrap()
-        })
-        .collect();
+    let first = common::infer_images(&mut client, &images);
     assert!(first.iter().all(|r| r.cache_kind.as_deref() != Some("exact")));
     let base = c.info["metrics"]["base"].as_str().unwrap().to_string();
     let runs = metric(&base, "gati_base_requests_total");

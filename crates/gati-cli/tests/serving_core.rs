@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{metric, plan_dir, rss_mb, test_images, Cluster};
+use common::{infer_images, metric, plan_dir, rss_mb, test_images, Cluster};
 use gati_cache::runtime::{EarlyExit, Exit};
 use gati_rpc::{AnswerSource, InferOutcome, InferRequest, Input, TGatiSyncClient, TensorData};
 use gati_server::client::{describe, image_request};
@@ -69,14 +69,7 @@ fn batches_answer_each_item_like_a_single_request_and_fail_items_alone() {
     let c = Cluster::up("inline");
     let mut client = c.client();
     let images = test_images(12);
-    let singles: Vec<_> = images
-        .iter()
-        .map(|p| {
-            client
-                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
-                .unwrap()
-        })
-        .collect();
+    let singles = infer_images(&mut client, &images);
     let mut batch: Vec<InferRequest> = images
         .iter()
         .map(|p| image_request("resnet20", std::fs::read(p).unwrap()))
@@ -198,14 +191,7 @@ fn a_base_worker_in_the_frontends_process_answers_as_in_process() {
     let ee = EarlyExit::load(plan_dir()).unwrap().1;
     let images = test_images(32);
     let mut client = c.client();
-    let answers: Vec<_> = images
-        .iter()
-        .map(|p| {
-            client
-                .infer(image_request("resnet20", std::fs::read(p).unwrap()))
-                .unwrap()
-        })
-        .collect();
+    let answers = infer_images(&mut client, &images);
     assert_answered_as_in_process(&ee, &images, &answers);
     assert!(answers.iter().any(|r| r.source == AnswerSource::CACHE), "no cache hit");
     let mut r = image_request("resnet20", std::fs::read(&images[0]).unwrap());

@@ -170,6 +170,22 @@ pub fn test_images(n: usize) -> Vec<PathBuf> {
     ds.sources.iter().map(PathBuf::from).collect()
 }
 
+/// One `infer` of each image file (ResNet-20), in order; every one must be answered.
+pub fn infer_images(client: &mut gati_server::client::Client, images: &[PathBuf]) -> Vec<gati_rpc::InferResponse> {
+    use gati_rpc::TGatiSyncClient;
+    images
+        .iter()
+        .map(|p| {
+            client
+                .infer(gati_server::client::image_request(
+                    "resnet20",
+                    std::fs::read(p).unwrap(),
+                ))
+                .unwrap()
+        })
+        .collect()
+}
+
 pub fn metric(addr: &str, name: &str) -> f64 {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
