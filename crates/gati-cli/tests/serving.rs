@@ -365,7 +365,7 @@ fn bench_report_is_consistent_with_its_records() {
                 .collect();
         assert_eq!(reference.len(), requests);
         let runs = st["runs"].as_array().unwrap();
-        assert_eq!(runs.len(), 6 * 2, "six configurations, two repeats");
+        assert_eq!(runs.len(), 8 * 2, "eight configurations, two repeats");
         for r in runs {
             let (hits, misses, n) = (
                 r["hits"].as_u64().unwrap(),
@@ -392,10 +392,32 @@ fn bench_report_is_consistent_with_its_records() {
             assert!((loss - differ as f64 / n as f64).abs() < 1e-12, "{name} {r}");
             let layers = rec["layer"].as_array().unwrap();
             assert_eq!(layers.iter().filter(|l| !l.is_null()).count() as u64, hits);
-            if r["config"].as_str().unwrap().starts_with("base") || r["config"] == "thrift-base-only" {
+            if ["base", "thrift-base"]
+                .iter()
+                .any(|b| r["config"].as_str().unwrap().starts_with(b))
+            {
                 assert_eq!(hits, 0, "{r}");
             }
         }
+        // A speed-up is taken against the base model served the same way, repeat by repeat: the
+        // base worker in the frontend's process against the same.
+        let mean_of = |config: &str, repeat: u64| {
+            runs.iter()
+                .find(|r| r["config"] == config && r["repeat"] == repeat)
+                .map(|r| r["latency_ms"]["mean"].as_f64().unwrap())
+                .unwrap()
+        };
+        let colocated = st["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["config"] == "thrift-inline-colocated")
+            .unwrap();
+        let ratios: Vec<f64> = (0..2)
+            .map(|k| mean_of("thrift-base-colocated", k) / mean_of("thrift-inline-colocated", k))
+            .collect();
+        let speedup = colocated["speedup"]["median"].as_f64().unwrap();
+        assert!((speedup - (ratios[0] + ratios[1]) / 2.0).abs() < 1e-9, "{colocated}");
         // Each summary figure is the median of its runs (two runs: their mean).
         for c in st["configs"].as_array().unwrap() {
             let mine: Vec<f64> = runs
