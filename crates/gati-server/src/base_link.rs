@@ -71,12 +71,16 @@ impl BaseLink {
         }
     }
 
-    /// Asks the base worker to stop a run between stages; false if it could not be reached
-    /// (the pooled connections are dropped, so the next call reconnects).
-    pub fn cancel(&self, id: String) -> bool {
+    /// Asks the base worker to stop a run between stages. Best effort: a run not stopped only
+    /// finishes; a worker not reached loses its pooled connections, so the next call reconnects.
+    pub fn cancel(&self, id: String) {
         match self {
-            BaseLink::Remote { control, .. } => Self::control(control, |c| c.cancel(id)),
-            BaseLink::Local { worker, .. } => worker.handle_cancel(id).is_ok(),
+            BaseLink::Remote { control, .. } => {
+                Self::control(control, |c| c.cancel(id));
+            }
+            BaseLink::Local { worker, .. } => {
+                let _ = worker.handle_cancel(id);
+            }
         }
     }
 
