@@ -206,16 +206,12 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
     let mut clusters = Vec::new();
     for c in &o.configs {
         if let Some(mode) = c.serve_mode() {
-            let shape = Shape {
-                base_in_frontend: c.colocated(),
-                ..o.shape()
-            };
-            clusters.push((*c, LocalCluster::start(&o.exe, plan_dir, mode, shape)?));
+            clusters.push((*c, LocalCluster::start(&o.exe, plan_dir, mode, o.shape(*c))?));
         }
     }
     let sweep_clusters: Vec<LocalCluster> = sweep_plans
         .iter()
-        .map(|(_, d, _)| LocalCluster::start(&o.exe, d, o.sweep_mode, o.shape()))
+        .map(|(_, d, _)| LocalCluster::start(&o.exe, d, o.sweep_mode, o.shape(o.sweep_config())))
         .collect::<Result<_>>()?;
 
     let total = (o.repeat * (streams.len() * o.configs.len() + sweep_plans.len())) as u64;
@@ -324,7 +320,8 @@ fn bench_model(o: &Options, plan_dir: &Path, records: &mut Records) -> Result<Mo
 }
 
 impl Options {
-    fn shape(&self) -> Shape {
+    /// The cluster layout that serves `config`.
+    fn shape(&self, config: Config) -> Shape {
         Shape {
             pin: self.pin,
             keep_awake: self.keep_awake,
@@ -333,7 +330,7 @@ impl Options {
             memory_at_frontend: self.memory_at_frontend,
             tls: self.tls.clone(),
             complete_on_hit_fraction: self.complete_on_hit_fraction,
-            base_in_frontend: false,
+            base_in_frontend: config.colocated(),
         }
     }
 

@@ -224,7 +224,6 @@ fn lowered_version(state: &Path) -> String {
 /// Thrift service: the versions the operator pins are installed there and answer.
 #[test]
 fn versions_reach_a_base_worker_in_the_frontends_process() {
-    use gati_rpc::TGatiSyncClient;
     let state = tempfile::tempdir().unwrap();
     let v1 = lowered_version(state.path());
     let c = online(state.path(), &["--base-in-frontend"]);
@@ -235,10 +234,7 @@ fn versions_reach_a_base_worker_in_the_frontends_process() {
         c.info
     );
     assert_eq!(admin(&c, &["versions"])["serving"], v1.as_str());
-    let images: Vec<Vec<u8>> = common::test_images(60)
-        .iter()
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
+    let images = common::test_images(60);
     let mut client = c.client();
     for v in ["v0", v1.as_str()] {
         let pinned = admin(&c, &["pin", v]);
@@ -246,14 +242,9 @@ fn versions_reach_a_base_worker_in_the_frontends_process() {
             pinned["workers"].as_object().unwrap().values().all(|w| w == v),
             "{pinned}"
         );
-        let versions: Vec<Option<String>> = images
-            .iter()
-            .map(|img| {
-                let r = client
-                    .infer(gati_server::client::image_request("resnet20", img.clone()))
-                    .unwrap();
-                r.cache_version
-            })
+        let versions: Vec<Option<String>> = common::infer_images(&mut client, &images)
+            .into_iter()
+            .map(|r| r.cache_version)
             .collect();
         let hits = versions.iter().flatten().count();
         assert!(hits > 0, "no cache hit under {v}");
