@@ -103,8 +103,10 @@ phase() {  # NAME SECONDS
 }
 worker_up() { curl -s 10.77.0.2:9100/metrics | awk '/^gati_worker_up\{worker="cache-0/ {print $2}'; }
 phase before "$PHASE_S"
-# The same load on a loopback cluster of the same plan and mode: addressing by name must not cost hits.
-"$G" up --plan "$PLAN" --mode distributed --exact-cache-entries 0 --complete-fraction 0 --port 0 --json > "$WORK/up.json" 2> "$WORK/up.log" & UP=$!
+# The same load on a loopback cluster of the same plan, mode and shape (one cache worker holding
+# every cache layer, the same token): addressing by name must not cost hits.
+"$G" up --plan "$PLAN" --mode distributed --cache-workers 1 --token-file "$WORK/token" \
+  --exact-cache-entries 0 --complete-fraction 0 --port 0 --json > "$WORK/up.json" 2> "$WORK/up.log" & UP=$!
 PIDS+=($UP)
 for _ in $(seq 1 300); do [ -s "$WORK/up.json" ] && break; sleep 0.2; done
 LOOP=$(python3 -c "import json; print(json.load(open('$WORK/up.json'))['endpoint'])")
