@@ -22,6 +22,9 @@ pub struct CandidateMeta {
     pub train: crate::train::TrainConfig,
     pub train_seconds: f64,
     pub train_fidelity: Vec<f64>,
+    /// The student's learning-rate factor at the end of training (after `train`'s guard), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_lr_factor: Option<f64>,
     pub heads: Vec<HeadMeta>,
     /// The heads' and outcomes' files, content-named (absent in older sets: the fixed names).
     #[serde(default)]

@@ -88,7 +88,7 @@ pub const STUDENT_STEM_CHANNELS: i64 = 16;
 /// A student starts from trained weights and its BatchNorms keep the smaller base's statistics: at
 /// a fifth of a fresh head's learning rate its fidelity fell from 93% to 57% within five steps; at a
 /// twentieth it holds and fine-tunes.
-const STUDENT_LR_FACTOR: f64 = 0.05;
+pub const STUDENT_LR_FACTOR: f64 = 0.05;
 
 /// One cache model: a variant built for one activation shape.
 #[derive(Debug)]

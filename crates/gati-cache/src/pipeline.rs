@@ -86,6 +86,7 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
         train: inp.config.clone(),
         train_seconds: report.seconds,
         train_fidelity: report.train_fidelity,
+        student_lr_factor: report.student_lr_factor,
         heads: bank
             .heads
             .iter()

@@ -15,14 +15,14 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 fn resnet20() -> (BaseModel, std::path::PathBuf) {
-    let ckpt = paths::checkpoint("resnet20").unwrap();
-    let w = paths::convert_cached(
-        "resnet20",
-        &ckpt,
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights"),
-    )
-    .unwrap();
-    (BaseModel::load("resnet20", &w, tch::Device::Cpu).unwrap(), w)
+    shipped("resnet20")
+}
+
+/// A CIFAR ResNet as shipped in ../shared (trained on lossless images).
+fn shipped(name: &str) -> (BaseModel, std::path::PathBuf) {
+    let ckpt = paths::checkpoint(name).unwrap();
+    let w = paths::convert_cached(name, &ckpt, &Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights")).unwrap();
+    (BaseModel::load(name, &w, tch::Device::Cpu).unwrap(), w)
 }
 
 fn cifar() -> std::path::PathBuf {
@@ -675,4 +675,47 @@ fn a_student_starts_from_the_smaller_base() {
     assert!(other.heads.is_empty(), "a student reads the stem only");
     let err = gati_cache::student::initialise(&mut bank, &model, &fine_tuned("resnet32-jpeg"), &pixels).unwrap_err();
     assert!(format!("{err:#}").contains("CIFAR ResNet-20"), "{err:#}");
+}
+
+/// Distillation at the default student rate undoes the as-shipped ResNet-20's start as a student of
+/// the as-shipped ResNet-56 on JPEG images within a few steps; training's guard notices, restarts the
+/// student at a lower rate, and it keeps its start. The fine-tuned pair holds at the default rate:
+/// the guard leaves it alone.
+#[test]
+fn a_student_whose_start_is_undone_is_restarted_at_a_lower_rate() {
+    let _guard = training_lock();
+    gati_core::set_threads(1);
+    let train = data::load(&cifar(), "train", Some(2048), (32, 32)).unwrap();
+    let test = data::load(&cifar(), "test", Some(300), (32, 32)).unwrap();
+    let config = TrainConfig {
+        epochs: 1,
+        augment: true,
+        ..Default::default()
+    };
+    let default_factor = gati_cache::heads::STUDENT_LR_FACTOR;
+    for (base, small, cut_expected) in [
+        (shipped("resnet56").0, shipped("resnet20").0, true),
+        (fine_tuned("resnet56-jpeg"), fine_tuned("resnet20-jpeg"), false),
+    ] {
+        let x = base.preprocess(&test.pixels(&(0..test.len()).collect::<Vec<_>>()));
+        let stem = base.stage_index("stem").unwrap();
+        let mut bank = HeadBank::new(&base, &[stem], &[Variant::Student]).unwrap();
+        let first: Vec<usize> = (0..gati_cache::student::ADAPTER_FIT_IMAGES).collect();
+        gati_cache::student::initialise(&mut bank, &base, &small, &train.pixels(&first)).unwrap();
+        let started = student_agreement(&bank, &base, &x);
+        let report = gati_cache::train::train(&mut bank, &base, &train, &config);
+        let trained = student_agreement(&bank, &base, &x);
+        let factor = report.student_lr_factor.expect("a student's factor");
+        eprintln!(
+            "{} from {}: agreement {started:.3} -> {trained:.3}, student rate factor {factor}",
+            base.spec().name,
+            small.spec().name
+        );
+        if cut_expected {
+            assert!(factor < default_factor, "the guard did not cut the rate: {factor}");
+        } else {
+            assert_eq!(factor, default_factor, "the guard cut a pair that holds");
+        }
+        assert!(trained >= started - 0.03, "agreement {started:.3} -> {trained:.3}");
+    }
 }

@@ -20,3 +20,13 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 pub fn quiet() -> bool {
     std::env::var_os("GATI_QUIET").is_some()
 }
+
+/// A line of news during `pb`'s work: above the bar when it is drawn, else on stderr (logs and CI
+/// have no terminal for the bar), and nowhere under `GATI_QUIET`.
+pub fn say(pb: &ProgressBar, line: &str) {
+    if !pb.is_hidden() {
+        pb.println(line);
+    } else if !quiet() {
+        eprintln!("{line}");
+    }
+}

@@ -96,8 +96,8 @@ pub struct Args {
     #[arg(long)]
     students_beside: bool,
     /// A student's learning rate relative to a fresh head's [default: 0.05]. A student starts
-    /// trained: a pair whose distillation loses fidelity from the first steps (the as-shipped
-    /// ResNet-56 and ResNet-20 on JPEG data) needs less (0.005)
+    /// trained: where its agreement with the base falls in the first steps, training restarts it
+    /// at a tenth of this rate (up to three times)
     #[arg(long)]
     student_lr_factor: Option<f64>,
     #[arg(long, default_value_t = 128)]
@@ -140,6 +140,9 @@ struct Output<'a> {
     plan_dir: &'a PathBuf,
     trained: bool,
     train_seconds: f64,
+    /// The student's learning-rate factor after training's guard (absent without a student).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    student_lr_factor: Option<f64>,
     plan: &'a gati_cache::plan::Plan,
     candidates: Vec<HeadRow>,
 }
@@ -324,6 +327,7 @@ pub fn run(a: Args) -> Result<()> {
             plan_dir: &a.out,
             trained,
             train_seconds: cands.meta.train_seconds,
+            student_lr_factor: cands.meta.student_lr_factor,
             plan: &plan,
             candidates: rows,
         });
