@@ -143,6 +143,9 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
             for g in &mut guards {
                 if let Some(msg) = g.check(bank, step, &mut lr_scale) {
                     gati_core::progress::say(&pb, &msg);
+                    // The student's momentum holds the fall's large gradients, and tch cannot clear
+                    // one group's: a fresh optimizer (the other heads lose a few steps' momentum).
+                    opt = sgd(&bank.vs, cfg.lr, cfg.momentum, cfg.weight_decay);
                 }
             }
             seen += chunk.len();
