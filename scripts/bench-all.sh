@@ -10,6 +10,8 @@
 #   scripts/bench-all.sh [REQUESTS] [REPEAT]
 #   MODELS="resnet56-jpeg" PLAN_TAG=-final scripts/bench-all.sh 1000 3
 #   MODELS="resnet44-jpeg resnet56-jpeg" PLAN_TAG=-student STUDENT=resnet20-jpeg scripts/bench-all.sh   (students beside)
+# The as-shipped and fine-tuned bases take different students (resnet20, resnet20-jpeg): plan each
+# scenario first with scripts/bench-iid-models.sh and the same TAG, then run this with that PLAN_TAG.
 # Run it on an otherwise idle machine: every other process competes for the same cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

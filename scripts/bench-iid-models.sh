@@ -11,7 +11,7 @@
 #   PLAN_FLAGS="--augment false" TAG=-no-augment scripts/bench-iid-models.sh resnet56-jpeg
 #   PLAN_FLAGS="--margin-sigmas 1" TAG=-z1 CANDIDATES_TAG= scripts/bench-iid-models.sh resnet56-jpeg
 #   STUDENT=resnet20-jpeg TAG=-student scripts/bench-iid-models.sh resnet56-jpeg   (a student cache:
-#     a ResNet-20 started from STUDENT, offered inline and beside the base model)
+#     a ResNet-20 started from STUDENT, offered inline and beside the base model; not for ResNet-20s)
 #   python3 scripts/iid_table.py --models reports/iid-models   # one line per model
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,9 +19,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --release -q -p gati-cli
 G=target/release/gati
-variants=(--variants gap,conv-pool)
-[ -n "${STUDENT:-}" ] && variants=(--variants gap,conv-pool,student --student-init "$STUDENT" --students-beside)
 for model in "$@"; do
+  variants=(--variants gap,conv-pool)
+  # A student is a ResNet-20: beside a ResNet-20 it would save nothing.
+  [ -n "${STUDENT:-}" ] && [[ $model != resnet20* ]] &&
+    variants=(--variants gap,conv-pool,student --student-init "$STUDENT" --students-beside)
   out="reports/iid-models/$model${TAG:-}"
   candidates="reports/iid-models/$model${CANDIDATES_TAG-${TAG:-}}/plan-inline-0.01/candidates"
   mkdir -p "$out"
