@@ -104,6 +104,18 @@ fn endpoint(
     })
 }
 
+/// The base worker's CPUs in a pinned local deployment: core 0, and the cache workers' core 1 too
+/// where students run beside it (inline mode only). Elsewhere it keeps one core, as the base model
+/// alone is measured (ResNet-56's beside plans in `scripts/bench-all.sh`: the base alone through
+/// Thrift took 2.6 ms more than in-process when pinned to both cores, 0.6–1.1 ms on core 0).
+fn base_cpus(pin: bool, mode: ServeMode, beside: bool) -> Vec<usize> {
+    match (pin, mode == ServeMode::Inline && beside) {
+        (false, _) => vec![],
+        (true, true) => vec![0, 1],
+        (true, false) => vec![0],
+    }
+}
+
 /// The cluster config for a local deployment of `o.plan`; the plan's cache layers (learned and
 /// memory) are dealt round-robin to the cache workers.
 pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
@@ -123,15 +135,12 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
             });
         }
     }
-    let base_cpus = match (o.pin, plan.caches.iter().any(|c| c.beside)) {
-        (true, true) => vec![0, 1],
-        _ => cpus(0),
-    };
     let mode = if o.mode == ServeMode::Distributed && caches.is_empty() {
         ServeMode::BaseOnly
     } else {
         o.mode
     };
+    let base_cpus = base_cpus(o.pin, mode, plan.caches.iter().any(|c| c.beside));
     let mut c = Cluster {
         selector_advertise: None,
         exact_cache_entries: o.exact_cache_entries,
@@ -388,5 +397,20 @@ pub fn start_local(exe: &Path, o: &UpOptions, config_path: &Path) -> Result<(Clu
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only an inline cluster with students beside gives its base worker the second core.
+    #[test]
+    fn the_base_worker_takes_the_second_core_only_for_students_beside() {
+        assert_eq!(base_cpus(true, ServeMode::Inline, true), vec![0, 1]);
+        assert_eq!(base_cpus(true, ServeMode::Inline, false), vec![0]);
+        assert_eq!(base_cpus(true, ServeMode::BaseOnly, true), vec![0]);
+        assert_eq!(base_cpus(true, ServeMode::Distributed, true), vec![0]);
+        assert!(base_cpus(false, ServeMode::Inline, true).is_empty());
     }
 }
