@@ -102,7 +102,7 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
     let mut agree = vec![0i64; bank.heads.len()];
     let mut step = 0;
     let mut lr_scale = Vec::new();
-    let mut guards = StudentGuard::arm(bank, model, train);
+    let mut guard = StudentGuard::arm(bank, model, train);
     for epoch in 0..cfg.epochs {
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
@@ -140,7 +140,7 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
             }
             opt.backward_step(&loss);
             step += 1;
-            for g in &mut guards {
+            if let Some(g) = guard.as_mut() {
                 if let Some(msg) = g.check(bank, step, &mut lr_scale) {
                     gati_core::progress::say(&pb, &msg);
                     // The student's momentum holds the fall's large gradients, and tch cannot clear
@@ -175,13 +175,7 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
         images: n,
         seconds: start.elapsed().as_secs_f64(),
         train_fidelity: agree.iter().map(|&a| a as f64 / n.max(1) as f64).collect(),
-        student_lr_factor: bank
-            .heads
-            .iter()
-            .position(|h| h.variant == crate::heads::Variant::Student)
-            .map(|i| {
-                head_lr_factor(&bank.heads[i], cfg) / guards.iter().find(|g| g.head == i).map_or(1.0, |g| g.divisor)
-            }),
+        student_lr_factor: guard.map(|g| head_lr_factor(&bank.heads[g.head], cfg) / g.divisor),
     }
 }
 
@@ -211,48 +205,40 @@ struct StudentGuard {
 }
 
 impl StudentGuard {
-    /// One guard per student head, each with its starting agreement measured.
-    fn arm(bank: &HeadBank, model: &BaseModel, train: &Dataset) -> Vec<Self> {
-        let students: Vec<usize> = (0..bank.heads.len())
-            .filter(|&i| bank.heads[i].variant == crate::heads::Variant::Student)
-            .collect();
-        if students.is_empty() {
-            return Vec::new();
-        }
+    /// The guard of the bank's student (a bank has at most one, at the stem), its starting
+    /// agreement measured; None without a student.
+    fn arm(bank: &HeadBank, model: &BaseModel, train: &Dataset) -> Option<Self> {
+        let head = bank
+            .heads
+            .iter()
+            .position(|h| h.variant == crate::heads::Variant::Student)?;
+        let h = &bank.heads[head];
         let first: Vec<usize> = (0..GUARD_PROBE_IMAGES.min(train.len())).collect();
-        let stages: Vec<usize> = {
-            let mut s: Vec<usize> = students.iter().map(|&i| bank.heads[i].stage).collect();
-            s.dedup();
-            s
-        };
-        let (z, acts) = tch::no_grad(|| model.forward_collect(&model.preprocess(&train.pixels(&first)), &stages));
-        let base_pred = z.argmax(-1, false);
-        let vars = bank.vs.variables();
-        students
+        let (z, mut acts) =
+            tch::no_grad(|| model.forward_collect(&model.preprocess(&train.pixels(&first)), &[h.stage]));
+        let prefix = format!("{}.", h.key);
+        let snapshot = bank
+            .vs
+            .variables()
             .into_iter()
-            .map(|head| {
-                let h = &bank.heads[head];
-                let probe = acts[stages.binary_search(&h.stage).expect("probed stage")].shallow_clone();
-                let prefix = format!("{}.", h.key);
-                let snapshot = vars
-                    .iter()
-                    .filter(|(name, _)| name.starts_with(&prefix))
-                    .map(|(_, v)| (v.shallow_clone(), v.detach().copy()))
-                    .collect();
-                let mut g = Self {
-                    head,
-                    probe,
-                    base_pred: base_pred.shallow_clone(),
-                    start: 0.0,
-                    snapshot,
-                    restarted_at: 0,
-                    cuts: 0,
-                    divisor: 1.0,
-                };
-                g.start = g.agreement(bank);
-                g
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, v)| {
+                let saved = v.detach().copy();
+                (v, saved)
             })
-            .collect()
+            .collect();
+        let mut g = Self {
+            head,
+            probe: acts.remove(0),
+            base_pred: z.argmax(-1, false),
+            start: 0.0,
+            snapshot,
+            restarted_at: 0,
+            cuts: 0,
+            divisor: 1.0,
+        };
+        g.start = g.agreement(bank);
+        Some(g)
     }
 
     fn agreement(&self, bank: &HeadBank) -> f64 {
