@@ -175,7 +175,7 @@ pub fn train(bank: &mut HeadBank, model: &BaseModel, train: &Dataset, cfg: &Trai
         images: n,
         seconds: start.elapsed().as_secs_f64(),
         train_fidelity: agree.iter().map(|&a| a as f64 / n.max(1) as f64).collect(),
-        student_lr_factor: guard.map(|g| head_lr_factor(&bank.heads[g.head], cfg) / g.divisor),
+        student_lr_factor: guard.map(|g| head_lr_factor(&bank.heads[g.head], cfg) / 10f64.powi(g.cuts as i32)),
     }
 }
 
@@ -199,9 +199,8 @@ struct StudentGuard {
     start: f64,
     snapshot: Vec<(Tensor, Tensor)>,
     restarted_at: usize,
+    /// Times the student's rate has been divided by 10.
     cuts: usize,
-    /// What the student's rate has been divided by so far (1, 10, 100, ...).
-    divisor: f64,
 }
 
 impl StudentGuard {
@@ -235,7 +234,6 @@ impl StudentGuard {
             snapshot,
             restarted_at: 0,
             cuts: 0,
-            divisor: 1.0,
         };
         g.start = g.agreement(bank);
         Some(g)
@@ -270,7 +268,6 @@ impl StudentGuard {
             }
         });
         lr_scale[self.head] /= 10.0;
-        self.divisor *= 10.0;
         self.cuts += 1;
         let at = step - self.restarted_at;
         self.restarted_at = step;
