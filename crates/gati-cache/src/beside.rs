@@ -7,6 +7,7 @@
 use crate::heads::{CacheHead, HeadBank, Variant};
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TryRecvError};
+use gati_core::cpu;
 use gati_core::stats::LatencyStats;
 use gati_core::BaseModel;
 use serde::{Deserialize, Serialize};
@@ -20,9 +21,17 @@ type Job<T> = Box<dyn FnOnce(&T) + Send>;
 /// How long an idle thread waits for the next job spinning before it parks.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(20);
 
+thread_local! {
+    /// Set on a thread placed on a CPU of its own (`Beside::own_cpu`): it waits between jobs in
+    /// the `SCHED_IDLE` class.
+    static IDLE_BETWEEN_JOBS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 pub struct Beside<T> {
     jobs: Option<Sender<Job<T>>>,
     thread: Option<JoinHandle<()>>,
+    /// The thread's id when it waits at `SCHED_IDLE`: each hand-off lifts it back.
+    idle_waiter: Option<cpu::Tid>,
 }
 
 impl<T: Send + 'static> Beside<T> {
@@ -47,16 +56,48 @@ impl<T: Send + 'static> Beside<T> {
                     },
                     Err(TryRecvError::Disconnected) => return,
                 };
+                // Jobs run in the normal class (`run` lifts the thread too, in case something
+                // busier on this CPU kept it from reaching the job), waits in SCHED_IDLE.
+                let idle_between = IDLE_BETWEEN_JOBS.get();
+                if idle_between {
+                    let _ = cpu::set_idle(0, false);
+                }
                 // A job that panics drops its reply sender (its caller sees a disconnected
                 // receiver and degrades to the base model); the thread serves the next job.
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&state)));
+                if idle_between {
+                    let _ = cpu::set_idle(0, true);
+                }
                 idle_since = Instant::now();
             }
         })?;
         Ok(Self {
             jobs: Some(tx),
             thread: Some(thread),
+            idle_waiter: None,
         })
+    }
+
+    /// Pins the thread to `cpu`, a CPU of its own, where it waits between jobs in the `SCHED_IDLE`
+    /// class: a thread that wakes there (an RPC reply, the frontend, the client) runs at once
+    /// instead of queueing behind the spin, and the hand-off lifts it back to the normal class,
+    /// so it still runs its jobs ahead of low-priority work (the trainer). Where this process may
+    /// not leave `SCHED_IDLE` (`cpu::can_leave_idle`) it is only pinned.
+    pub fn own_cpu(&mut self, cpu: usize) -> Result<()> {
+        let idle = cpu::can_leave_idle();
+        let tid = self
+            .run(move |_| -> Result<cpu::Tid> {
+                cpu::pin_current(&[cpu])?;
+                if idle {
+                    cpu::set_idle(0, true)?;
+                    IDLE_BETWEEN_JOBS.set(true);
+                }
+                Ok(cpu::current_tid())
+            })
+            .recv()
+            .context("the thread is gone")??;
+        self.idle_waiter = idle.then_some(tid);
+        Ok(())
     }
 
     /// Runs `f` on the thread, with the caller's libtorch intra-op thread count (a per-thread
@@ -73,6 +114,11 @@ impl<T: Send + 'static> Beside<T> {
         });
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send(job);
+            if let Some(tid) = self.idle_waiter {
+                // Waiting in SCHED_IDLE, the thread may not run at all while a normal thread
+                // (the trainer) has its CPU: lift it to reach the job.
+                let _ = cpu::set_idle(tid, false);
+            }
         }
         rx
     }
@@ -183,5 +229,31 @@ mod tests {
         assert_eq!(b.run(|v| v.iter().sum::<i32>()).recv().unwrap(), 6);
         assert!(b.run(|v| v[7]).recv().is_err());
         assert_eq!(b.run(|v| v.len()).recv().unwrap(), 3);
+    }
+
+    /// On a CPU of its own the thread runs each job in the normal class and waits between jobs
+    /// in `SCHED_IDLE` (where the process may leave it again; else it is only pinned).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_on_its_own_cpu_runs_jobs_normally_and_waits_at_idle() {
+        let policy = |tid: cpu::Tid| unsafe { libc::sched_getscheduler(tid) };
+        let mut b = Beside::spawn("test-own-cpu", ()).unwrap();
+        b.own_cpu(0).unwrap();
+        let idle = cpu::can_leave_idle();
+        for _ in 0..3 {
+            let (tid, during, cpu_now) = b
+                .run(move |_| (cpu::current_tid(), policy(0), unsafe { libc::sched_getcpu() }))
+                .recv()
+                .unwrap();
+            assert_eq!(during, libc::SCHED_OTHER, "a job runs in the normal class");
+            assert_eq!(cpu_now, 0, "the thread runs on its CPU");
+            let waiting = (0..1000)
+                .map(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    policy(tid)
+                })
+                .find(|&p| p == libc::SCHED_IDLE);
+            assert_eq!(waiting.is_some(), idle, "between jobs: SCHED_IDLE where it can be left");
+        }
     }
 }

@@ -6,7 +6,7 @@ use crate::decision::{decide, Decision};
 use crate::heads::CacheHead;
 use crate::memory::MemoryCache;
 use crate::plan::Plan;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, TryRecvError};
 use gati_core::BaseModel;
 use std::path::Path;
@@ -176,6 +176,18 @@ impl EarlyExit {
             vs,
             plan_vs,
         })
+    }
+
+    /// Gives the caches the plan runs beside the base model CPU `cpu` of their own
+    /// (`Beside::own_cpu`).
+    pub fn beside_on_cpu(&mut self, cpu: usize) -> Result<()> {
+        for c in &mut self.caches {
+            if let Some(b) = &mut c.beside {
+                b.own_cpu(cpu)
+                    .with_context(|| format!("placing cache '{}' on CPU {cpu}", c.layer))?;
+            }
+        }
+        Ok(())
     }
 
     /// Cache `c`'s parameters, named without its prefix; they share storage with the serving

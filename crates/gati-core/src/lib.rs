@@ -2,6 +2,7 @@
 //! and the latency measurements every other part of gati builds on.
 
 pub mod classifier;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod eval;

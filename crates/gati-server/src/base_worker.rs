@@ -159,6 +159,9 @@ impl BaseWorker {
             let model = BaseModel::load(&plan.model, &plan.weights, device)?;
             let this = if pool.is_empty() { &serving } else { &rest };
             let mut ee = EarlyExit::from_plan(this, model, &plan.caches_path(&cluster.plan))?;
+            if let Some(cpu) = cluster.base.beside_cpu {
+                ee.beside_on_cpu(cpu)?;
+            }
             if let Some(first) = pool.first() {
                 ee.memory.clone_from(&first.ee.memory);
             }

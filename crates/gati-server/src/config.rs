@@ -55,6 +55,12 @@ pub struct Endpoint {
     /// CPUs' idle time, which counts as this process's CPU time. Needs `cpus`.
     #[serde(default)]
     pub keep_awake: bool,
+    /// Base worker, inline: a CPU of its own for the caches the plan runs beside the base model
+    /// (students). Their thread is pinned there and waits between jobs at the lowest priority,
+    /// so that no other thread there (the frontend, an RPC reply) queues behind its spin
+    /// (`Beside::own_cpu`). Absent: they share `cpus`.
+    #[serde(default)]
+    pub beside_cpu: Option<usize>,
     /// Where its models run: `cpu` (default), `cuda` or `cuda:N` (base and cache workers; a
     /// device the process cannot use stops it at start).
     #[serde(default)]
@@ -360,6 +366,9 @@ impl Cluster {
             if e.keep_awake && e.cpus.is_empty() {
                 bail!("{field}.keep_awake needs {field}.cpus: only pinned CPUs are kept awake");
             }
+            if field != "base" && e.beside_cpu.is_some() {
+                bail!("{field}.beside_cpu: only the base worker runs caches beside its model");
+            }
         }
         // The frontend runs no model and the trainer trains on the CPU: a GPU named there would do nothing.
         for (field, e) in [
@@ -531,7 +540,7 @@ pub fn unknown_keys(given: &serde_json::Value, known: &serde_json::Value, at: &s
 pub fn apply_placement(e: &Endpoint) -> Result<()> {
     gati_core::set_threads(e.threads);
     if !e.cpus.is_empty() {
-        pin_to(&e.cpus)?;
+        gati_core::cpu::pin_current(&e.cpus)?;
     }
     if e.keep_awake {
         for &c in &e.cpus {
@@ -545,16 +554,8 @@ pub fn apply_placement(e: &Endpoint) -> Result<()> {
 }
 
 /// Spins on CPU `cpu` forever at `SCHED_IDLE` priority (see `Endpoint::keep_awake`).
-#[cfg(target_os = "linux")]
 fn keep_awake(cpu: usize) {
-    let placed = pin_to(&[cpu]).and_then(|_| {
-        let p = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sets the calling thread's policy; `p` is a valid sched_param for SCHED_IDLE.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) } != 0 {
-            bail!("{}", std::io::Error::last_os_error());
-        }
-        Ok(())
-    });
+    let placed = gati_core::cpu::pin_current(&[cpu]).and_then(|_| gati_core::cpu::set_idle(0, true));
     if let Err(e) = placed {
         // Spinning at normal priority would take the CPU from the work it keeps warm.
         tracing::warn!(cpu, "keep_awake: not started: {e}");
@@ -563,31 +564,6 @@ fn keep_awake(cpu: usize) {
     loop {
         std::hint::spin_loop();
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn keep_awake(cpu: usize) {
-    tracing::warn!(cpu, "keep_awake is only supported on Linux");
-}
-
-#[cfg(target_os = "linux")]
-fn pin_to(cpus: &[usize]) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET only writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("cannot pin to CPUs {cpus:?}: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pin_to(_cpus: &[usize]) -> Result<()> {
-    bail!("CPU pinning is only supported on Linux")
 }
 
 #[cfg(test)]

@@ -100,19 +100,40 @@ fn endpoint(
         threads,
         cpus,
         keep_awake: false,
+        beside_cpu: None,
         device,
     })
 }
 
-/// The base worker's CPUs in a pinned local deployment: core 0, and the cache workers' core 1 too
-/// where students run beside it (inline mode only). Elsewhere it keeps one core, as the base model
-/// alone is measured (ResNet-56's beside plans in `scripts/bench-all.sh`: the base alone through
-/// Thrift took 2.6 ms more than in-process when pinned to both cores, 0.6–1.1 ms on core 0).
-fn base_cpus(pin: bool, mode: ServeMode, beside: bool) -> Vec<usize> {
-    match (pin, mode == ServeMode::Inline && beside) {
-        (false, _) => vec![],
-        (true, true) => vec![0, 1],
-        (true, false) => vec![0],
+/// CPU placement of a pinned local deployment: the base worker on CPU 0; on CPU 1 the cache
+/// workers (distributed), or the caches the plan runs beside the base model (inline) and a
+/// frontend of its own. The base model alone is measured on CPU 0 too, so a cluster is compared
+/// with it on the same core.
+#[derive(Debug, PartialEq)]
+struct Placement {
+    base: Vec<usize>,
+    beside: Option<usize>,
+    frontend: Vec<usize>,
+}
+
+fn placement(pin: bool, mode: ServeMode, beside: bool, base_in_frontend: bool) -> Placement {
+    if !pin {
+        return Placement {
+            base: vec![],
+            beside: None,
+            frontend: vec![],
+        };
+    }
+    Placement {
+        base: vec![0],
+        beside: (mode == ServeMode::Inline && beside).then_some(1),
+        // In the base worker's process it takes the base worker's CPU; with cache workers it
+        // goes where the scheduler finds room.
+        frontend: if base_in_frontend || mode == ServeMode::Distributed {
+            vec![]
+        } else {
+            vec![1]
+        },
     }
 }
 
@@ -140,7 +161,7 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
     } else {
         o.mode
     };
-    let base_cpus = base_cpus(o.pin, mode, plan.caches.iter().any(|c| c.beside));
+    let placed = placement(o.pin, mode, plan.caches.iter().any(|c| c.beside), o.base_in_frontend);
     let mut c = Cluster {
         selector_advertise: None,
         exact_cache_entries: o.exact_cache_entries,
@@ -152,19 +173,19 @@ pub fn local_cluster(o: &UpOptions) -> Result<Cluster> {
             &mut ports,
             (o.port != 0).then_some(o.port),
             1,
-            vec![],
+            placed.frontend,
             o.metrics,
             DeviceName::CPU,
         )?,
         selector: format!("127.0.0.1:{}", ports.pick()?),
         base: Endpoint {
             keep_awake: o.keep_awake,
-            // Caches that run beside the base model take the cache workers' core.
+            beside_cpu: placed.beside,
             ..endpoint(
                 &mut ports,
                 None,
                 o.base_threads,
-                base_cpus,
+                placed.base,
                 // In the frontend's process its metrics are the frontend's.
                 o.metrics && !o.base_in_frontend,
                 o.device,
@@ -404,13 +425,25 @@ pub fn start_local(exe: &Path, o: &UpOptions, config_path: &Path) -> Result<(Clu
 mod tests {
     use super::*;
 
-    /// Only an inline cluster with students beside gives its base worker the second core.
+    /// The base worker keeps CPU 0 in every mode (the base model alone is measured there); only
+    /// an inline cluster with students beside gives them CPU 1; a frontend of its own takes CPU 1
+    /// unless cache workers are there.
     #[test]
-    fn the_base_worker_takes_the_second_core_only_for_students_beside() {
-        assert_eq!(base_cpus(true, ServeMode::Inline, true), vec![0, 1]);
-        assert_eq!(base_cpus(true, ServeMode::Inline, false), vec![0]);
-        assert_eq!(base_cpus(true, ServeMode::BaseOnly, true), vec![0]);
-        assert_eq!(base_cpus(true, ServeMode::Distributed, true), vec![0]);
-        assert!(base_cpus(false, ServeMode::Inline, true).is_empty());
+    fn the_base_worker_keeps_cpu_0_and_students_beside_get_cpu_1() {
+        let p = |mode, beside, colocated| placement(true, mode, beside, colocated);
+        let (inline, base_only, distributed) = (ServeMode::Inline, ServeMode::BaseOnly, ServeMode::Distributed);
+        for (mode, beside) in [(inline, true), (inline, false), (base_only, true), (distributed, true)] {
+            assert_eq!(p(mode, beside, false).base, vec![0]);
+        }
+        assert_eq!(p(inline, true, false).beside, Some(1));
+        assert_eq!(p(inline, false, false).beside, None);
+        assert_eq!(p(base_only, true, false).beside, None);
+        assert_eq!(p(distributed, true, false).beside, None);
+        assert_eq!(p(inline, true, false).frontend, vec![1]);
+        assert_eq!(p(base_only, true, false).frontend, vec![1]);
+        assert!(p(inline, true, true).frontend.is_empty());
+        assert!(p(distributed, true, false).frontend.is_empty());
+        let unpinned = placement(false, inline, true, false);
+        assert!(unpinned.base.is_empty() && unpinned.beside.is_none() && unpinned.frontend.is_empty());
     }
 }
