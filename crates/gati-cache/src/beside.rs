@@ -56,8 +56,9 @@ impl<T: Send + 'static> Beside<T> {
                     },
                     Err(TryRecvError::Disconnected) => return,
                 };
-                // Jobs run in the normal class (`run` lifts the thread too, in case something
-                // busier on this CPU kept it from reaching the job), waits in SCHED_IDLE.
+                // On a CPU of its own the thread runs jobs in the normal class and waits for them
+                // in SCHED_IDLE (`run` lifts it too, should a busier thread there keep it from
+                // reaching the job).
                 let idle_between = IDLE_BETWEEN_JOBS.get();
                 if idle_between {
                     let _ = cpu::set_idle(0, false);

@@ -325,35 +325,42 @@ pub fn spec_of(
 
 /// Runs every request of `stream` (pixels in order, as `workload::stream_dataset` makes them;
 /// `items[i]` is the image request i shows)
-/// through `ee`'s learned caches (its memory cache, if any, is not consulted) and the base model,
-/// in batches, keeping each request's key at every candidate stage in `stages`. Latencies follow
-/// the plan's stage profile `stage_ms` and the caches' `cost_ms`; `lookup_ms` is each layer's
-/// measured lookup cost.
+/// through `ee`'s learned caches (made from `plan`; its memory cache, if any, is not consulted)
+/// and the base model, in batches, keeping each request's key at every candidate stage in
+/// `stages`. Latencies follow the plan's stage profile and `Plan::cache_costs_ms`; `lookup_ms` is
+/// each layer's measured lookup cost.
 pub fn prepare(
     ee: &crate::runtime::EarlyExit,
+    plan: &crate::plan::Plan,
     stream: &gati_core::data::Dataset,
     items: &[usize],
     stages: &[usize],
-    stage_ms: &[f64],
-    cache_costs_ms: &[f64],
     lookup_ms: &[f64],
 ) -> (Vec<StreamSample>, Vec<LayerKeys>) {
     let _g = tch::no_grad_guard();
     let m = &ee.model;
-    let cum = crate::planner::cumulative(stage_ms);
+    let cum = crate::planner::cumulative(&plan.stage_ms);
     let base_ms = *cum.last().unwrap_or(&0.0);
-    // Learned caches consulted up to and including stage k.
-    // Cost of the learned caches at stages before `k`: those a request consults before stage k's.
-    let learned_before = |k: usize| -> f64 {
+    let costs = plan.cache_costs_ms();
+    // What the caches at stages before `k` add to the base model's path.
+    let path_before = |k: usize| -> f64 {
         ee.caches
             .iter()
-            .zip(cache_costs_ms)
+            .zip(&costs)
             .filter(|(c, _)| c.stage < k)
-            .map(|(_, &ms)| ms)
+            .map(|(_, &(path, _))| path)
             .sum()
     };
-    // Up to and including stage k's.
-    let costs_to = |k: usize| learned_before(k.saturating_add(1));
+    // A hit of the cache at stage k: the caches before it on the path, then its own answer.
+    let hit_at = |k: usize| -> f64 {
+        let own = ee
+            .caches
+            .iter()
+            .zip(&costs)
+            .find(|(c, _)| c.stage == k)
+            .map_or(0.0, |(_, &(_, hit))| hit);
+        cum[k] + path_before(k) + own
+    };
     let mut samples = Vec::with_capacity(stream.len());
     let mut keys: Vec<Vec<Tensor>> = stages.iter().map(|_| Vec::new()).collect();
     let grids: Vec<i64> = stages
@@ -373,8 +380,8 @@ pub fn prepare(
         for (i, (w, p)) in walked.iter().zip(&probs).enumerate() {
             let (base_class, base_confidence) = crate::outcomes::top1(p);
             let (learned_class, learned_stage, learned_confidence, learned_ms) = match &w.hit {
-                Some(h) => (h.class, Some(h.stage), h.confidence, cum[h.stage] + costs_to(h.stage)),
-                None => (base_class, None, 0.0, base_ms + costs_to(usize::MAX)),
+                Some(h) => (h.class, Some(h.stage), h.confidence, hit_at(h.stage)),
+                None => (base_class, None, 0.0, base_ms + path_before(usize::MAX)),
             };
             samples.push(StreamSample {
                 base_class,
@@ -403,7 +410,7 @@ pub fn prepare(
             stage: k,
             grid,
             keys: Tensor::cat(&kept, 0),
-            hit_ms: cum[k] + learned_before(k) + lookup,
+            hit_ms: cum[k] + path_before(k) + lookup,
             lookup_ms: lookup,
         })
         .collect();

@@ -476,6 +476,20 @@ fn cascade_counts(o: &Outcomes, chosen: &[(usize, &Decision)]) -> (i64, i64) {
 }
 
 impl Plan {
+    /// Each cache's cost (ms), as the planner counts it (`Problem::costs`): on the base model's
+    /// path, paid by every request that reaches it, and from the end of its stage to its answer
+    /// on a hit. Inline, both are its own time; beside, the base model's slowdown
+    /// (`BesideCosts::slowdown_ms`) and its latency there (`cost_ms`).
+    pub fn cache_costs_ms(&self) -> Vec<(f64, f64)> {
+        self.caches
+            .iter()
+            .map(|c| match self.students_beside.filter(|_| c.beside) {
+                Some(b) => (b.slowdown_ms, c.cost_ms),
+                None => (c.cost_ms, c.cost_ms),
+            })
+            .collect()
+    }
+
     /// Writes the caches' weights under a new content-named file, then `plan.json` atomically
     /// (so a crash at any point leaves the previous plan and its weights in use), then removes
     /// weights files older than the previous plan's.
@@ -575,5 +589,40 @@ impl Plan {
         l.sort();
         l.dedup();
         l
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A student beside costs the base model's path only its slowdown, and answers after its
+    /// latency there; an inline head costs its own time on both counts.
+    #[test]
+    fn a_cache_beside_costs_the_path_its_slowdown_and_a_hit_its_latency() {
+        let cache = |layer: &str, stage: usize, cost_ms: f64, beside: bool| {
+            serde_json::json!({
+                "layer": layer, "stage": stage, "variant": "gap", "key": layer, "params": 10,
+                "cost_ms": cost_ms, "decision": {"kind": "threshold", "thresholds": [0.9, 0.9]},
+                "expected_hit_rate": 0.5, "beside": beside
+            })
+        };
+        let plan: Plan = serde_json::from_value(serde_json::json!({
+            "model": "m", "weights": "w", "weights_sha256": "s", "mode": "inline", "budget": 0.01,
+            "decision": "threshold", "threads": 1, "send_ms": 0.05, "transfer_ms": 0.3,
+            "students_beside": {"latency_ms": 1.7, "slowdown_ms": 0.07},
+            "memory_budget_mb": null, "calibration_samples": 100,
+            "caches": [cache("stem", 0, 1.7, true), cache("layer1.2", 3, 0.01, false)],
+            "expected": {"hit_rate": 0.5, "fidelity_loss": 0.01, "latency_ms": 2.0,
+                         "base_latency_ms": 4.0, "speedup": 2.0},
+            "stage_ms": [0.03, 0.2, 0.2, 0.2], "planning_seconds": 1.0
+        }))
+        .unwrap();
+        assert_eq!(plan.cache_costs_ms(), vec![(0.07, 1.7), (0.01, 0.01)]);
+        let inline = Plan {
+            students_beside: None,
+            ..plan
+        };
+        assert_eq!(inline.cache_costs_ms()[0], (1.7, 1.7), "without beside costs the student runs inline");
     }
 }

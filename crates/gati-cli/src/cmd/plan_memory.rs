@@ -143,9 +143,7 @@ pub fn run(a: Args) -> Result<()> {
     for l in &learned {
         let base = BaseModel::load(&original.model, &original.weights, tch::Device::Cpu)?;
         let ee = EarlyExit::from_plan(&l.plan, base, &l.caches)?;
-        let costs: Vec<f64> = l.plan.caches.iter().map(|c| c.cost_ms).collect();
-        let (samples, layers) =
-            memory_plan::prepare(&ee, &frames, &items, &stages, &original.stage_ms, &costs, &lookup_ms);
+        let (samples, layers) = memory_plan::prepare(&ee, &l.plan, &frames, &items, &stages, &lookup_ms);
         let scored = memory_plan::score_all(&samples, &layers, capacity_of, base_ms);
         let best = memory_plan::best_within(&scored, budget, a.margin_sigmas).clone();
         eprintln!(
