@@ -50,7 +50,8 @@ pub struct Args {
     /// Fault injection (tests): the trainer pauses this long between writing a version's weights and its index
     #[arg(long, default_value_t = 0, hide = true)]
     fault_write_delay_ms: u64,
-    /// Pin the base worker to CPU 0 and cache workers to CPU 1
+    /// Pin the base worker to CPU 0; cache workers, the students an inline plan runs beside the
+    /// base model (`beside_cpu`) and a frontend process of its own (not with cache workers) to CPU 1
     #[arg(long)]
     pin: bool,
     /// Keep the base worker's CPU busy while it waits: a spinning thread at the lowest priority
