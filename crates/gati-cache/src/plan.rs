@@ -623,6 +623,10 @@ mod tests {
             students_beside: None,
             ..plan
         };
-        assert_eq!(inline.cache_costs_ms()[0], (1.7, 1.7), "without beside costs the student runs inline");
+        assert_eq!(
+            inline.cache_costs_ms()[0],
+            (1.7, 1.7),
+            "without beside costs the student runs inline"
+        );
     }
 }
