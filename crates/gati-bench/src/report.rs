@@ -292,8 +292,8 @@ pub fn markdown(r: &Report) -> String {
         r.repeat,
         r.saturation_clients,
         match (r.pinned, r.keep_awake) {
-            (true, false) => "pinned (base on CPU 0, caches on CPU 1)",
-            (true, true) => "pinned (base on CPU 0, kept awake; caches on CPU 1)",
+            (true, false) => "pinned (base on CPU 0; caches, students beside and the frontend on CPU 1)",
+            (true, true) => "pinned (base on CPU 0, kept awake; caches, students beside and the frontend on CPU 1)",
             _ => "not pinned",
         }
     );
