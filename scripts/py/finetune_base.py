@@ -18,6 +18,15 @@ every residual block but the last, each adding W / (number of heads) times its c
 loss. Only the base's weights are saved: gati trains its own caches on the result, as on any base;
 the heads only teach the early blocks features a small head can read.
 
+--train-frames FILE (from `gati export-data --video-frames SEED`: one camera frame of every
+training image) fits the base to camera traffic: each sample of a batch is that frame instead of
+the image with probability --frame-share. --test-frames FILE (the same for the test split) adds
+top-1 on frames and the share of test images whose answer the frame changes, before and after.
+--consistency W (with --train-frames) trains on every image *and* its frame, adding W times the
+Jensen-Shannon divergence between their predictions (AugMix's consistency loss; stability training
+in the sense of Zheng et al. 2016): the model learns to give a frame its image's answer, which is
+what a cache of earlier answers needs.
+
 --exit-target final (with --exit-weight) trains those heads toward the final layer's own
 probabilities (detached, self-distillation as in "Be Your Own Teacher") instead of the labels:
 gati's caches are judged by agreement with the base model, not by the labels.
@@ -99,6 +108,29 @@ class ExitHeads(torch.nn.Module):
         return model.linear(out), exits
 
 
+def consistent_loss(model, images, frames, labels, weight, gen):
+    """Cross-entropy on both views plus `weight` x the Jensen-Shannon divergence between them."""
+    logits = model(normalise(augment(torch.cat([images, frames]), gen)))
+    clean, framed = logits.chunk(2)
+    pc, pf = F.softmax(clean, 1), F.softmax(framed, 1)
+    mixed = ((pc + pf) / 2).clamp(1e-7, 1).log()
+    jsd = (F.kl_div(mixed, pc, reduction="batchmean") + F.kl_div(mixed, pf, reduction="batchmean")) / 2
+    return (F.cross_entropy(clean, labels) + F.cross_entropy(framed, labels)) / 2 + weight * jsd
+
+
+@torch.inference_mode()
+def answers(model, pixels, batch=500):
+    model.eval()
+    return torch.cat([model(normalise(pixels[i : i + batch])).argmax(1) for i in range(0, len(pixels), batch)])
+
+
+def frame_report(model, tx, ty, fx):
+    """Top-1 on the test frames and the share of test images whose answer their frame changes."""
+    clean, framed = answers(model, tx), answers(model, fx)
+    return {"top1_frames": (framed == ty).float().mean().item(),
+            "changed_by_frame": (framed != clean).float().mean().item()}
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,7 +156,14 @@ def main():
                    help="total weight of the early-exit heads' losses (0: plain fine-tuning)")
     p.add_argument("--exit-target", choices=["labels", "final"], default="labels",
                    help="what the early-exit heads learn: the labels, or the final layer's probabilities")
+    p.add_argument("--train-frames", help="camera frames of the training images (gati export-data --video-frames)")
+    p.add_argument("--frame-share", type=float, default=0.5, help="chance a sample is its frame (with --train-frames)")
+    p.add_argument("--consistency", type=float, default=0.0,
+                   help="weight of the image/frame Jensen-Shannon consistency loss (with --train-frames)")
+    p.add_argument("--test-frames", help="camera frames of the test images, for the stability report")
     a = p.parse_args()
+    if a.consistency > 0 and (not a.train_frames or a.exit_weight > 0):
+        sys.exit("--consistency needs --train-frames and no --exit-weight")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -133,12 +172,17 @@ def main():
     train, test = load_file(a.train), load_file(a.test)
     x, y = train["pixels"][: a.fit_images], train["labels"][: a.fit_images]
     tx, ty = test["pixels"], test["labels"]
+    frames = load_file(a.train_frames)["pixels"][: a.fit_images] if a.train_frames else None
+    fx = load_file(a.test_frames)["pixels"] if a.test_frames else None
     if len(y) < a.fit_images:
         sys.exit(f"{a.train} has {len(y)} images, fewer than --fit-images {a.fit_images}")
 
     model = load(a.checkpoint)
     before = top1(model, tx, ty)
     print(f"top-1 before: {before:.4f}", file=sys.stderr)
+    frames_before = frame_report(model, tx, ty, fx) if fx is not None else None
+    if frames_before:
+        print(f"frames before: {frames_before}", file=sys.stderr)
     exits = ExitHeads(model).train() if a.exit_weight > 0 else None
     params = list(model.parameters()) + (list(exits.parameters()) if exits else [])
     opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True)
@@ -153,14 +197,21 @@ def main():
         loss_sum = 0.0
         for step in range(steps_per_epoch):
             idx = order[step * a.batch : (step + 1) * a.batch]
-            inputs = normalise(augment(x[idx], gen))
-            if exits is None:
-                loss = F.cross_entropy(model(inputs), y[idx])
+            if a.consistency > 0:
+                loss = consistent_loss(model, x[idx], frames[idx], y[idx], a.consistency, gen)
             else:
-                logits, early = exits(model, inputs)
-                target = y[idx] if a.exit_target == "labels" else F.softmax(logits.detach(), dim=1)
-                loss = F.cross_entropy(logits, y[idx]) + a.exit_weight / len(early) * sum(
-                    F.cross_entropy(e, target) for e in early)
+                pixels = x[idx]
+                if frames is not None:
+                    framed = torch.rand(len(idx), generator=gen) < a.frame_share
+                    pixels = torch.where(framed.view(-1, 1, 1, 1), frames[idx], pixels)
+                inputs = normalise(augment(pixels, gen))
+                if exits is None:
+                    loss = F.cross_entropy(model(inputs), y[idx])
+                else:
+                    logits, early = exits(model, inputs)
+                    target = y[idx] if a.exit_target == "labels" else F.softmax(logits.detach(), dim=1)
+                    loss = F.cross_entropy(logits, y[idx]) + a.exit_weight / len(early) * sum(
+                        F.cross_entropy(e, target) for e in early)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -187,6 +238,11 @@ def main():
         "seed": a.seed,
         "exit_weight": a.exit_weight,
         "exit_target": a.exit_target,
+        "train_frames_sha256": sha256(a.train_frames) if a.train_frames else None,
+        "frame_share": a.frame_share if a.train_frames and not a.consistency else None,
+        "consistency": a.consistency,
+        "frames_before": frames_before,
+        "frames_after": frame_report(model, tx, ty, fx) if fx is not None else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "top1_before": before,

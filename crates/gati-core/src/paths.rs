@@ -102,9 +102,9 @@ pub fn lfw_dir() -> Result<PathBuf> {
 }
 
 /// The committed weights of a base model fine-tuned by the project (`resnetNN-jpeg`,
-/// `resnetNN-jpeg-exits`).
+/// `resnetNN-jpeg-exits`, `resnetNN-jpeg-frames`).
 pub fn fine_tuned_weights(model: &str) -> Option<PathBuf> {
-    (model.ends_with("-jpeg") || model.ends_with("-jpeg-exits"))
+    (model.ends_with("-jpeg") || model.ends_with("-jpeg-exits") || model.ends_with("-jpeg-frames"))
         .then(|| project_root().join("models").join(model).join("weights.safetensors"))
 }
 

@@ -329,16 +329,30 @@ fn add_noise(x: &Tensor, rng: &mut StdRng) -> Tensor {
 /// The dataset with every image replaced by one camera frame of it (seeded by `seed` and the
 /// sample's position), labels and sources kept.
 pub fn camera_frames(ds: &crate::data::Dataset, seed: u64) -> crate::data::Dataset {
-    let frames: Vec<Tensor> = (0..ds.len())
+    map_images(ds, seed, camera_frame)
+}
+
+/// The dataset with every image replaced by one video frame of it, drawn as a `frames` burst's
+/// first frame is (seeded by `seed` and the sample's position); labels and sources kept. Training
+/// data for a base model fit to camera traffic (`gati export-data --video-frames`).
+pub fn video_frames(ds: &crate::data::Dataset, seed: u64) -> crate::data::Dataset {
+    map_images(ds, seed, |x, s| {
+        video_frame(x, &Frame::first(&mut StdRng::seed_from_u64(s)))
+    })
+}
+
+/// `ds` with image i replaced by `f(image i, a seed drawn from seed and i)`.
+fn map_images(ds: &crate::data::Dataset, seed: u64, f: impl Fn(&Tensor, u64) -> Tensor) -> crate::data::Dataset {
+    let images: Vec<Tensor> = (0..ds.len())
         .map(|i| {
-            camera_frame(
+            f(
                 &ds.images.narrow(0, i as i64, 1),
                 seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             )
         })
         .collect();
     crate::data::Dataset {
-        images: Tensor::cat(&frames, 0),
+        images: Tensor::cat(&images, 0),
         labels: ds.labels.clone(),
         classes: ds.classes.clone(),
         sources: ds.sources.clone(),
@@ -522,27 +536,44 @@ mod tests {
     }
 
     #[test]
-    fn camera_frames_perturb_every_image_reproducibly_and_keep_labels() {
-        let images = (Tensor::arange(4 * 3 * 16 * 16, (Kind::Int64, tch::Device::Cpu)).remainder(180) + 40)
-            .to_kind(Kind::Uint8)
-            .view([4, 3, 16, 16]);
+    fn camera_and_video_frames_perturb_every_image_reproducibly_and_keep_labels() {
+        // Smooth ramps (4 levels a pixel), so that a frame's few pixels of shift stay small.
+        let opts = (Kind::Int64, tch::Device::Cpu);
+        let images = (Tensor::arange(16, opts).view([1, 1, 16, 1]) * 4
+            + Tensor::arange(16, opts).view([1, 1, 1, 16]) * 3
+            + Tensor::arange(4, opts).view([4, 1, 1, 1]) * 10
+            + Tensor::arange(3, opts).view([1, 3, 1, 1]) * 5
+            + 40)
+            .to_kind(Kind::Uint8);
         let ds = crate::data::Dataset {
             images,
             labels: vec![0, 1, 2, 3],
             classes: vec!["a".into(); 4],
             sources: (0..4).map(|i| format!("img{i}")).collect(),
         };
-        let a = camera_frames(&ds, 5);
-        assert_eq!(
-            (a.labels.clone(), a.sources.clone()),
-            (ds.labels.clone(), ds.sources.clone())
-        );
-        assert!(a.images.equal(&camera_frames(&ds, 5).images));
-        assert!(!a.images.equal(&camera_frames(&ds, 6).images));
-        for i in 0..4 {
-            let (x, y) = (ds.images.get(i), a.images.get(i));
-            assert!(!x.equal(&y), "image {i} unchanged");
+        type Frames = fn(&crate::data::Dataset, u64) -> crate::data::Dataset;
+        let kinds: [(&str, Frames); 2] = [("camera", camera_frames), ("video", video_frames)];
+        for (kind, frames) in kinds {
+            let a = frames(&ds, 5);
+            assert_eq!(
+                (a.labels.clone(), a.sources.clone()),
+                (ds.labels.clone(), ds.sources.clone()),
+                "{kind}"
+            );
+            assert_eq!(a.images.size(), ds.images.size(), "{kind}");
+            assert!(a.images.equal(&frames(&ds, 5).images), "{kind}");
+            assert!(!a.images.equal(&frames(&ds, 6).images), "{kind}");
+            for i in 0..4 {
+                let (x, y) = (ds.images.get(i), a.images.get(i));
+                assert!(!x.equal(&y), "{kind}: image {i} unchanged");
+                // A frame stays near its image: shifted a few pixels, relit, re-encoded.
+                let diff = (x.to_kind(Kind::Float) - y.to_kind(Kind::Float))
+                    .abs()
+                    .mean(Kind::Float);
+                assert!(diff.double_value(&[]) < 25.0, "{kind}: image {i} moved by {diff}");
+            }
         }
+        assert!(!camera_frames(&ds, 5).images.equal(&video_frames(&ds, 5).images));
     }
 
     #[test]

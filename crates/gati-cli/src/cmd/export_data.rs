@@ -14,6 +14,10 @@ pub struct Args {
     split: String,
     #[arg(long)]
     limit: Option<usize>,
+    /// Export one video frame of every image instead (the `frames` stream's camera: shift,
+    /// brightness, contrast, noise, JPEG at quality 60-95), drawn from this seed
+    #[arg(long, value_name = "SEED")]
+    video_frames: Option<u64>,
     /// Output: safetensors with 'pixels' (u8 [N, C, H, W]) and 'labels' (i64 [N])
     #[arg(long)]
     out: PathBuf,
@@ -23,7 +27,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let model = gati_core::BaseModel::new(&a.md.model, tch::Device::Cpu)?;
-    let ds = super::data_args::load_split(&model, &a.md.data_dir()?, &a.split, a.limit)?;
+    let mut ds = super::data_args::load_split(&model, &a.md.data_dir()?, &a.split, a.limit)?;
+    if let Some(seed) = a.video_frames {
+        ds = gati_core::workload::video_frames(&ds, seed);
+    }
     let tensors: Vec<(String, Tensor)> = vec![
         ("pixels".into(), ds.images.shallow_clone()),
         ("labels".into(), Tensor::from_slice(&ds.labels)),

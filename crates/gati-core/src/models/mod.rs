@@ -102,7 +102,9 @@ pub struct BaseModel {
 
 /// Every model name `BaseModel::new` accepts. `resnetNN-jpeg` is `resnetNN` fine-tuned on the JPEG
 /// training split it serves, `resnetNN-jpeg-exits` the same trained with early-exit heads
-/// (`scripts/finetune-bases.sh`; weights committed under `models/`).
+/// (`scripts/finetune-bases.sh`; weights committed under `models/`); `resnet56-jpeg-frames` is
+/// `resnet56-jpeg` fit to camera frames (`FRAME_SHARE=... scripts/finetune-bases.sh`; not committed:
+/// it did not pay, docs/results.md).
 pub const MODEL_NAMES: &[&str] = &[
     "resnet20",
     "resnet32",
@@ -114,6 +116,7 @@ pub const MODEL_NAMES: &[&str] = &[
     "resnet56-jpeg",
     "resnet20-jpeg-exits",
     "resnet56-jpeg-exits",
+    "resnet56-jpeg-frames",
     "resnet18",
     "resnet34",
     "resnet50",
