@@ -12,6 +12,8 @@
 #   PLAN_FLAGS="--margin-sigmas 1" TAG=-z1 CANDIDATES_TAG= scripts/bench-iid-models.sh resnet56-jpeg
 #   STUDENT=resnet20-jpeg TAG=-student scripts/bench-iid-models.sh resnet56-jpeg   (a student cache:
 #     a ResNet-20 started from STUDENT, offered inline and beside the base model; not for ResNet-20s)
+#   STUDENT=resnet20-jpeg-kd56 TAG=-kd56 scripts/bench-iid-models.sh resnet56-jpeg   (the student
+#     distilled from resnet56-jpeg offline, with its committed adapter: models/resnet20-jpeg-kd56)
 #   python3 scripts/iid_table.py --models reports/iid-models   # one line per model
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -8,7 +8,11 @@ its agreement with models/resnet56-jpeg and the share of the evaluation half it 
 confidence threshold, fitted on the calibration half, keeps the answers that differ from
 ResNet-56's at 0.5 / 1 / 2% of all requests. Then ResNet-20's blocks reading ResNet-56's stem through
 a least-squares 3x3 adapter (what gati's `student` cache starts from), the same figures, and after
-EPOCHS (env, default 1) of distillation from ResNet-56 on the 45,000 fitting images.
+EPOCHS (env, default 1) of distillation from ResNet-56 on the 45,000 fitting images. With SAVE=DIR
+the distilled student is written there after every epoch: DIR/weights.safetensors, a ResNet-20
+checkpoint (resnet20-jpeg's own stem, the distilled blocks and head), and DIR/adapter.safetensors,
+its adapter from ResNet-56-jpeg's stem (`adapter.weight`, `adapter.bias`). As
+models/resnet20-jpeg-kd56/ it is what `gati plan --student-init resnet20-jpeg-kd56` starts from.
 """
 import math
 import os
@@ -18,7 +22,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from cifar_resnet import load
 from finetune_base import augment, normalise
@@ -120,6 +124,13 @@ def main():
                 print(f"step {step}/{steps}: loss {loss.item():.3f} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
         student.eval()
         report(f"student after {e + 1} epoch(s) of distillation", probs(lambda x: student(stem(big, x))))
+        if os.environ.get("SAVE"):
+            out = os.environ["SAVE"]
+            os.makedirs(out, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in small.state_dict().items() if "num_batches" not in k},
+                      os.path.join(out, "weights.safetensors"))
+            save_file({f"adapter.{k}": v.detach().contiguous() for k, v in student.adapter.state_dict().items()},
+                      os.path.join(out, "adapter.safetensors"))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ pub struct Inputs<'a> {
     pub outcomes_rule: &'a str,
     /// The smaller base `student` heads start from (`config.student_init` names it).
     pub student_init: Option<&'a BaseModel>,
+    /// The adapter `student_init` was distilled through for this base, if it was.
+    pub student_adapter: Option<&'a Path>,
 }
 
 /// Loads the candidates in `dir` if they were trained the same way, else trains and saves them.
@@ -64,8 +66,17 @@ pub fn prepare(inp: &Inputs, dir: &Path, retrain: bool) -> Result<(Candidates, b
     let mut bank = HeadBank::new(inp.model, inp.stages, inp.variants)?;
     if let Some(small) = inp.student_init {
         let first: Vec<usize> = (0..student::ADAPTER_FIT_IMAGES.min(inp.train.len())).collect();
-        let n = student::initialise(&mut bank, inp.model, small, &inp.train.pixels(&first))?;
-        eprintln!("{n} student heads start from {}", small.spec().name);
+        let n = student::initialise(
+            &mut bank,
+            inp.model,
+            small,
+            &inp.train.pixels(&first),
+            inp.student_adapter,
+        )?;
+        match inp.student_adapter {
+            Some(a) => eprintln!("{n} student heads start from {} and {}", small.spec().name, a.display()),
+            None => eprintln!("{n} student heads start from {} (adapter fitted)", small.spec().name),
+        }
     }
     eprintln!(
         "training {} cache heads ({} layers x {} variants) on {} images",

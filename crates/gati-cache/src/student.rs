@@ -1,11 +1,14 @@
 //! Starting `student` caches from a smaller base trained on the same data (e.g. `resnet20-jpeg` for
 //! `resnet56-jpeg`): its residual blocks and head are copied, and the adapter, which turns the
 //! base's activation into what the smaller base's own stem would have given, is fitted by least
-//! squares on a batch of training images. Distillation then fine-tunes the whole student.
+//! squares on a batch of training images, or read from the file the smaller base was distilled
+//! with for this base (`gati_core::paths::student_adapter`). Distillation then fine-tunes the whole
+//! student.
 
 use crate::heads::{HeadBank, Variant, STUDENT_BLOCKS, STUDENT_STEM_CHANNELS};
 use anyhow::{bail, Context, Result};
 use gati_core::BaseModel;
+use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// The adapter's ridge, relative to the mean squared patch value.
@@ -15,8 +18,16 @@ const RIDGE: f64 = 1e-4;
 pub const ADAPTER_FIT_IMAGES: usize = 128;
 
 /// Initialises every student head of `bank` from `small`; `pixels` are training images (`u8`
-/// `[N, 3, H, W]`). Returns how many heads it initialised.
-pub fn initialise(bank: &mut HeadBank, model: &BaseModel, small: &BaseModel, pixels: &Tensor) -> Result<usize> {
+/// `[N, 3, H, W]`) to fit the adapter on, unless `adapter` names a file holding it (`adapter.weight`,
+/// `adapter.bias`: the adapter `small` was distilled through). Returns how many heads it
+/// initialised.
+pub fn initialise(
+    bank: &mut HeadBank,
+    model: &BaseModel,
+    small: &BaseModel,
+    pixels: &Tensor,
+    adapter: Option<&Path>,
+) -> Result<usize> {
     let _guard = tch::no_grad_guard();
     if small.num_stages() != 3 * STUDENT_BLOCKS + 2 || small.stage_index("layer3.2").is_none() {
         bail!(
@@ -52,13 +63,39 @@ pub fn initialise(bank: &mut HeadBank, model: &BaseModel, small: &BaseModel, pix
             let mut v = var.shallow_clone();
             v.copy_(src);
         }
-        let activation = model.forward_collect(&model.preprocess(pixels), &[h.stage]).1.remove(0);
-        let adapter = h.head.student_adapter().context("a student head has an adapter")?;
-        fit_adapter(adapter, &activation, &target)
-            .with_context(|| format!("fitting the adapter of the student at {}", h.layer))?;
+        let conv = h.head.student_adapter().context("a student head has an adapter")?;
+        match adapter {
+            Some(path) => load_adapter(conv, path)?,
+            None => {
+                let activation = model.forward_collect(&model.preprocess(pixels), &[h.stage]).1.remove(0);
+                fit_adapter(conv, &activation, &target)
+                    .with_context(|| format!("fitting the adapter of the student at {}", h.layer))?
+            }
+        }
         done += 1;
     }
     Ok(done)
+}
+
+/// Sets the 3x3 conv `adapter` (with bias) to the one stored in `path`.
+fn load_adapter(adapter: &tch::nn::Conv2D, path: &Path) -> Result<()> {
+    let stored = gati_core::weights::read(path)?;
+    let bias = adapter.bs.as_ref().context("the adapter has a bias")?;
+    for (name, var) in [("adapter.weight", &adapter.ws), ("adapter.bias", bias)] {
+        let Some(t) = stored.get(name) else {
+            bail!("{}: has no '{name}'", path.display());
+        };
+        if t.size() != var.size() {
+            bail!(
+                "{}: '{name}' is {:?}, the student's adapter {:?}",
+                path.display(),
+                t.size(),
+                var.size()
+            );
+        }
+        var.shallow_clone().copy_(&t.to_kind(var.kind()));
+    }
+    Ok(())
 }
 
 /// Sets the 3x3 conv `adapter` (with bias) to the least-squares map from `activation` `[N, C, H, W]`

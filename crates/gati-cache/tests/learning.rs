@@ -106,6 +106,7 @@ fn train_at(
             config: &config,
             outcomes_rule: gati_cache::split::SPLIT_RULE,
             student_init: None,
+            student_adapter: None,
         };
         let (c, trained) = pipeline::prepare(&inputs, dir, false).unwrap();
         // Trained exactly once; later callers get the saved candidates back unchanged.
@@ -425,6 +426,7 @@ fn training_is_reproducible_for_a_seed() {
             config: &config,
             outcomes_rule: gati_cache::split::SPLIT_RULE,
             student_init: None,
+            student_adapter: None,
         };
         // Something else draws from libtorch's generator first, as another test would.
         let _ = Tensor::rand([7], (Kind::Float, tch::Device::Cpu));
@@ -662,7 +664,7 @@ fn a_student_starts_from_the_smaller_base() {
     let mut bank = HeadBank::new(&model, &[stem], &[Variant::Student]).unwrap();
     let fresh = student_agreement(&bank, &model, &x);
     assert_eq!(
-        gati_cache::student::initialise(&mut bank, &model, &small, &pixels).unwrap(),
+        gati_cache::student::initialise(&mut bank, &model, &small, &pixels, None).unwrap(),
         1
     );
     let started = student_agreement(&bank, &model, &x);
@@ -670,10 +672,29 @@ fn a_student_starts_from_the_smaller_base() {
     assert!(started >= 0.8, "started {started:.3}");
     assert!(fresh <= 0.4, "fresh {fresh:.3}");
 
+    // The committed student distilled from ResNet-56 (models/resnet20-jpeg-kd56) starts from the
+    // adapter it was distilled through; its blocks have moved away from ResNet-20's stem, so a
+    // freshly fitted adapter would not serve them.
+    let kd = fine_tuned("resnet20-jpeg-kd56");
+    let adapter = paths::student_adapter("resnet20-jpeg-kd56", "resnet56-jpeg").expect("its adapter is committed");
+    let mut bank = HeadBank::new(&model, &[stem], &[Variant::Student]).unwrap();
+    gati_cache::student::initialise(&mut bank, &model, &kd, &pixels, Some(&adapter)).unwrap();
+    let distilled = student_agreement(&bank, &model, &x);
+    let mut bank = HeadBank::new(&model, &[stem], &[Variant::Student]).unwrap();
+    gati_cache::student::initialise(&mut bank, &model, &kd, &pixels, None).unwrap();
+    let refitted = student_agreement(&bank, &model, &x);
+    eprintln!("resnet20-jpeg-kd56: with its adapter {distilled:.3}, with a fitted one {refitted:.3}");
+    assert!(
+        distilled >= started,
+        "distilled {distilled:.3} vs resnet20-jpeg {started:.3}"
+    );
+    assert!(refitted <= distilled - 0.05, "refitted {refitted:.3} vs {distilled:.3}");
+
     let deeper = model.stage_index("layer2.0").unwrap();
     let other = HeadBank::new(&model, &[deeper], &[Variant::Student]).unwrap();
     assert!(other.heads.is_empty(), "a student reads the stem only");
-    let err = gati_cache::student::initialise(&mut bank, &model, &fine_tuned("resnet32-jpeg"), &pixels).unwrap_err();
+    let err =
+        gati_cache::student::initialise(&mut bank, &model, &fine_tuned("resnet32-jpeg"), &pixels, None).unwrap_err();
     assert!(format!("{err:#}").contains("CIFAR ResNet-20"), "{err:#}");
 }
 
@@ -701,7 +722,7 @@ fn a_student_whose_start_is_undone_is_restarted_at_a_lower_rate() {
         let stem = base.stage_index("stem").unwrap();
         let mut bank = HeadBank::new(&base, &[stem], &[Variant::Student]).unwrap();
         let first: Vec<usize> = (0..gati_cache::student::ADAPTER_FIT_IMAGES).collect();
-        gati_cache::student::initialise(&mut bank, &base, &small, &train.pixels(&first)).unwrap();
+        gati_cache::student::initialise(&mut bank, &base, &small, &train.pixels(&first), None).unwrap();
         let started = student_agreement(&bank, &base, &x);
         let report = gati_cache::train::train(&mut bank, &base, &train, &config);
         let trained = student_agreement(&bank, &base, &x);

@@ -102,10 +102,20 @@ pub fn lfw_dir() -> Result<PathBuf> {
 }
 
 /// The committed weights of a base model fine-tuned by the project (`resnetNN-jpeg`,
-/// `resnetNN-jpeg-exits`, `resnetNN-jpeg-frames`).
+/// `resnetNN-jpeg-exits`, `resnetNN-jpeg-frames`, `resnet20-jpeg-kd56`).
 pub fn fine_tuned_weights(model: &str) -> Option<PathBuf> {
-    (model.ends_with("-jpeg") || model.ends_with("-jpeg-exits") || model.ends_with("-jpeg-frames"))
+    ["-jpeg", "-jpeg-exits", "-jpeg-frames", "-jpeg-kd56"]
+        .iter()
+        .any(|suffix| model.ends_with(suffix))
         .then(|| project_root().join("models").join(model).join("weights.safetensors"))
+}
+
+/// The adapter that `student` (a smaller base, e.g. `resnet20-jpeg-kd56`) was distilled through
+/// from `teacher`'s stem, committed beside its weights as `adapter-<teacher>.safetensors`; `None`
+/// where there is none (a student of another base fits its own).
+pub fn student_adapter(student: &str, teacher: &str) -> Option<PathBuf> {
+    let weights = fine_tuned_weights(student)?;
+    Some(weights.with_file_name(format!("adapter-{teacher}.safetensors"))).filter(|p| p.is_file())
 }
 
 /// The identification classifier of `face-lfw62` (`gati fit-classifier` writes it; committed).

@@ -87,7 +87,8 @@ pub struct Args {
     #[arg(long, default_value = "all")]
     variants: String,
     /// The smaller base that `student` caches start from: a CIFAR ResNet-20 trained on the same
-    /// data (e.g. resnet20-jpeg for resnet56-jpeg); its weights are found as --model's are
+    /// data (e.g. resnet20-jpeg for resnet56-jpeg, or resnet20-jpeg-kd56: distilled from resnet56-jpeg,
+    /// with the adapter it was distilled through); its weights are found as --model's are
     #[arg(long)]
     student_init: Option<String>,
     /// Inline mode: run student caches on a second thread beside the base model, so that the
@@ -211,6 +212,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, false) => None,
     };
+    let student_adapter = a
+        .student_init
+        .as_deref()
+        .and_then(|s| gati_core::paths::student_adapter(s, &a.md.model));
     let sha = weights::sha256_file(&weights_path)?;
     if model.spec().task != gati_core::models::Task::Classification {
         bail!(
@@ -266,6 +271,7 @@ pub fn run(a: Args) -> Result<()> {
         config: &config,
         outcomes_rule: &outcomes_rule,
         student_init: student_init.as_ref(),
+        student_adapter: student_adapter.as_deref(),
     };
     let (cands, trained) = pipeline::prepare(&inputs, &cand_dir, a.retrain)?;
 

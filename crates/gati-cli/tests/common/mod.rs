@@ -75,6 +75,7 @@ pub fn plan_fixed_costs(
         config,
         outcomes_rule: gati_cache::split::SPLIT_RULE,
         student_init: None,
+        student_adapter: None,
     };
     let (cands, _) = pipeline::prepare(&inputs, &dir.join("candidates"), false).unwrap();
     let req = plan::PlanRequest {

@@ -104,7 +104,9 @@ pub struct BaseModel {
 /// training split it serves, `resnetNN-jpeg-exits` the same trained with early-exit heads
 /// (`scripts/finetune-bases.sh`; weights committed under `models/`); `resnet56-jpeg-frames` is
 /// `resnet56-jpeg` fit to camera frames (`FRAME_SHARE=... scripts/finetune-bases.sh`; not committed:
-/// it did not pay, docs/results.md).
+/// it did not pay, docs/results.md); `resnet20-jpeg-kd56` is `resnet20-jpeg` distilled from
+/// `resnet56-jpeg` through a student's adapter (`scripts/py/student_feasibility.py`), what its
+/// `student` caches start from.
 pub const MODEL_NAMES: &[&str] = &[
     "resnet20",
     "resnet32",
@@ -117,6 +119,7 @@ pub const MODEL_NAMES: &[&str] = &[
     "resnet20-jpeg-exits",
     "resnet56-jpeg-exits",
     "resnet56-jpeg-frames",
+    "resnet20-jpeg-kd56",
     "resnet18",
     "resnet34",
     "resnet50",
