@@ -21,7 +21,7 @@ $G eval --model resnet56-jpeg --split test --threads 1 "$@"
 
 echo "== 2. gati plan (ResNet-56, 1% budget, quick training)"
 $G plan --model resnet56-jpeg --budget 0.01 --mode inline --train-split 'train[:5000]+train[45000:]' \
-  --holdout 5000 --epochs 2 --test-limit 4000 --variants gap,conv-pool,student --student-init resnet20-jpeg \
+  --holdout 5000 --epochs 2 --test-limit 4000 --variants gap,conv-pool,student --student-init resnet20-jpeg-kd56 \
   --students-beside --out "$PLAN" --threads 1
 
 echo "== 3. gati evaluate"
