@@ -37,7 +37,6 @@ pub fn initialise(
     }
     let small_vars = small.var_store().variables();
     let bank_vars = bank.vs.variables();
-    let target = small.run_stage(0, &small.preprocess(pixels));
     let mut done = 0;
     for h in bank.heads.iter().filter(|h| h.variant == Variant::Student) {
         let prefix = format!("{}.", h.key);
@@ -68,6 +67,7 @@ pub fn initialise(
             Some(path) => load_adapter(conv, path)?,
             None => {
                 let activation = model.forward_collect(&model.preprocess(pixels), &[h.stage]).1.remove(0);
+                let target = small.run_stage(0, &small.preprocess(pixels));
                 fit_adapter(conv, &activation, &target)
                     .with_context(|| format!("fitting the adapter of the student at {}", h.layer))?
             }
