@@ -5,7 +5,7 @@
 //! base model only a hand-off, not the student's 35–40% of it.
 
 use crate::heads::{CacheHead, HeadBank, Variant};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TryRecvError};
 use gati_core::cpu;
 use gati_core::stats::LatencyStats;
@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{nn, Kind, Tensor};
 
-type Job<T> = Box<dyn FnOnce(&T) + Send>;
+type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
 
 /// How long an idle thread waits for the next job spinning before it parks.
 const SPIN: std::time::Duration = std::time::Duration::from_millis(20);
@@ -36,7 +36,7 @@ pub struct Beside<T> {
 
 impl<T: Send + 'static> Beside<T> {
     /// Starts the thread `name`, which owns `state` until the `Beside` is dropped.
-    pub fn spawn(name: &str, state: T) -> std::io::Result<Self> {
+    pub fn spawn(name: &str, mut state: T) -> std::io::Result<Self> {
         let (tx, rx) = unbounded::<Job<T>>();
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             let mut idle_since = Instant::now();
@@ -65,7 +65,7 @@ impl<T: Send + 'static> Beside<T> {
                 }
                 // A job that panics drops its reply sender (its caller sees a disconnected
                 // receiver and degrades to the base model); the thread serves the next job.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&state)));
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut state)));
                 if idle_between {
                     let _ = cpu::set_idle(0, true);
                 }
@@ -104,7 +104,7 @@ impl<T: Send + 'static> Beside<T> {
     /// Runs `f` on the thread, with the caller's libtorch intra-op thread count (a per-thread
     /// setting: a new thread would use every core). The receiver gets its result, or is
     /// disconnected when `f` panicked or the thread is gone.
-    pub fn run<R: Send + 'static>(&self, f: impl FnOnce(&T) -> R + Send + 'static) -> Receiver<R> {
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce(&mut T) -> R + Send + 'static) -> Receiver<R> {
         let (tx, rx) = bounded(1);
         let threads = tch::get_num_threads();
         let job: Job<T> = Box::new(move |s| {
@@ -135,18 +135,11 @@ impl<T> Drop for Beside<T> {
     }
 }
 
-/// A copy of the head stored under `key` in `vs` on its own thread, its parameters sharing
-/// `vs`'s storage: what is written into them (an installed version) is what the thread runs.
+/// A prepared copy of the head stored under `key` in `vs` on its own thread, its parameters
+/// sharing `vs`'s storage: what is written into them (an installed version) is what the thread
+/// runs once it is prepared again (`EarlyExit::set_params`).
 pub fn twin(vs: &nn::VarStore, key: &str, variant: Variant, chw: [i64; 3], classes: i64) -> Result<Beside<CacheHead>> {
-    let twin_vs = nn::VarStore::new(vs.device());
-    let head = CacheHead::new(&(twin_vs.root() / key), variant, chw, classes);
-    let ours = vs.variables();
-    for (name, mut t) in twin_vs.variables() {
-        let Some(src) = ours.get(&name) else {
-            bail!("cache '{key}': its copy has a parameter '{name}' that the cache lacks");
-        };
-        tch::no_grad(|| t.set_data(src));
-    }
+    let head = CacheHead::prepared_copy(vs, key, variant, chw, classes)?;
     Beside::spawn(&format!("beside-{key}"), head).with_context(|| format!("starting the thread of cache '{key}'"))
 }
 
@@ -175,13 +168,10 @@ pub fn measure(
 ) -> Result<BesideCosts> {
     let e = &bank.heads[h];
     let shape = &model.stages()[e.stage].output_shape;
-    let b = twin(
-        &bank.vs,
-        &e.key,
-        e.variant,
-        [shape[1], shape[2], shape[3]],
-        model.spec().num_classes,
-    )?;
+    let chw = [shape[1], shape[2], shape[3]];
+    let classes = model.spec().num_classes;
+    let b = twin(&bank.vs, &e.key, e.variant, chw, classes)?;
+    let inline = CacheHead::prepared_copy(&bank.vs, &e.key, e.variant, chw, classes)?;
     let _g = tch::no_grad_guard();
     let (after, end) = (e.stage + 1, model.num_stages());
     let (mut alone, mut slower, mut later) = (Vec::new(), Vec::new(), Vec::new());
@@ -192,11 +182,11 @@ pub fn measure(
         let _ = model.forward_range(after, end, &a);
         let t_alone = ms(t);
         let t = Instant::now();
-        let _ = e.head.forward_t(&a, false).softmax(-1, Kind::Float);
+        let _ = inline.forward_t(&a, false).softmax(-1, Kind::Float);
         let t_inline = ms(t);
         let copy = a.copy();
         let t = Instant::now();
-        let done = b.run(move |head: &CacheHead| {
+        let done = b.run(move |head: &mut CacheHead| {
             let _g = tch::no_grad_guard();
             let _ = head.forward_t(&copy, false).softmax(-1, Kind::Float);
             Instant::now()

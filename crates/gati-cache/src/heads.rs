@@ -268,6 +268,31 @@ impl CacheHead {
         }
     }
 
+    /// Derives what serving runs from the parameters where a variant has something faster to run
+    /// (a student's convs with their BatchNorms folded in). Call it again whenever the parameters
+    /// change; never train a prepared head.
+    pub fn prepare(&mut self) {
+        if let Layers::Student { body, .. } = &mut self.layers {
+            tch::no_grad(|| body.iter_mut().for_each(|m| m.prepare()));
+        }
+    }
+
+    /// A prepared copy of the head stored under `key` in `vs`, its parameters sharing `vs`'s
+    /// storage: a copy to serve (or time) apart from the one that trains.
+    pub fn prepared_copy(vs: &nn::VarStore, key: &str, variant: Variant, chw: [i64; 3], classes: i64) -> Result<Self> {
+        let copy_vs = nn::VarStore::new(vs.device());
+        let mut head = Self::new(&(copy_vs.root() / key), variant, chw, classes);
+        let ours = vs.variables();
+        for (name, mut t) in copy_vs.variables() {
+            let Some(src) = ours.get(&name) else {
+                bail!("cache '{key}': its copy has a parameter '{name}' that the cache lacks");
+            };
+            tch::no_grad(|| t.set_data(src));
+        }
+        head.prepare();
+        Ok(head)
+    }
+
     /// Logits for a batch of activations; `train` only matters for BatchNorm.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let b = x.size()[0];
@@ -386,26 +411,35 @@ impl HeadBank {
         gati_core::weights::load_into(&mut self.vs, path)
     }
 
-    /// Median batch-1 latency of each head in ms (inference mode, current thread count).
-    pub fn measure_costs(&self, model: &BaseModel, runs: usize) -> Vec<f64> {
+    /// Median batch-1 latency of each head in ms (inference mode, current thread count), as
+    /// served: a prepared copy on an activation in the base model's memory layout.
+    pub fn measure_costs(&self, model: &BaseModel, runs: usize) -> Result<Vec<f64>> {
         let _g = tch::no_grad_guard();
+        let [c, hh, w] = model.spec().input_shape;
+        let (_, acts) = model.forward_collect(
+            &Tensor::rand([1, c, hh, w], (Kind::Float, model.device())),
+            &self.stages(),
+        );
+        let stages = self.stages();
         self.heads
             .iter()
             .map(|h| {
+                let x = &acts[stages.iter().position(|&s| s == h.stage).expect("a head's stage")];
                 let shape = &model.stages()[h.stage].output_shape;
-                let x = Tensor::rand(shape.as_slice(), (Kind::Float, model.device()));
+                let chw = [shape[1], shape[2], shape[3]];
+                let head = CacheHead::prepared_copy(&self.vs, &h.key, h.variant, chw, model.spec().num_classes)?;
                 for _ in 0..5 {
-                    let _ = h.head.forward_t(&x, false).softmax(-1, Kind::Float);
+                    let _ = head.forward_t(x, false).softmax(-1, Kind::Float);
                 }
                 let mut t: Vec<f64> = (0..runs)
                     .map(|_| {
                         let t0 = Instant::now();
-                        let _ = h.head.forward_t(&x, false).softmax(-1, Kind::Float);
+                        let _ = head.forward_t(x, false).softmax(-1, Kind::Float);
                         t0.elapsed().as_secs_f64() * 1e3
                     })
                     .collect();
                 t.sort_by(f64::total_cmp);
-                t[t.len() / 2]
+                Ok(t[t.len() / 2])
             })
             .collect()
     }

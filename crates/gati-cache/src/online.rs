@@ -557,7 +557,7 @@ impl Learner {
                 (round.serving_hits, round.serving_wrong),
             );
         if round.promoted {
-            copy_params(&self.ee.cache_params(c), &named(&vs));
+            self.ee.set_params(c, &named(&vs));
             self.ee.caches[c].decision = decision;
             self.ee.caches[c].enabled = true;
         }
@@ -643,7 +643,8 @@ impl Hooks for Collecting {
 
 /// Cache `c` of `ee` serves the plan's own head and decision.
 fn serve_plan(ee: &mut EarlyExit, c: usize) {
-    copy_params(&ee.cache_params(c), &ee.plan_params(c));
+    let plan = ee.plan_params(c);
+    ee.set_params(c, &plan);
     ee.caches[c].decision = ee.caches[c].plan_decision.clone();
 }
 

@@ -159,6 +159,8 @@ impl EarlyExit {
             gati_core::weights::load_subset(&mut plan_vs, weights)?;
         }
         for cache in caches.iter_mut() {
+            cache.head.prepare();
+            cache.plan_head.prepare();
             if plan.caches.iter().any(|c| c.layer == cache.layer && c.beside) {
                 let s = &model.stages()[cache.stage].output_shape;
                 let chw = [s[1], s[2], s[3]];
@@ -274,18 +276,35 @@ impl EarlyExit {
             }
             plan.push((c, ours, theirs, s));
         }
-        tch::no_grad(|| {
-            for (_, ours, theirs, _) in &plan {
-                for ((_, d), (_, t)) in ours.iter().zip(theirs) {
-                    d.shallow_clone().copy_(t);
-                }
-            }
-        });
-        for (c, _, _, s) in &plan {
+        for (c, _, theirs, s) in &plan {
+            self.set_params(*c, theirs);
             self.caches[*c].decision = s.decision.clone();
             self.caches[*c].enabled = s.enabled;
         }
         Ok(plan.len())
+    }
+
+    /// Writes `params` (named as `cache_params` names them, in its order) into cache `c`, and
+    /// prepares again what serving runs from them, here and on the cache's thread beside the
+    /// base model: the one way a served cache's parameters change.
+    pub fn set_params(&mut self, c: usize, params: &[(String, Tensor)]) {
+        let ours = self.cache_params(c);
+        assert_eq!(
+            ours.iter().map(|v| &v.0).collect::<Vec<_>>(),
+            params.iter().map(|v| &v.0).collect::<Vec<_>>(),
+            "the same cache architecture on both sides"
+        );
+        tch::no_grad(|| {
+            for ((_, d), (_, t)) in ours.iter().zip(params) {
+                d.shallow_clone().copy_(t);
+            }
+        });
+        let cache = &mut self.caches[c];
+        cache.head.prepare();
+        if let Some(b) = &cache.beside {
+            // Queued ahead of the next request's job; waiting makes the swap complete on return.
+            let _ = b.run(|head| head.prepare()).recv();
+        }
     }
 
     /// The cache model and decision at `stage`, if the plan has one there.
@@ -415,7 +434,7 @@ impl EarlyExit {
                     // A copy: the thread reads it while this one goes on.
                     let activations = select_rows(&h, &asking, rows.len()).copy();
                     let x = activations.shallow_clone();
-                    let answer = b.run(move |head: &CacheHead| {
+                    let answer = b.run(move |head: &mut CacheHead| {
                         let _g = tch::no_grad_guard();
                         let t = std::time::Instant::now();
                         (probs_rows(&head.forward_t(&x, false)), t.elapsed())

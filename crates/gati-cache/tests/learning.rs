@@ -2,9 +2,9 @@
 //! their calibration data, and a saved plan serves exactly what the planner simulated.
 
 use gati_cache::candidates::Candidates;
-use gati_cache::decision::{self, DecisionKind, ERROR_TARGETS};
+use gati_cache::decision::{self, Decision, DecisionKind, ERROR_TARGETS};
 use gati_cache::heads::HeadBank;
-use gati_cache::plan::{make_plan, Plan, PlanRequest};
+use gati_cache::plan::{make_plan, Plan, PlanRequest, PlannedCache};
 use gati_cache::planner::Mode;
 use gati_cache::runtime::{EarlyExit, Exit};
 use gati_cache::train::{distillation_loss, TrainConfig};
@@ -325,6 +325,65 @@ fn caches_beside_the_base_answer_as_they_do_inline() {
     let after = answers(&beside);
     assert_eq!(after, answers(&inline));
     assert!(hits(&after) < hits(&before), "{} vs {}", hits(&after), hits(&before));
+
+    // A student serves a copy with its BatchNorms folded into its convs, derived from its
+    // parameters: an installed version must reach that copy, on its thread beside as inline.
+    let train = data::load(
+        &cifar(),
+        "train",
+        Some(gati_cache::student::ADAPTER_FIT_IMAGES),
+        (32, 32),
+    )
+    .unwrap();
+    let pixels = train.pixels(&(0..train.len()).collect::<Vec<_>>());
+    let mut bank = HeadBank::new(&model, &[0], &[Variant::Student]).unwrap();
+    gati_cache::student::initialise(&mut bank, &model, &model, &pixels, None).unwrap();
+    let h = &bank.heads[0];
+    let student = PlannedCache {
+        layer: h.layer.clone(),
+        stage: h.stage,
+        variant: h.variant,
+        key: h.key.clone(),
+        params: h.params,
+        cost_ms: 1.0,
+        decision: Decision::Threshold {
+            thresholds: vec![0.9; 10],
+        },
+        expected_hit_rate: 0.5,
+        beside: false,
+    };
+    let student_dir = tempfile::tempdir().unwrap();
+    let mut student_plan = plan.clone();
+    student_plan.caches = vec![student.clone()];
+    student_plan.save(student_dir.path(), &bank.tensors()).unwrap();
+    let mut student_beside = student_plan.clone();
+    student_beside.caches[0].beside = true;
+    let serve = |p: &Plan| {
+        EarlyExit::from_plan(
+            p,
+            BaseModel::load("resnet20", w, tch::Device::Cpu).unwrap(),
+            &student_plan.caches_path(student_dir.path()),
+        )
+        .unwrap()
+    };
+    let (mut inline, mut beside) = (serve(&student_plan), serve(&student_beside));
+    let before = answers(&beside);
+    assert_eq!(before, answers(&inline));
+    assert!(
+        hits(&before) > test.len() / 3,
+        "a student started from the base itself is sure of many images"
+    );
+    let mut states = inline.states();
+    for (name, t) in &mut states[0].params {
+        if name.starts_with("layer3") && name.ends_with("bn2.weight") {
+            *t = t.flip([0]);
+        }
+    }
+    inline.install(&states).unwrap();
+    beside.install(&states).unwrap();
+    let after = answers(&beside);
+    assert_eq!(after, answers(&inline));
+    assert_ne!(after.0, before.0, "the installed version answers otherwise");
 }
 
 /// Survivor-aware calibration only adds settings that the planner scores like any other, so it

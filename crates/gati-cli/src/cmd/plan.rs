@@ -276,7 +276,7 @@ pub fn run(a: Args) -> Result<()> {
     let (cands, trained) = pipeline::prepare(&inputs, &cand_dir, a.retrain)?;
 
     gati_core::set_threads(a.threads);
-    let costs = cands.bank.measure_costs(&model, 100);
+    let costs = cands.bank.measure_costs(&model, 100)?;
     let profile = eval::profile_latency(&model, &calibration, 300, 30);
     let stage_ms: Vec<f64> = profile.stages.iter().map(|s| s.ms).collect();
     let students_beside = match cands.bank.heads.iter().position(|h| h.variant == Variant::Student) {

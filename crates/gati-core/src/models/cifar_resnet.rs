@@ -1,18 +1,47 @@
 //! CIFAR ResNet-20/32/44/56 (He et al. 2016) with "option A" shortcuts, parameter names as in
 //! akamaster/pytorch_resnet_cifar10 (`conv1`, `layer1.0.bn1`, `linear`, ...).
 
-use super::{bn, bn_eval, conv, Forward, ModelSpec, Stage, Task, IMAGENET_NORM};
+use super::{bn, bn_eval, channels_last, conv, fold_bn, Forward, ModelSpec, Stage, Task, IMAGENET_NORM};
 use tch::{nn, Tensor};
+
+/// A 3x3 conv (padding 1) with its BatchNorm folded in (`prepare`): what serving runs. Training
+/// (a student's body) runs the separate ops, which is what gradients need.
+#[derive(Debug)]
+struct Folded {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+}
+
+impl Folded {
+    fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64) -> Self {
+        let (weight, bias) = fold_bn(conv, bn);
+        Self { weight, bias, stride }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, Some(&self.bias), [self.stride; 2], [1, 1], [1, 1], 1)
+    }
+}
 
 #[derive(Debug)]
 struct Stem {
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
+    folded: Option<Folded>,
 }
 
 impl Forward for Stem {
     fn forward(&self, x: &Tensor) -> Tensor {
-        bn_eval(&self.bn1, &x.apply(&self.conv1)).relu()
+        match &self.folded {
+            // Channels-last from here on: every later conv then reads its input as oneDNN wants it.
+            Some(f) => f.forward(&channels_last(x)).relu(),
+            None => bn_eval(&self.bn1, &x.apply(&self.conv1)).relu(),
+        }
+    }
+
+    fn prepare(&mut self) {
+        self.folded = Some(Folded::new(&self.conv1, &self.bn1, 1));
     }
 }
 
@@ -22,14 +51,21 @@ struct BasicBlock {
     bn1: nn::BatchNorm,
     conv2: nn::Conv2D,
     bn2: nn::BatchNorm,
+    stride: i64,
     /// Option A: subsample by 2 and zero-pad this many channels on each side; no weights.
     pad_channels: Option<i64>,
+    folded: Option<[Folded; 2]>,
 }
 
 impl Forward for BasicBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let out = bn_eval(&self.bn1, &x.apply(&self.conv1)).relu();
-        let out = bn_eval(&self.bn2, &out.apply(&self.conv2));
+        let out = match &self.folded {
+            Some([f1, f2]) => f2.forward(&f1.forward(x).relu()),
+            None => {
+                let out = bn_eval(&self.bn1, &x.apply(&self.conv1)).relu();
+                bn_eval(&self.bn2, &out.apply(&self.conv2))
+            }
+        };
         let shortcut = match self.pad_channels {
             Some(p) => x
                 .slice(2, 0, None, 2)
@@ -38,6 +74,13 @@ impl Forward for BasicBlock {
             None => x.shallow_clone(),
         };
         (out + shortcut).relu()
+    }
+
+    fn prepare(&mut self) {
+        self.folded = Some([
+            Folded::new(&self.conv1, &self.bn1, self.stride),
+            Folded::new(&self.conv2, &self.bn2, 1),
+        ]);
     }
 }
 
@@ -59,6 +102,7 @@ pub(super) fn build(p: &nn::Path, name: &str, blocks: usize, classes: i64) -> (M
         module: Box::new(Stem {
             conv1: conv(p / "conv1", 3, 16, 3, 1, 1),
             bn1: bn(p / "bn1", 16),
+            folded: None,
         }),
     }];
     stages.extend(residual_stages(p, blocks, classes));
@@ -86,7 +130,9 @@ pub(super) fn residual_stages(p: &nn::Path, blocks: usize, classes: i64) -> Vec<
                 bn1: bn(&bp / "bn1", planes),
                 conv2: conv(&bp / "conv2", planes, planes, 3, 1, 1),
                 bn2: bn(&bp / "bn2", planes),
+                stride,
                 pad_channels: (stride != 1 || in_planes != planes).then_some(planes / 4),
+                folded: None,
             };
             stages.push(Stage {
                 name: format!("layer{layer}.{i}"),
@@ -102,4 +148,44 @@ pub(super) fn residual_stages(p: &nn::Path, blocks: usize, classes: i64) -> Vec<
         }),
     });
     stages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Folding every BatchNorm into its conv (and running channels-last) answers as the separate
+    /// ops do, on BatchNorms whose statistics and affine parameters are far from the identity.
+    #[test]
+    fn a_folded_resnet_answers_as_the_unfolded_one() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let (_, mut stages) = build(&vs.root(), "resnet20", 3, 10);
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                if name.contains("bn") {
+                    let noise = Tensor::rand_like(&t);
+                    let v = match name.rsplit('.').next() {
+                        Some("running_var") | Some("weight") => noise * 1.5 + 0.5,
+                        _ => noise - 0.5,
+                    };
+                    t.copy_(&v);
+                }
+            }
+        });
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let run =
+            |stages: &[Stage]| tch::no_grad(|| stages.iter().fold(x.shallow_clone(), |h, s| s.module.forward(&h)));
+        let plain = run(&stages);
+        tch::no_grad(|| stages.iter_mut().for_each(|s| s.module.prepare()));
+        let folded = run(&stages);
+        let diff = (&plain - &folded).abs().max().double_value(&[]);
+        let scale = plain.abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-4 * scale.max(1.0),
+            "max difference {diff} on logits up to {scale}"
+        );
+        assert_eq!(plain.argmax(-1, false), folded.argmax(-1, false));
+    }
 }

@@ -4,7 +4,7 @@
 //! an import is checked name by name. `face-lfw62` adds a linear classifier over the 62 LFW people
 //! with at least 20 images: the identification model that caches are planned for.
 
-use super::{Forward, ModelSpec, Normalization, Stage, Task};
+use super::{channels_last, Forward, ModelSpec, Normalization, Stage, Task};
 use tch::{nn, Tensor};
 
 /// The TF.js graph subtracts this RGB mean (0..255 units) and divides by 255.
@@ -95,13 +95,6 @@ struct ConvScale {
     relu: bool,
     /// After `prepare`: the scale folded into the conv (w·s, b·s + t), filters channels-last.
     fused: Option<(Tensor, Tensor)>,
-}
-
-/// The same values laid out NHWC in memory (logical shape unchanged): oneDNN then runs the
-/// convolutions without reordering every input and output, about a quarter faster at batch 1
-/// (measured, docs/results.md).
-fn channels_last(x: &Tensor) -> Tensor {
-    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 impl ConvScale {
