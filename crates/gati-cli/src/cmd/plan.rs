@@ -115,8 +115,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0.3)]
     transfer_ms: f64,
     /// Safety margin: plan for w + z·√w ≤ budget·n disagreements on calibration data (z = this;
-    /// 2 held the budget on unseen images where 1 overshot, at no measurable cost in speed)
-    #[arg(long, default_value_t = 2.0)]
+    /// see `DEFAULT_MARGIN_SIGMAS`)
+    #[arg(long, default_value_t = gati_cache::plan::DEFAULT_MARGIN_SIGMAS)]
     margin_sigmas: f64,
     /// Upper bound on the chosen caches' parameter memory (MiB)
     #[arg(long)]
