@@ -29,7 +29,7 @@
 
 use crate::decision::{decide, threshold_for, Decision, NEVER, PLAN_DECIDES};
 use crate::heads::CacheHead;
-use crate::runtime::{probs_rows, Answer, CacheState, EarlyExit, Hooks};
+use crate::runtime::{copy_params, probs_rows, Answer, CacheState, EarlyExit, Hooks};
 use crate::train::{distillation_loss, lr_scale, sgd};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -657,20 +657,6 @@ fn named(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
-}
-
-/// Copies every parameter of `src` into the same-named one of `dst` (both sorted by name).
-fn copy_params(dst: &[(String, Tensor)], src: &[(String, Tensor)]) {
-    assert_eq!(
-        dst.iter().map(|v| &v.0).collect::<Vec<_>>(),
-        src.iter().map(|v| &v.0).collect::<Vec<_>>(),
-        "the same cache architecture on both sides"
-    );
-    tch::no_grad(|| {
-        for ((_, d), (_, s)) in dst.iter().zip(src) {
-            d.shallow_clone().copy_(s);
-        }
-    });
 }
 
 /// Per-class thresholds on max-softmax for at most `target` disagreement among hits. A class with

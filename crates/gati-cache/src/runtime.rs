@@ -31,6 +31,20 @@ pub struct RuntimeCache {
     pub beside: Option<Beside<CacheHead>>,
 }
 
+/// Copies every parameter of `src` into the same-named one of `dst` (both sorted by name).
+pub(crate) fn copy_params(dst: &[(String, Tensor)], src: &[(String, Tensor)]) {
+    assert_eq!(
+        dst.iter().map(|v| &v.0).collect::<Vec<_>>(),
+        src.iter().map(|v| &v.0).collect::<Vec<_>>(),
+        "the same cache architecture on both sides"
+    );
+    tch::no_grad(|| {
+        for ((_, d), (_, s)) in dst.iter().zip(src) {
+            d.shallow_clone().copy_(s);
+        }
+    });
+}
+
 /// A cache's softmax row on one activation, and `Some((class, probability))` when it answers.
 pub type CacheAnswer = (Vec<f32>, Option<(usize, f32)>);
 
@@ -288,17 +302,7 @@ impl EarlyExit {
     /// prepares again what serving runs from them, here and on the cache's thread beside the
     /// base model: the one way a served cache's parameters change.
     pub fn set_params(&mut self, c: usize, params: &[(String, Tensor)]) {
-        let ours = self.cache_params(c);
-        assert_eq!(
-            ours.iter().map(|v| &v.0).collect::<Vec<_>>(),
-            params.iter().map(|v| &v.0).collect::<Vec<_>>(),
-            "the same cache architecture on both sides"
-        );
-        tch::no_grad(|| {
-            for ((_, d), (_, t)) in ours.iter().zip(params) {
-                d.shallow_clone().copy_(t);
-            }
-        });
+        copy_params(&self.cache_params(c), params);
         let cache = &mut self.caches[c];
         cache.head.prepare();
         if let Some(b) = &cache.beside {

@@ -254,6 +254,23 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
     );
 }
 
+/// ResNet-20 serving the plan saved in `dir`: as planned (inline), and with every cache beside.
+fn inline_and_beside(plan: &Plan, dir: &Path, weights: &Path) -> (EarlyExit, EarlyExit) {
+    let mut beside_plan = plan.clone();
+    for pc in &mut beside_plan.caches {
+        pc.beside = true;
+    }
+    let serve = |p: &Plan| {
+        EarlyExit::from_plan(
+            p,
+            BaseModel::load("resnet20", weights, tch::Device::Cpu).unwrap(),
+            &plan.caches_path(dir),
+        )
+        .unwrap()
+    };
+    (serve(plan), serve(&beside_plan))
+}
+
 /// Caches run on a thread beside the base model answer exactly as they do inline, one image at a
 /// time and in batches, and run the version installed into the serving caches (their copies share
 /// its parameters).
@@ -279,19 +296,7 @@ fn caches_beside_the_base_answer_as_they_do_inline() {
     assert!(!plan.caches.is_empty());
     let dir = tempfile::tempdir().unwrap();
     plan.save(dir.path(), &tensors).unwrap();
-    let mut beside_plan = plan.clone();
-    for pc in &mut beside_plan.caches {
-        pc.beside = true;
-    }
-    let serve = |p: &Plan| {
-        EarlyExit::from_plan(
-            p,
-            BaseModel::load("resnet20", w, tch::Device::Cpu).unwrap(),
-            &plan.caches_path(dir.path()),
-        )
-        .unwrap()
-    };
-    let (mut inline, mut beside) = (serve(&plan), serve(&beside_plan));
+    let (mut inline, mut beside) = inline_and_beside(&plan, dir.path(), w);
     assert!(beside.caches.iter().all(|c| c.beside.is_some()) && inline.caches.iter().all(|c| c.beside.is_none()));
     let test = data::load(&cifar(), "test", Some(200), (32, 32)).unwrap();
     let x = inline.model.preprocess(&test.pixel_range(0, test.len()));
@@ -354,19 +359,9 @@ fn caches_beside_the_base_answer_as_they_do_inline() {
     };
     let student_dir = tempfile::tempdir().unwrap();
     let mut student_plan = plan.clone();
-    student_plan.caches = vec![student.clone()];
+    student_plan.caches = vec![student];
     student_plan.save(student_dir.path(), &bank.tensors()).unwrap();
-    let mut student_beside = student_plan.clone();
-    student_beside.caches[0].beside = true;
-    let serve = |p: &Plan| {
-        EarlyExit::from_plan(
-            p,
-            BaseModel::load("resnet20", w, tch::Device::Cpu).unwrap(),
-            &student_plan.caches_path(student_dir.path()),
-        )
-        .unwrap()
-    };
-    let (mut inline, mut beside) = (serve(&student_plan), serve(&student_beside));
+    let (mut inline, mut beside) = inline_and_beside(&student_plan, student_dir.path(), w);
     let before = answers(&beside);
     assert_eq!(before, answers(&inline));
     assert!(
