@@ -254,6 +254,18 @@ fn plan_holds_the_budget_round_trips_and_serves_what_was_simulated() {
     );
 }
 
+/// The training images a student's adapter is fitted on.
+fn adapter_fit_pixels() -> Tensor {
+    let train = data::load(
+        &cifar(),
+        "train",
+        Some(gati_cache::student::ADAPTER_FIT_IMAGES),
+        (32, 32),
+    )
+    .unwrap();
+    train.pixels(&(0..train.len()).collect::<Vec<_>>())
+}
+
 /// ResNet-20 serving the plan saved in `dir`: as planned (inline), and with every cache beside.
 fn inline_and_beside(plan: &Plan, dir: &Path, weights: &Path) -> (EarlyExit, EarlyExit) {
     let mut beside_plan = plan.clone();
@@ -333,14 +345,7 @@ fn caches_beside_the_base_answer_as_they_do_inline() {
 
     // A student serves a copy with its BatchNorms folded into its convs, derived from its
     // parameters: an installed version must reach that copy, on its thread beside as inline.
-    let train = data::load(
-        &cifar(),
-        "train",
-        Some(gati_cache::student::ADAPTER_FIT_IMAGES),
-        (32, 32),
-    )
-    .unwrap();
-    let pixels = train.pixels(&(0..train.len()).collect::<Vec<_>>());
+    let pixels = adapter_fit_pixels();
     let mut bank = HeadBank::new(&model, &[0], &[Variant::Student]).unwrap();
     gati_cache::student::initialise(&mut bank, &model, &model, &pixels, None).unwrap();
     let h = &bank.heads[0];
@@ -703,16 +708,9 @@ fn a_student_starts_from_the_smaller_base() {
     gati_core::set_threads(1);
     let model = fine_tuned("resnet56-jpeg");
     let small = fine_tuned("resnet20-jpeg");
-    let train = data::load(
-        &cifar(),
-        "train",
-        Some(gati_cache::student::ADAPTER_FIT_IMAGES),
-        (32, 32),
-    )
-    .unwrap();
     let test = data::load(&cifar(), "test", Some(300), (32, 32)).unwrap();
     let x = model.preprocess(&test.pixels(&(0..test.len()).collect::<Vec<_>>()));
-    let pixels = train.pixels(&(0..train.len()).collect::<Vec<_>>());
+    let pixels = adapter_fit_pixels();
 
     let stem = model.stage_index("stem").unwrap();
     let mut bank = HeadBank::new(&model, &[stem], &[Variant::Student]).unwrap();
