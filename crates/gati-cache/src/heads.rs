@@ -416,11 +416,8 @@ impl HeadBank {
     pub fn measure_costs(&self, model: &BaseModel, runs: usize) -> Result<Vec<f64>> {
         let _g = tch::no_grad_guard();
         let [c, hh, w] = model.spec().input_shape;
-        let (_, acts) = model.forward_collect(
-            &Tensor::rand([1, c, hh, w], (Kind::Float, model.device())),
-            &self.stages(),
-        );
         let stages = self.stages();
+        let (_, acts) = model.forward_collect(&Tensor::rand([1, c, hh, w], (Kind::Float, model.device())), &stages);
         self.heads
             .iter()
             .map(|h| {
