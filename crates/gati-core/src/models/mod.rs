@@ -272,7 +272,7 @@ fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-/// A bias-free conv followed by inference-mode BatchNorm, as one conv: its weights (channels-last)
+/// A conv followed by inference-mode BatchNorm, as one conv: its weights (channels-last)
 /// and bias. Two fewer ops per conv at batch 1, where op overhead dominates.
 fn fold_bn(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> (Tensor, Tensor) {
     let eps = nn::BatchNormConfig::default().eps; // what `bn` builds with
